@@ -1,0 +1,309 @@
+"""Configuration: one documented dataclass per component, validated on construction.
+
+`SealConfig` holds the sections. It loads from and saves to ``<home>/config.toml``::
+
+    [memory]
+    recall_k = 8
+
+    [train]
+    learning_rate = 5e-4
+
+Unknown sections or keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from seal_agent.errors import ConfigError
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "MemoryConfig",
+    "ModelConfig",
+    "SealConfig",
+    "TrainConfig",
+]
+
+CONFIG_FILENAME = "config.toml"
+
+_T = TypeVar("_T")
+
+
+def _check(ok: bool, section: str, name: str, value: Any, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{section}.{name}", value, reason)
+
+
+def _positive_int(section: str, name: str, value: Any) -> None:
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        section, name, value, "must be a positive integer",
+    )
+
+
+def _non_negative_int(section: str, name: str, value: Any) -> None:
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        section, name, value, "must be an integer >= 0",
+    )
+
+
+def _number(section: str, name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
+    bracket = "(" if lo_open else "["
+    _check(ok, section, name, value, f"must be a number in {bracket}{lo}, {hi}]")
+
+
+@dataclass
+class MemoryConfig:
+    """The episodic log: journal, Chroma, embeddings, recall.
+
+    Attributes:
+        collection: Chroma collection holding the interactions.
+        recall_k: Default number of memories `recall` returns.
+        max_message_chars: Largest accepted content of one message; longer is rejected.
+        max_messages: Largest accepted number of messages in one interaction.
+        embed_batch_size: Interactions the background worker embeds and writes at once.
+        flush_interval_s: Longest a logged interaction waits before the worker picks it up.
+        retry_initial_s: First back-off when Chroma is unreachable; doubles up to `retry_max_s`.
+        retry_max_s: Longest back-off between retries.
+        embedding_text_chars: Characters of an interaction's text that are embedded
+            (the embedding model truncates anyway; this bounds the work).
+        recall_wait_s: Longest `recall` waits for interactions logged just before it to
+            be indexed (read-your-writes); past it, recall answers from what is indexed.
+        close_timeout_s: Longest `close` waits for the worker to drain; what is left stays
+            in the journal and is indexed at the next start.
+    """
+
+    collection: str = "seal_interactions"
+    recall_k: int = 5
+    max_message_chars: int = 32_000
+    max_messages: int = 512
+    embed_batch_size: int = 64
+    flush_interval_s: float = 0.05
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    embedding_text_chars: int = 2_000
+    recall_wait_s: float = 5.0
+    close_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        s = "memory"
+        _check(isinstance(self.collection, str) and 3 <= len(self.collection) <= 63,
+               s, "collection", self.collection, "must be a string of 3-63 characters")
+        for name in ("recall_k", "max_message_chars", "max_messages", "embed_batch_size",
+                     "embedding_text_chars"):
+            _positive_int(s, name, getattr(self, name))
+        _number(s, "flush_interval_s", self.flush_interval_s, 0.0, 60.0)
+        _number(s, "retry_initial_s", self.retry_initial_s, 0.0, 3600.0, lo_open=True)
+        _number(s, "retry_max_s", self.retry_max_s, self.retry_initial_s, 86_400.0)
+        _number(s, "recall_wait_s", self.recall_wait_s, 0.0, 3600.0)
+        _number(s, "close_timeout_s", self.close_timeout_s, 0.0, 86_400.0)
+
+
+@dataclass
+class ModelConfig:
+    """The served model.
+
+    Attributes:
+        name_or_path: A local folder, a hub id (on machines that reach the hub), or
+            ``"tiny-random"`` -- a small Llama built from a seed with random weights,
+            for tests and the offline demo.
+        device: ``"auto"`` (CUDA, then MPS, then CPU), or an explicit torch device.
+        dtype: ``"auto"`` (bf16 on CUDA, fp32 elsewhere), ``"float32"``, ``"bfloat16"``, ``"float16"``.
+        max_new_tokens: Default generation budget of the chat model.
+        temperature: Default sampling temperature; 0 means greedy.
+        seed: Seed for ``tiny-random``.
+    """
+
+    name_or_path: str = "tiny-random"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = "model"
+        _check(isinstance(self.name_or_path, str) and bool(self.name_or_path.strip()),
+               s, "name_or_path", self.name_or_path, "must be a non-empty string")
+        _check(isinstance(self.device, str) and bool(self.device),
+               s, "device", self.device, "must be 'auto' or a torch device string")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), s, "dtype", self.dtype,
+               "must be one of 'auto', 'float32', 'bfloat16', 'float16'")
+        _positive_int(s, "max_new_tokens", self.max_new_tokens)
+        _number(s, "temperature", self.temperature, 0.0, 10.0)
+        _non_negative_int(s, "seed", self.seed)
+
+
+@dataclass
+class TrainConfig:
+    """The LoRA trainer.
+
+    Attributes:
+        learning_rate: Peak AdamW learning rate (after warmup, before decay).
+        epochs: Passes over the training examples.
+        lora_rank: LoRA rank r.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: Dropout on the LoRA input.
+        target_modules: Module names LoRA wraps; ``"all-linear"`` means every linear
+            projection except the output head.
+        batch_size: Examples per optimizer step (after gradient accumulation).
+        micro_batch_tokens: Token budget of one forward pass; a batch larger than this is
+            split into micro-batches and the gradients accumulated.
+        replay_ratio: Replay examples mixed in per new example (0.5 = one replay per two new).
+        max_steps: Stop after this many optimizer steps (None: run all epochs).
+        max_seconds: Stop after this many seconds of training (None: no time budget).
+        warmup_ratio: Fraction of the steps spent warming the learning rate up linearly.
+        weight_decay: AdamW weight decay on the LoRA weights.
+        max_grad_norm: Gradient clipping norm.
+        max_seq_len: Longest example in tokens; longer examples are an error.
+        gradient_checkpointing: Trade compute for memory (CUDA only).
+        seed: Seed for LoRA initialisation, shuffling and dropout.
+    """
+
+    learning_rate: float = 5e-4
+    epochs: int = 3
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    batch_size: int = 8
+    micro_batch_tokens: int = 4096
+    replay_ratio: float = 0.5
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_seq_len: int = 1024
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = "train"
+        _number(s, "learning_rate", self.learning_rate, 0.0, 1.0, lo_open=True)
+        for name in ("epochs", "lora_rank", "lora_alpha", "batch_size", "micro_batch_tokens",
+                     "max_seq_len"):
+            _positive_int(s, name, getattr(self, name))
+        _number(s, "lora_dropout", self.lora_dropout, 0.0, 0.9)
+        tm = self.target_modules
+        _check(tm == "all-linear" or (isinstance(tm, list) and tm and all(isinstance(m, str) and m for m in tm)),
+               s, "target_modules", tm, "must be 'all-linear' or a non-empty list of module names")
+        _number(s, "replay_ratio", self.replay_ratio, 0.0, 10.0)
+        if self.max_steps is not None:
+            _positive_int(s, "max_steps", self.max_steps)
+        if self.max_seconds is not None:
+            _number(s, "max_seconds", self.max_seconds, 0.0, 7 * 86_400.0, lo_open=True)
+        _number(s, "warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _number(s, "weight_decay", self.weight_decay, 0.0, 1.0)
+        _number(s, "max_grad_norm", self.max_grad_norm, 0.0, 1e6, lo_open=True)
+        _check(isinstance(self.gradient_checkpointing, bool), s, "gradient_checkpointing",
+               self.gradient_checkpointing, "must be true or false")
+        _non_negative_int(s, "seed", self.seed)
+
+
+_SECTIONS: dict[str, type] = {
+    "memory": MemoryConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+}
+
+
+def _section_from_dict(cls: type[_T], section: str, data: Any) -> _T:
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(section, data, "must be a table of settings")
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{section}.{key}", data[key], f"unknown setting; known: {sorted(known)}")
+    return cls(**data)
+
+
+@dataclass
+class SealConfig:
+    """All of seal_agent's settings, one section per component."""
+
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            setattr(self, name, _section_from_dict(cls, name, getattr(self, name)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SealConfig:
+        """Build from nested dicts (the TOML layout); unknown sections are errors."""
+        for key in data:
+            if key not in _SECTIONS:
+                raise ConfigError(key, data[key], f"unknown config section; known: {sorted(_SECTIONS)}")
+        return cls(**{k: _section_from_dict(_SECTIONS[k], k, v) for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+
+    def with_overrides(self, **sections: dict[str, Any]) -> SealConfig:
+        """A copy with some fields of some sections replaced, e.g. ``train={"epochs": 1}``."""
+        data = self.to_dict()
+        for name, values in sections.items():
+            if name not in _SECTIONS:
+                raise ConfigError(name, values, f"unknown config section; known: {sorted(_SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(name, values, "overrides must be a dict of settings")
+            data[name].update(values)
+        return SealConfig.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SealConfig:
+        """Read a TOML file; a missing file gives the defaults."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / CONFIG_FILENAME
+        if not p.exists():
+            return cls()
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(p), "<file>", f"is not valid TOML: {exc}") from exc
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write as TOML (atomically: a crash never leaves half a file)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / CONFIG_FILENAME
+        lines: list[str] = []
+        for name, values in self.to_dict().items():
+            lines.append(f"[{name}]")
+            for key, value in values.items():
+                if value is None:
+                    continue  # TOML has no null: an absent key means the default (None)
+                lines.append(f"{key} = {_toml_value(value)}")
+            lines.append("")
+        tmp = p.with_suffix(".toml.tmp")
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+        os.replace(tmp, p)
+        return p
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

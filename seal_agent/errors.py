@@ -1,0 +1,96 @@
+"""Every error seal_agent raises on purpose.
+
+`SealAgentError` is the root, so ``except SealAgentError`` catches everything the
+library raises deliberately. Each subclass also inherits the nearest builtin
+(``ValueError``, ``KeyError``, ...) so code written against the builtins keeps working.
+
+Errors about bad input name the offending field and value: ``ValidationError("score",
+1.5, "must be in [-1, 1]")`` reads ``score=1.5: must be in [-1, 1]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AdapterError",
+    "BackendUnavailableError",
+    "ConfigError",
+    "ConsolidationError",
+    "ModelLoadError",
+    "NotFoundError",
+    "RegistryError",
+    "SealAgentError",
+    "TrainingCancelled",
+    "TrainingError",
+    "ValidationError",
+]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SealAgentError(Exception):
+    """Root of every error seal_agent raises deliberately."""
+
+
+class ValidationError(SealAgentError, ValueError):
+    """Bad input: names the field, the value, and what was expected.
+
+    Attributes:
+        field: Dotted path of the offending field, e.g. ``"messages[2].role"``.
+        value: The value that was rejected.
+        reason: What a valid value looks like.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}={_short(value)}: {reason}")
+
+
+class ConfigError(ValidationError):
+    """A configuration field is invalid (raised from a config's ``__post_init__``)."""
+
+
+class NotFoundError(SealAgentError, KeyError):
+    """An id, version or name that does not exist."""
+
+    def __init__(self, kind: str, key: Any) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"{kind} not found: {_short(key)}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class BackendUnavailableError(SealAgentError, ConnectionError):
+    """The vector store (Chroma) cannot be reached or failed."""
+
+
+class ModelLoadError(SealAgentError, OSError):
+    """A model or tokenizer could not be loaded from the given name or path."""
+
+
+class AdapterError(SealAgentError, ValueError):
+    """An adapter is corrupt, incomplete, or was trained on another base model."""
+
+
+class RegistryError(SealAgentError, RuntimeError):
+    """The adapter registry is in a state that forbids the requested operation."""
+
+
+class TrainingError(SealAgentError, RuntimeError):
+    """Training could not run (e.g. no usable examples, diverged loss)."""
+
+
+class TrainingCancelled(SealAgentError):
+    """Training was cancelled through its cancel event; nothing was committed."""
+
+
+class ConsolidationError(SealAgentError, RuntimeError):
+    """A consolidation run could not proceed (e.g. the home is locked)."""

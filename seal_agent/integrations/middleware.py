@@ -1,0 +1,148 @@
+"""`SealMemoryMiddleware` for ``langchain.agents.create_agent``.
+
+* Before each model call it recalls the top-k memories of the run's namespace for the
+  latest user message and adds them to the system prompt as one block. They are seen
+  by the model but not stored in the conversation state, so the history does not grow
+  with them. Recall runs once per turn, not once per model call of a tool loop.
+* After the agent finishes a turn it logs the turn (last user message to the final
+  answer, tool calls and results included) with the run's thread id.
+
+Namespace and thread come from the run's context or config; see
+`seal_agent.integrations.langgraph` for the rules. Typical use::
+
+    agent = create_agent(model, tools, middleware=[mem.middleware()])
+    agent.invoke({"messages": [...]},
+                 config={"configurable": {"thread_id": "t1", "user_id": "alice"}})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain_core.messages import SystemMessage
+from langgraph.config import get_config
+
+from seal_agent.integrations.langgraph import (
+    DEFAULT_HEADER,
+    _log_turn,
+    _recall_text,
+    last_user_text,
+    resolve_scope,
+)
+from seal_agent.memory.records import Namespace, validate_namespace
+
+if TYPE_CHECKING:
+    from langgraph.runtime import Runtime
+
+    from seal_agent.seal_memory import SealMemory
+
+__all__ = ["SealMemoryMiddleware"]
+
+
+def _current_config() -> dict[str, Any]:
+    try:
+        return dict(get_config())
+    except RuntimeError:  # called outside a runnable context (e.g. a unit test)
+        return {}
+
+
+class SealMemoryMiddleware(AgentMiddleware):
+    """Recall into the prompt before the model; log the exchange after the turn.
+
+    Args:
+        memory: The `SealMemory` to read and write.
+        namespace: Namespace when the run names none.
+        k: Memories per prompt; default ``memory.recall_k``.
+        min_score: Leave out memories less similar than this.
+        header: First line of the memory block.
+        log: Log turns after the agent finishes (set False for read-only use).
+        recall: Recall before model calls (set False for write-only use).
+        metadata: Extra metadata stored with every logged turn.
+    """
+
+    def __init__(
+        self,
+        memory: SealMemory,
+        *,
+        namespace: Namespace = ("default",),
+        k: int | None = None,
+        min_score: float | None = None,
+        header: str = DEFAULT_HEADER,
+        log: bool = True,
+        recall: bool = True,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.memory = memory
+        self.namespace = validate_namespace(namespace)
+        self.k = k
+        self.min_score = min_score
+        self.header = header
+        self.log_turns = log
+        self.recall_memories = recall
+        self.metadata = dict(metadata or {})
+        # (namespace, query) -> block: the model is called several times per turn when
+        # tools run; the memories for one user message do not change meanwhile.
+        self._cache: OrderedDict[tuple[Namespace, str], str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ recall
+
+    def _memory_block(self, request: ModelRequest) -> str | None:
+        runtime = request.runtime
+        ns, _ = resolve_scope(_current_config(), getattr(runtime, "context", None), default=self.namespace)
+        query = last_user_text(request.messages)
+        if query is None:
+            return None
+        key = (ns, query)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        block = _recall_text(self.memory, request.messages, ns, self.k, self.min_score, self.header)
+        with self._lock:
+            self._cache[key] = block
+            while len(self._cache) > 256:
+                self._cache.popitem(last=False)
+        return block
+
+    def _with_memories(self, request: ModelRequest, block: str | None) -> ModelRequest:
+        if block is None:
+            return request
+        base = request.system_prompt
+        content = f"{base}\n\n{block}" if base else block
+        return request.override(system_message=SystemMessage(content=content))
+
+    def wrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
+    ) -> ModelResponse:
+        if not self.recall_memories:
+            return handler(request)
+        return handler(self._with_memories(request, self._memory_block(request)))
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
+    ) -> ModelResponse:
+        if not self.recall_memories:
+            return await handler(request)
+        block = await asyncio.to_thread(self._memory_block, request)
+        return await handler(self._with_memories(request, block))
+
+    # --------------------------------------------------------------------- log
+
+    def after_agent(self, state: Any, runtime: Runtime) -> dict[str, Any] | None:
+        if self.log_turns:
+            ns, thread = resolve_scope(_current_config(), getattr(runtime, "context", None), default=self.namespace)
+            _log_turn(self.memory, state["messages"], ns, thread, self.metadata)
+        return None
+
+    async def aafter_agent(self, state: Any, runtime: Runtime) -> dict[str, Any] | None:
+        if self.log_turns:
+            ns, thread = resolve_scope(_current_config(), getattr(runtime, "context", None), default=self.namespace)
+            await asyncio.to_thread(_log_turn, self.memory, state["messages"], ns, thread, self.metadata)
+        return None

@@ -1,0 +1,304 @@
+"""The journal: the durable record of every interaction, in SQLite.
+
+Why SQLite rather than an append-only JSONL file: in WAL mode with
+``synchronous=FULL`` a committed insert is fsync'd before it returns (the same
+guarantee as an fsync'd append, measured at ~0.2 ms here), and it also gives us the
+secondary indexes that `list`, duplicate detection and the indexing queue need, plus
+transactions so that a rejected write leaves nothing behind. It is the store of
+truth; Chroma is an index rebuilt from it.
+
+Columns worth knowing:
+  * ``indexed`` -- 0 until the background worker has put the row into Chroma. Startup
+    (and any worker round) picks up rows with 0, so a ``kill -9`` between the journal
+    write and the Chroma write loses nothing.
+  * ``thread_key`` -- ``thread_id`` or ``""``: SQLite treats NULLs as distinct in a
+    UNIQUE index, so duplicates are keyed on this instead.
+  * table ``forgotten`` -- ids deleted by `forget`, kept so the worker can delete them
+    from Chroma (``chroma_deleted``) and so adapter lineages can be checked later.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from seal_agent.memory.records import Interaction, InteractionStatus, Namespace, iso, join_namespace, utc_now
+
+__all__ = ["Journal", "JOURNAL_FORMAT_VERSION"]
+
+JOURNAL_FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS interactions (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    thread_id TEXT,
+    thread_key TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    messages TEXT NOT NULL,
+    task TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    feedback REAL,
+    feedback_comment TEXT,
+    content_hash TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'new',
+    consolidated_version TEXT,
+    indexed INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS interactions_dedup
+    ON interactions (namespace, thread_key, content_hash);
+CREATE INDEX IF NOT EXISTS interactions_ns ON interactions (namespace, id);
+CREATE INDEX IF NOT EXISTS interactions_unindexed ON interactions (indexed, id);
+CREATE TABLE IF NOT EXISTS forgotten (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    forgotten_at TEXT NOT NULL,
+    chroma_deleted INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_COLUMNS = (
+    "id, namespace, thread_id, created_at, messages, task, outcome, metadata, feedback, "
+    "feedback_comment, content_hash, status, consolidated_version"
+)
+
+
+def _row_to_interaction(row: Sequence[Any]) -> Interaction:
+    (id_, ns, thread_id, created_at, messages, task, outcome, metadata, feedback,
+     comment, chash, status, version) = row
+    return Interaction(
+        id=id_,
+        namespace=tuple(ns.split("/")),
+        thread_id=thread_id,
+        created_at=datetime.fromisoformat(created_at),
+        messages=tuple(json.loads(messages)),
+        task=task,
+        outcome=outcome,
+        metadata=json.loads(metadata),
+        feedback=feedback,
+        feedback_comment=comment,
+        content_hash=chash,
+        status=InteractionStatus(status),
+        consolidated_version=version,
+    )
+
+
+class Journal:
+    """SQLite-backed, fsync'd store of interactions. Thread-safe.
+
+    Each thread gets its own connection (SQLite connections must not be shared
+    across threads while in use); writers serialise on SQLite's own lock, with a
+    generous busy timeout so that several processes on one home also work.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        with self._tx() as db:
+            # executescript() would commit on its own; run the statements inside our transaction
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(JOURNAL_FORMAT_VERSION),))
+        version = int(self._db().execute("SELECT value FROM meta WHERE key='format_version'").fetchone()[0])
+        if version > JOURNAL_FORMAT_VERSION:
+            from seal_agent.errors import SealAgentError
+
+            raise SealAgentError(
+                f"{self.path} has journal format {version}; this seal_agent reads up to "
+                f"{JOURNAL_FORMAT_VERSION}. Upgrade seal_agent."
+            )
+
+    # -- connections -----------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # fsync on every commit: an ack is durable
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+            with self._all_lock:
+                self._all.append(db)
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction: all of it is committed (and fsync'd) or none."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._all_lock:
+            for db in self._all:
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- writes ----------------------------------------------------------------
+
+    def insert(self, it: Interaction) -> tuple[str, bool]:
+        """Store `it` unless a duplicate exists; return (id, inserted)."""
+        ns = join_namespace(it.namespace)
+        thread_key = it.thread_id or ""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id FROM interactions WHERE namespace=? AND thread_key=? AND content_hash=?",
+                (ns, thread_key, it.content_hash),
+            ).fetchone()
+            if row is not None:
+                return row[0], False
+            db.execute(
+                "INSERT INTO interactions (id, namespace, thread_id, thread_key, created_at, messages, task,"
+                " outcome, metadata, feedback, feedback_comment, content_hash, status, consolidated_version)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    it.id, ns, it.thread_id, thread_key, iso(it.created_at),
+                    json.dumps(list(it.messages), ensure_ascii=False), it.task, it.outcome,
+                    json.dumps(dict(it.metadata), ensure_ascii=False), it.feedback, it.feedback_comment,
+                    it.content_hash, it.status.value, it.consolidated_version,
+                ),
+            )
+        return it.id, True
+
+    def set_feedback(self, id_: str, score: float, comment: str | None) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=?", (score, comment, id_)
+            )
+            return cur.rowcount > 0
+
+    def set_status(self, ids: Sequence[str], status: InteractionStatus, version: str | None) -> int:
+        with self._tx() as db:
+            n = 0
+            for id_ in ids:
+                n += db.execute(
+                    "UPDATE interactions SET status=?, consolidated_version=? WHERE id=?",
+                    (status.value, version, id_),
+                ).rowcount
+            return n
+
+    def forget(self, *, namespace: Namespace | None, ids: Sequence[str] | None) -> list[str]:
+        """Delete interactions; record them in ``forgotten`` for Chroma and lineage."""
+        clauses, params = [], []
+        if namespace is not None:
+            clauses.append("namespace=?")
+            params.append(join_namespace(namespace))
+        if ids is not None:
+            clauses.append(f"id IN ({','.join('?' * len(ids))})")
+            params.extend(ids)
+        where = " AND ".join(clauses)
+        now = iso(utc_now())
+        with self._tx() as db:
+            rows = db.execute(f"SELECT id, namespace FROM interactions WHERE {where}", params).fetchall()
+            db.executemany(
+                "INSERT OR REPLACE INTO forgotten (id, namespace, forgotten_at, chroma_deleted) VALUES (?,?,?,0)",
+                [(r[0], r[1], now) for r in rows],
+            )
+            db.execute(f"DELETE FROM interactions WHERE {where}", params)
+        return [r[0] for r in rows]
+
+    # -- the indexing queue ----------------------------------------------------
+
+    def unindexed(self, limit: int) -> list[Interaction]:
+        rows = self._db().execute(
+            f"SELECT {_COLUMNS} FROM interactions WHERE indexed=0 ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+        return [_row_to_interaction(r) for r in rows]
+
+    def mark_indexed(self, ids: Sequence[str], indexed: bool = True) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE interactions SET indexed=? WHERE id=?", [(int(indexed), i) for i in ids])
+
+    def pending_deletes(self, limit: int) -> list[str]:
+        rows = self._db().execute(
+            "SELECT id FROM forgotten WHERE chroma_deleted=0 LIMIT ?", (limit,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def mark_deleted(self, ids: Sequence[str]) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE forgotten SET chroma_deleted=1 WHERE id=?", [(i,) for i in ids])
+
+    def backlog(self) -> int:
+        """Rows the worker still has to write to or delete from Chroma."""
+        db = self._db()
+        a = db.execute("SELECT COUNT(*) FROM interactions WHERE indexed=0").fetchone()[0]
+        b = db.execute("SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0").fetchone()[0]
+        return int(a) + int(b)
+
+    def indexed_ids(self) -> set[str]:
+        return {r[0] for r in self._db().execute("SELECT id FROM interactions WHERE indexed=1")}
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, id_: str) -> Interaction | None:
+        row = self._db().execute(f"SELECT {_COLUMNS} FROM interactions WHERE id=?", (id_,)).fetchone()
+        return _row_to_interaction(row) if row else None
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Interaction]:
+        if not ids:
+            return {}
+        rows = self._db().execute(
+            f"SELECT {_COLUMNS} FROM interactions WHERE id IN ({','.join('?' * len(ids))})", list(ids)
+        ).fetchall()
+        return {r[0]: _row_to_interaction(r) for r in rows}
+
+    def list(
+        self,
+        *,
+        namespace: Namespace | None = None,
+        since: datetime | None = None,
+        status: InteractionStatus | None = None,
+        limit: int | None = None,
+    ) -> list[Interaction]:
+        clauses, params = ["1=1"], []
+        if namespace is not None:
+            clauses.append("namespace=?")
+            params.append(join_namespace(namespace))
+        if since is not None:
+            clauses.append("created_at>=?")
+            params.append(iso(since))
+        if status is not None:
+            clauses.append("status=?")
+            params.append(status.value)
+        sql = f"SELECT {_COLUMNS} FROM interactions WHERE {' AND '.join(clauses)} ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_row_to_interaction(r) for r in self._db().execute(sql, params)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{namespace_path: {status: count}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for ns, status, n in self._db().execute(
+            "SELECT namespace, status, COUNT(*) FROM interactions GROUP BY namespace, status ORDER BY namespace"
+        ):
+            out.setdefault(ns, {})[status] = n
+        return out
+
+    def count(self) -> int:
+        return int(self._db().execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
+
+    def forgotten_ids(self) -> set[str]:
+        return {r[0] for r in self._db().execute("SELECT id FROM forgotten")}

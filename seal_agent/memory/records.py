@@ -1,0 +1,377 @@
+"""Records of the episodic log and the validation that admits them.
+
+An `Interaction` is one exchange an agent had: its messages (tool calls and tool
+results included), what was asked (`task`), what was answered (`outcome`) and the
+feedback it got. A `Memory` is an interaction as `recall` returns it, with a relevance
+score. Both are frozen: the log is the only place they change.
+
+Messages are stored in one plain shape, whatever came in (LangChain messages or
+role/content dicts)::
+
+    {"role": "user" | "assistant" | "system" | "tool", "content": str,
+     "tool_calls": [{"name", "args", "id"}]?, "tool_call_id": str?, "name": str?}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from seal_agent.errors import ValidationError
+
+__all__ = [
+    "Interaction",
+    "InteractionStatus",
+    "Memory",
+    "Namespace",
+    "content_hash",
+    "interaction_text",
+    "iso",
+    "join_namespace",
+    "new_interaction_id",
+    "normalize_messages",
+    "parse_namespace",
+    "parse_time",
+    "task_and_outcome",
+    "utc_now",
+    "validate_namespace",
+    "validate_metadata",
+    "validate_score",
+]
+
+Namespace = tuple[str, ...]
+"""A hierarchical scope such as ``("users", "alice")``. Recall never crosses namespaces."""
+
+NAMESPACE_SEP = "/"
+
+# Roles as LangChain names them (message.type) and as chat templates name them.
+_ROLE_ALIASES = {
+    "user": "user", "human": "user",
+    "assistant": "assistant", "ai": "assistant",
+    "system": "system", "developer": "system",
+    "tool": "tool",
+}
+
+
+class InteractionStatus(StrEnum):
+    """Where an interaction stands with respect to parametric memory."""
+
+    NEW = "new"
+    """Logged, not yet learned by any adapter."""
+    CONSOLIDATED = "consolidated"
+    """Learned by a committed adapter (see `Interaction.consolidated_version`)."""
+    EXCLUDED = "excluded"
+    """Kept for recall but never trained on (e.g. an excluded namespace)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One logged exchange.
+
+    Attributes:
+        id: Time-sortable id (lexicographic order is logging order).
+        namespace: Scope of the interaction, e.g. ``("users", "alice")``.
+        thread_id: Conversation thread it belongs to, if any.
+        created_at: When it was logged (UTC).
+        messages: The exchange in the plain shape described in this module's docstring.
+        task: What was asked: the user messages' text.
+        outcome: What was answered: the last assistant message's text.
+        metadata: Caller-supplied JSON-serialisable data.
+        feedback: Score in [-1, 1], or None when no feedback was given.
+        feedback_comment: Free text given with the feedback.
+        content_hash: sha256 of the canonical messages; duplicates share it.
+        status: See `InteractionStatus`.
+        consolidated_version: Adapter version that learned it, when consolidated.
+    """
+
+    id: str
+    namespace: Namespace
+    thread_id: str | None
+    created_at: datetime
+    messages: tuple[dict[str, Any], ...]
+    task: str
+    outcome: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    feedback: float | None = None
+    feedback_comment: str | None = None
+    content_hash: str = ""
+    status: InteractionStatus = InteractionStatus.NEW
+    consolidated_version: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The text that is embedded and shown when recalled."""
+        return interaction_text(self.task, self.outcome)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (the CLI's ``--json`` output and exports use it)."""
+        return {
+            "id": self.id,
+            "namespace": list(self.namespace),
+            "thread_id": self.thread_id,
+            "created_at": iso(self.created_at),
+            "messages": [dict(m) for m in self.messages],
+            "task": self.task,
+            "outcome": self.outcome,
+            "metadata": dict(self.metadata),
+            "feedback": self.feedback,
+            "feedback_comment": self.feedback_comment,
+            "content_hash": self.content_hash,
+            "status": self.status.value,
+            "consolidated_version": self.consolidated_version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """A recalled interaction.
+
+    Attributes:
+        id: The interaction's id (pass it to `SealMemory.get` or `feedback`).
+        text: The interaction as text (``User: ...`` / ``Assistant: ...``).
+        score: Cosine similarity to the query, in [-1, 1]; higher is more relevant.
+        namespace: The interaction's namespace (always the one recalled from).
+        created_at: When the interaction was logged (UTC).
+        metadata: The interaction's metadata plus ``thread_id``, ``feedback`` and ``status``.
+    """
+
+    id: str
+    text: str
+    score: float
+    namespace: Namespace
+    created_at: datetime
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- ids
+
+
+_id_lock = threading.Lock()
+_last_id_us = 0
+_id_counter = itertools.count()
+
+
+def new_interaction_id() -> str:
+    """A time-sortable id: 14 hex digits of microseconds since the epoch + 10 random hex.
+
+    Ids are strictly increasing within a process even when the clock stalls, so
+    sorting by id is sorting by logging order.
+    """
+    global _last_id_us
+    with _id_lock:
+        now = time.time_ns() // 1000
+        _last_id_us = max(now, _last_id_us + 1)
+        stamp = _last_id_us
+    return f"{stamp:014x}{os.urandom(5).hex()}"
+
+
+# --------------------------------------------------------------------- namespaces
+
+
+def validate_namespace(namespace: Any, field_name: str = "namespace") -> Namespace:
+    """Check and normalise a namespace; a plain string is a one-element namespace.
+
+    Raises:
+        ValidationError: Empty namespace, a non-string or empty element, or one
+            containing ``/`` (the separator of the stored path).
+    """
+    if isinstance(namespace, str):
+        namespace = (namespace,)
+    if not isinstance(namespace, (tuple, list)) or not namespace:
+        raise ValidationError(field_name, namespace, "must be a non-empty tuple of strings")
+    for i, label in enumerate(namespace):
+        if not isinstance(label, str) or not label.strip():
+            raise ValidationError(f"{field_name}[{i}]", label, "must be a non-empty string")
+        if NAMESPACE_SEP in label:
+            raise ValidationError(f"{field_name}[{i}]", label, "must not contain '/'")
+    return tuple(namespace)
+
+
+def join_namespace(namespace: Namespace) -> str:
+    """``("users", "alice")`` -> ``"users/alice"`` (the form stored in Chroma metadata)."""
+    return NAMESPACE_SEP.join(namespace)
+
+
+def parse_namespace(path: str, field_name: str = "namespace") -> Namespace:
+    """``"users/alice"`` -> ``("users", "alice")``, validated (the CLI's form)."""
+    if not isinstance(path, str) or not path.strip("/"):
+        raise ValidationError(field_name, path, "must be a path like 'users/alice'")
+    return validate_namespace(tuple(path.strip("/").split(NAMESPACE_SEP)), field_name)
+
+
+# ----------------------------------------------------------------------- messages
+
+
+def _text_of(content: Any, field_name: str) -> str:
+    """Message content as text: a string, or LangChain text blocks joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(b, str) or (isinstance(b, Mapping) and b.get("type") == "text") for b in content
+    ):
+        return "".join(b if isinstance(b, str) else str(b.get("text", "")) for b in content)
+    raise ValidationError(field_name, content, "must be a string (or a list of text blocks)")
+
+
+def _normalize_tool_calls(calls: Any, field_name: str) -> list[dict[str, Any]]:
+    if not isinstance(calls, (list, tuple)):
+        raise ValidationError(field_name, calls, "must be a list of tool calls")
+    out = []
+    for i, call in enumerate(calls):
+        if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
+            raise ValidationError(f"{field_name}[{i}]", call, "must be a dict with a string 'name'")
+        args = call.get("args", call.get("arguments", {}))
+        if isinstance(args, str):  # OpenAI-style JSON-encoded arguments
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError as exc:
+                raise ValidationError(f"{field_name}[{i}].args", args, "must be a JSON object") from exc
+        if not isinstance(args, Mapping):
+            raise ValidationError(f"{field_name}[{i}].args", args, "must be a dict")
+        out.append({"name": call["name"], "args": dict(args), "id": call.get("id")})
+    return out
+
+
+def _normalize_one(message: Any, i: int, max_chars: int) -> dict[str, Any]:
+    where = f"messages[{i}]"
+    if hasattr(message, "type") and hasattr(message, "content"):  # a LangChain BaseMessage
+        role_in: Any = message.type
+        content: Any = message.content
+        tool_calls: Any = getattr(message, "tool_calls", None) or None
+        tool_call_id = getattr(message, "tool_call_id", None)
+        name = getattr(message, "name", None)
+    elif isinstance(message, Mapping):
+        role_in = message.get("role", message.get("type"))
+        if "content" not in message:
+            raise ValidationError(f"{where}.content", None, "is missing")
+        content = message["content"]
+        tool_calls = message.get("tool_calls") or None
+        tool_call_id = message.get("tool_call_id")
+        name = message.get("name")
+    else:
+        raise ValidationError(where, message, "must be a LangChain message or a dict with role and content")
+    role = _ROLE_ALIASES.get(role_in) if isinstance(role_in, str) else None
+    if role is None:
+        raise ValidationError(f"{where}.role", role_in, f"must be one of {sorted(set(_ROLE_ALIASES))}")
+    text = _text_of(content, f"{where}.content")
+    if len(text) > max_chars:
+        raise ValidationError(f"{where}.content", f"<{len(text)} characters>",
+                              f"is longer than memory.max_message_chars={max_chars}")
+    out: dict[str, Any] = {"role": role, "content": text}
+    if tool_calls:
+        if role != "assistant":
+            raise ValidationError(f"{where}.tool_calls", tool_calls, "only assistant messages carry tool calls")
+        out["tool_calls"] = _normalize_tool_calls(tool_calls, f"{where}.tool_calls")
+    if role == "tool":
+        if not isinstance(tool_call_id, str) or not tool_call_id:
+            raise ValidationError(f"{where}.tool_call_id", tool_call_id, "a tool message needs its tool call's id")
+        out["tool_call_id"] = tool_call_id
+    if name is not None:
+        if not isinstance(name, str):
+            raise ValidationError(f"{where}.name", name, "must be a string")
+        out["name"] = name
+    return out
+
+
+def normalize_messages(messages: Any, *, max_messages: int, max_message_chars: int) -> list[dict[str, Any]]:
+    """Validate messages and bring them to the stored plain shape.
+
+    Raises:
+        ValidationError: Naming the first offending message and field.
+    """
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise ValidationError("messages", messages, "must be a list of messages")
+    if not messages:
+        raise ValidationError("messages", messages, "must not be empty")
+    if len(messages) > max_messages:
+        raise ValidationError("messages", f"<{len(messages)} messages>",
+                              f"has more than memory.max_messages={max_messages}")
+    return [_normalize_one(m, i, max_message_chars) for i, m in enumerate(messages)]
+
+
+def task_and_outcome(messages: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
+    """What was asked (the user turns) and what was answered (the last assistant text)."""
+    msgs = list(messages)
+    task = "\n".join(m["content"] for m in msgs if m["role"] == "user" and m["content"])
+    outcome = next((m["content"] for m in reversed(msgs) if m["role"] == "assistant" and m["content"]), "")
+    return task, outcome
+
+
+def interaction_text(task: str, outcome: str) -> str:
+    """The text form of an exchange: what is embedded and what a prompt shows."""
+    parts = []
+    if task:
+        parts.append(f"User: {task}")
+    if outcome:
+        parts.append(f"Assistant: {outcome}")
+    return "\n".join(parts)
+
+
+def content_hash(messages: Sequence[Mapping[str, Any]]) -> str:
+    """sha256 of the canonical JSON of the messages (ids of tool calls excluded: they
+    are random per run and would defeat duplicate detection)."""
+    canon = [{k: v for k, v in m.items()} for m in messages]
+    for m in canon:
+        if "tool_calls" in m:
+            m["tool_calls"] = [{"name": c["name"], "args": c["args"]} for c in m["tool_calls"]]
+    blob = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def validate_score(score: Any, field_name: str = "score") -> float:
+    """A feedback score: a finite number in [-1, 1]."""
+    if (
+        isinstance(score, bool)
+        or not isinstance(score, (int, float))
+        or not math.isfinite(score)
+        or not -1.0 <= score <= 1.0
+    ):
+        raise ValidationError(field_name, score, "must be a number in [-1, 1]")
+    return float(score)
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """Caller metadata must be a JSON-serialisable dict with string keys."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ValidationError("metadata", metadata, "must be a dict")
+    for key in metadata:
+        if not isinstance(key, str):
+            raise ValidationError("metadata", key, "keys must be strings")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("metadata", metadata, f"must be JSON-serialisable ({exc})") from exc
+    return dict(metadata)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    """Fixed-width ISO-8601 in UTC, so that stored times sort as strings."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def parse_time(value: Any, field_name: str) -> datetime:
+    """A datetime or ISO-8601 string, as an aware UTC datetime (naive means UTC)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValidationError(field_name, value, "must be an ISO-8601 time") from exc
+    if not isinstance(value, datetime):
+        raise ValidationError(field_name, value, "must be a datetime or an ISO-8601 string")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,397 @@
+"""`SealMemory`: the one object an application holds.
+
+It owns the memory home (``./.seal`` by default)::
+
+    home/
+      config.toml          settings (optional; see seal_agent.config)
+      journal.sqlite3      every interaction, fsync'd: the store of truth
+      chroma/              the embedded Chroma index (absent with chroma_url)
+
+and composes the journal (durable writes), the Chroma index (recall) and the
+background worker that keeps the second in step with the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.embeddings import Embeddings
+
+from seal_agent.config import SealConfig
+from seal_agent.errors import BackendUnavailableError, NotFoundError, SealAgentError, ValidationError
+from seal_agent.memory.chroma import make_client, parse_chroma_url
+from seal_agent.memory.embeddings import default_embeddings
+from seal_agent.memory.index import ChromaIndex, IndexWorker
+from seal_agent.memory.journal import Journal
+from seal_agent.memory.records import (
+    Interaction,
+    InteractionStatus,
+    Memory,
+    Namespace,
+    content_hash,
+    new_interaction_id,
+    normalize_messages,
+    parse_time,
+    task_and_outcome,
+    utc_now,
+    validate_metadata,
+    validate_namespace,
+    validate_score,
+)
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
+
+__all__ = ["SealMemory"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE: Namespace = ("default",)
+
+
+class SealMemory:
+    """Long-term memory for an agent: every exchange logged durably and recalled by meaning.
+
+    Args:
+        home: Directory holding the journal, the embedded Chroma and (later) adapters.
+        embeddings: Any LangChain `Embeddings`; default: all-MiniLM-L6-v2, offline.
+        chroma_url: ``http://host:port`` of a Chroma server; default: embedded Chroma in ``home``.
+        config: Settings; default: ``home/config.toml`` if present, else the defaults.
+        chroma_client: An existing chromadb client to use instead of creating one.
+
+    Example:
+        >>> with SealMemory("./.seal") as mem:                      # doctest: +SKIP
+        ...     mem.log([{"role": "user", "content": "I live in Lyon"},
+        ...              {"role": "assistant", "content": "Noted!"}], namespace=("users", "ana"))
+        ...     mem.recall("where does the user live?", namespace=("users", "ana"))
+
+    Thread-safe. Use as a context manager, or call `close()`.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] = "./.seal",
+        *,
+        embeddings: Embeddings | None = None,
+        chroma_url: str | None = None,
+        config: SealConfig | None = None,
+        chroma_client: Any = None,
+    ) -> None:
+        if chroma_url is not None:
+            parse_chroma_url(chroma_url)  # fail before anything is created
+        self.home = Path(home).expanduser().resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config = config if config is not None else SealConfig.load(self.home)
+        self.chroma_url = chroma_url
+        self.embeddings = embeddings if embeddings is not None else default_embeddings()
+        mc = self.config.memory
+        self._journal = Journal(self.home / "journal.sqlite3")
+        client = chroma_client
+        if client is None:
+            home_dir = self.home
+
+            def client() -> Any:  # opened lazily by the index: a server may come up later
+                return make_client(home_dir, chroma_url=chroma_url)
+        self._index = ChromaIndex(client, mc.collection, self.embeddings, text_chars=mc.embedding_text_chars)
+        self._worker = IndexWorker(
+            self._journal, self._index,
+            batch_size=mc.embed_batch_size, interval_s=mc.flush_interval_s,
+            retry_initial_s=mc.retry_initial_s, retry_max_s=mc.retry_max_s,
+        )
+        self._closed = False
+        self._worker.start()  # replays whatever the journal holds that Chroma lacks
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def backend(self) -> str:
+        """``"chroma-embedded"`` or ``"chroma-server <url>"``."""
+        return f"chroma-server {self.chroma_url}" if self.chroma_url else "chroma-embedded"
+
+    def __enter__(self) -> SealMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait (up to ``memory.close_timeout_s``) for indexing, then release everything.
+
+        What could not be indexed in time stays in the journal and is indexed at the
+        next start: nothing acknowledged is lost.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if not self._worker.wait_idle(self.config.memory.close_timeout_s):
+            logger.warning(
+                "closing with %d interactions not yet in Chroma; they stay in the journal and are "
+                "indexed at the next start", self._journal.backlog(),
+            )
+        self._worker.stop()
+        self._journal.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SealAgentError("this SealMemory is closed")
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Block until every logged interaction is in Chroma.
+
+        Raises:
+            BackendUnavailableError: `timeout` passed with work left (Chroma failing).
+        """
+        self._check_open()
+        if not self._worker.wait_idle(timeout):
+            err = self._worker.last_error
+            raise BackendUnavailableError(
+                f"{self._journal.backlog()} interactions not indexed after {timeout}s"
+                + (f"; last Chroma error: {err}" if err else "")
+            )
+
+    # ---------------------------------------------------------------------- write
+
+    def log(
+        self,
+        messages: Sequence[Any],
+        *,
+        namespace: Namespace | Sequence[str] | str = DEFAULT_NAMESPACE,
+        thread_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        feedback: float | None = None,
+    ) -> str:
+        """Record one exchange; return its id once it is durable (fsync'd).
+
+        Embedding and the Chroma write happen in the background. Logging the same
+        messages again in the same namespace and thread returns the existing id.
+
+        Args:
+            messages: LangChain messages or ``{"role", "content"}`` dicts, tool calls and
+                tool results included.
+            namespace: Scope, e.g. ``("users", "alice")``.
+            thread_id: Conversation thread.
+            metadata: JSON-serialisable extras, returned with recalled memories.
+            feedback: Optional score in [-1, 1] (same as calling `feedback` afterwards).
+
+        Raises:
+            ValidationError: Bad messages, namespace, metadata or score; nothing is written.
+        """
+        self._check_open()
+        mc = self.config.memory
+        msgs = normalize_messages(messages, max_messages=mc.max_messages, max_message_chars=mc.max_message_chars)
+        ns = validate_namespace(namespace)
+        if thread_id is not None and (not isinstance(thread_id, str) or not thread_id):
+            raise ValidationError("thread_id", thread_id, "must be a non-empty string or None")
+        md = validate_metadata(metadata)
+        score = None if feedback is None else validate_score(feedback, "feedback")
+        task, outcome = task_and_outcome(msgs)
+        interaction = Interaction(
+            id=new_interaction_id(), namespace=ns, thread_id=thread_id, created_at=utc_now(),
+            messages=tuple(msgs), task=task, outcome=outcome, metadata=md, feedback=score,
+            content_hash=content_hash(msgs),
+        )
+        id_, inserted = self._journal.insert(interaction)
+        if inserted:
+            self._worker.notify()
+        return id_
+
+    async def alog(self, messages: Sequence[Any], **kwargs: Any) -> str:
+        """Async `log` (the fsync runs in a thread so the event loop is not blocked)."""
+        return await asyncio.to_thread(self.log, messages, **kwargs)
+
+    def feedback(self, interaction_id: str, score: float, comment: str | None = None) -> None:
+        """Attach a score in [-1, 1] (and an optional comment) to a logged interaction.
+
+        Negative feedback routes the interaction to the `critique` self-edit at the
+        next consolidation.
+
+        Raises:
+            ValidationError: Score out of range or comment not a string.
+            NotFoundError: Unknown interaction id.
+        """
+        self._check_open()
+        value = validate_score(score)
+        if comment is not None and not isinstance(comment, str):
+            raise ValidationError("comment", comment, "must be a string or None")
+        if not self._journal.set_feedback(interaction_id, value, comment):
+            raise NotFoundError("interaction", interaction_id)
+
+    def mark(self, ids: Sequence[str], status: InteractionStatus | str, *, version: str | None = None) -> int:
+        """Set the status of interactions (the consolidation uses this); returns how many changed."""
+        self._check_open()
+        try:
+            st = InteractionStatus(status)
+        except ValueError as exc:
+            raise ValidationError("status", status, f"must be one of {[s.value for s in InteractionStatus]}") from exc
+        return self._journal.set_status(list(ids), st, version if st is InteractionStatus.CONSOLIDATED else None)
+
+    def forget(self, *, namespace: Namespace | Sequence[str] | str | None = None,
+               ids: Sequence[str] | None = None) -> int:
+        """Delete interactions by namespace, by ids, or both (their intersection).
+
+        They vanish from `get`, `list` and `recall` at once; the Chroma deletion follows
+        in the background. Returns how many were deleted.
+        """
+        self._check_open()
+        if namespace is None and ids is None:
+            raise ValidationError("namespace", None, "give a namespace, ids, or both (refusing to forget everything)")
+        ns = validate_namespace(namespace) if namespace is not None else None
+        if ids is not None:
+            if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
+                raise ValidationError("ids", ids, "must be a list of interaction ids")
+            if not ids:
+                return 0
+        gone = self._journal.forget(namespace=ns, ids=list(ids) if ids is not None else None)
+        if gone:
+            self._worker.notify()
+        return len(gone)
+
+    # ----------------------------------------------------------------------- read
+
+    def get(self, interaction_id: str) -> Interaction:
+        """The interaction with this id. Raises `NotFoundError` if there is none."""
+        self._check_open()
+        it = self._journal.get(interaction_id)
+        if it is None:
+            raise NotFoundError("interaction", interaction_id)
+        return it
+
+    def list(
+        self,
+        *,
+        namespace: Namespace | Sequence[str] | str | None = None,
+        since: datetime | str | None = None,
+        status: InteractionStatus | str | None = None,
+        limit: int | None = None,
+    ) -> list[Interaction]:
+        """Interactions in logging order, filtered by namespace (exact), time and status."""
+        self._check_open()
+        ns = validate_namespace(namespace) if namespace is not None else None
+        t = parse_time(since, "since") if since is not None else None
+        st = None
+        if status is not None:
+            try:
+                st = InteractionStatus(status)
+            except ValueError as exc:
+                raise ValidationError("status", status,
+                                      f"must be one of {[s.value for s in InteractionStatus]}") from exc
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValidationError("limit", limit, "must be a positive integer or None")
+        return self._journal.list(namespace=ns, since=t, status=st, limit=limit)
+
+    def recall(
+        self,
+        query: str,
+        *,
+        namespace: Namespace | Sequence[str] | str = DEFAULT_NAMESPACE,
+        k: int | None = None,
+        min_score: float | None = None,
+        include_descendants: bool = False,
+    ) -> list[Memory]:
+        """The `k` past interactions most relevant to `query`, best first.
+
+        The namespace is a hard filter: nothing from another namespace is ever returned.
+        Interactions logged just before the call are included (it waits up to
+        ``memory.recall_wait_s`` for them to be indexed).
+
+        Args:
+            query: What to look for.
+            namespace: Where to look.
+            k: How many at most; default ``memory.recall_k``.
+            min_score: Drop memories whose cosine similarity is below this.
+            include_descendants: Also search sub-namespaces (``("users",)`` covers
+                ``("users", "alice")``). Off by default: recall stays within one scope.
+
+        Raises:
+            ValidationError: Bad query, namespace, k or min_score.
+            BackendUnavailableError: Chroma cannot be reached.
+        """
+        self._check_open()
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("query", query, "must be a non-empty string")
+        ns = validate_namespace(namespace)
+        k = self.config.memory.recall_k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
+            raise ValidationError("k", k, "must be an integer in [1, 1000]")
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))):
+            raise ValidationError("min_score", min_score, "must be a number or None")
+        # Embed first: it also loads the embedding model, which the worker needs too, so
+        # the wait below measures indexing, not a cold model load.
+        vector = self._index.embed_query(query)
+        if self._worker.last_error is None:
+            self._worker.wait_idle(self.config.memory.recall_wait_s)  # read-your-writes, bounded
+        hits = self._index.query(vector, ns, k, include_descendants=include_descendants)
+        # The journal is the truth: an id forgotten but not yet deleted from Chroma is dropped.
+        rows = self._journal.get_many([i for i, _ in hits])
+        out = []
+        for id_, score in hits:
+            it = rows.get(id_)
+            if it is None or (min_score is not None and score < min_score):
+                continue
+            md = dict(it.metadata)
+            md.update(thread_id=it.thread_id, feedback=it.feedback, status=it.status.value)
+            out.append(Memory(id=it.id, text=it.text, score=score, namespace=it.namespace,
+                              created_at=it.created_at, metadata=md))
+        return out
+
+    async def arecall(self, query: str, **kwargs: Any) -> list[Memory]:
+        """Async `recall`."""
+        return await asyncio.to_thread(self.recall, query, **kwargs)
+
+    def status(self) -> dict[str, Any]:
+        """Counts by namespace and status, where things live, and the indexing backlog."""
+        self._check_open()
+        err = self._worker.last_error
+        return {
+            "home": str(self.home),
+            "backend": self.backend,
+            "collection": self.config.memory.collection,
+            "interactions": self._journal.count(),
+            "by_namespace": self._journal.counts(),
+            "backlog": self._journal.backlog(),
+            "last_index_error": str(err) if err else None,
+        }
+
+    # ---------------------------------------------------------- LangGraph pieces
+
+    def recall_node(self, **kwargs: Any) -> Callable[..., Any]:
+        """A StateGraph node that puts recalled memories into the prompt (see integrations.langgraph)."""
+        from seal_agent.integrations.langgraph import make_recall_node
+
+        return make_recall_node(self, **kwargs)
+
+    def log_node(self, **kwargs: Any) -> Callable[..., Any]:
+        """A StateGraph node that logs the exchange of the turn (see integrations.langgraph)."""
+        from seal_agent.integrations.langgraph import make_log_node
+
+        return make_log_node(self, **kwargs)
+
+    def pre_model_hook(self, **kwargs: Any) -> Callable[..., Any]:
+        """``pre_model_hook`` for ``langgraph.prebuilt.create_react_agent`` (legacy API)."""
+        from seal_agent.integrations.langgraph import make_pre_model_hook
+
+        return make_pre_model_hook(self, **kwargs)
+
+    def post_model_hook(self, **kwargs: Any) -> Callable[..., Any]:
+        """``post_model_hook`` for ``langgraph.prebuilt.create_react_agent`` (legacy API)."""
+        from seal_agent.integrations.langgraph import make_post_model_hook
+
+        return make_post_model_hook(self, **kwargs)
+
+    def tools(self, **kwargs: Any) -> list[BaseTool]:
+        """``save_memory`` and ``recall_memory`` tools for agent-driven memory."""
+        from seal_agent.integrations.langgraph import make_memory_tools
+
+        return make_memory_tools(self, **kwargs)
+
+    def middleware(self, **kwargs: Any) -> Any:
+        """A `SealMemoryMiddleware` for ``langchain.agents.create_agent``."""
+        from seal_agent.integrations.middleware import SealMemoryMiddleware
+
+        return SealMemoryMiddleware(self, **kwargs)
