@@ -33,7 +33,23 @@ _EXPORTS: dict[str, str] = {
     "train_adapter": "seal_agent.training",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AdapterRegistry",
+    "AdaptiveChatModel",
+    "ChromaStore",
+    "Interaction",
+    "InteractionStatus",
+    "Memory",
+    "MemoryConfig",
+    "ModelConfig",
+    "SealConfig",
+    "SealMemory",
+    "SealMemoryMiddleware",
+    "TrainConfig",
+    "__version__",
+    "load_model",
+    "train_adapter",
+]
 
 if TYPE_CHECKING:
     from seal_agent.config import MemoryConfig, ModelConfig, SealConfig, TrainConfig

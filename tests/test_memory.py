@@ -17,7 +17,13 @@ from fakes import HashEmbeddings
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from seal_agent import MemoryConfig, SealConfig, SealMemory
-from seal_agent.errors import BackendUnavailableError, ConfigError, NotFoundError, SealAgentError, ValidationError
+from seal_agent.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    NotFoundError,
+    SealAgentError,
+    ValidationError,
+)
 
 EXCHANGE = [
     {"role": "user", "content": "My dog is called Rex and he loves the beach"},

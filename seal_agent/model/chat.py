@@ -1,0 +1,556 @@
+"""AdaptiveChatModel: a LangChain chat model over a local causal LM with a swappable LoRA adapter.
+
+    chat = AdaptiveChatModel.load("tiny-random", max_new_tokens=64)
+    chat.invoke("hello")                    # base model
+    chat.use_adapter("home/adapters/v0003") # a PEFT adapter folder (or a version, with `resolver`)
+    chat.bind_tools([get_weather]).invoke("weather in Paris?")
+
+Every request -- invoke, ainvoke, stream, astream -- runs through one generator
+(`_run`): the prompt is rendered with the tokenizer's chat template, generation runs
+in a worker thread under the adapter lock (see `_adapters`), and text comes back as
+deltas that never include a partial stop sequence or tool-call tag. `invoke` joins
+the same deltas `stream` yields, so the two agree exactly.
+
+Tools use the Hermes convention: the model writes
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``; `parse_tool_calls` turns
+that into ``AIMessage.tool_calls``, and anything malformed into
+``invalid_tool_calls`` (never an exception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import Field, PrivateAttr
+
+from seal_agent.errors import ValidationError
+from seal_agent.model._adapters import AdapterHost
+from seal_agent.model._hermes import (
+    TOOL_CALL_OPEN,
+    ParsedOutput,
+    parse_tool_calls,
+    to_chat_dicts,
+    with_tool_preamble,
+)
+from seal_agent.model._template import ensure_chat_template, template_supports_tools
+
+__all__ = ["AdaptiveChatModel", "ParsedOutput", "parse_tool_calls"]
+
+logger = logging.getLogger(__name__)
+
+_NOT_FOLLOWED = object()  # `_followed` before the first look at `follow()`
+
+
+@dataclass
+class _Request:
+    """One generation's settings, merged from the model's fields and call kwargs."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    tools: list[dict[str, Any]] | None
+
+
+@dataclass
+class _Final:
+    """What the generator knows once generation has ended."""
+
+    delta: str  # text not yet yielded
+    parsed: ParsedOutput | None  # None when no tools are bound
+    finish_reason: str  # "stop" | "length" | "tool_calls"
+    input_tokens: int
+    output_tokens: int
+
+
+class AdaptiveChatModel(BaseChatModel):
+    """A LangChain chat model over a local causal LM whose LoRA adapter can be hot-swapped.
+
+    Build with `load` (a name or folder, like `load_model`) or from an already
+    loaded ``model`` and ``tokenizer``. The model is owned from then on: swapping
+    in an adapter injects LoRA layers into it, so do not train the same object.
+
+    Adapters: `use_adapter` takes a PEFT adapter folder, a version (looked up with
+    `resolver`), or None for the base model. With `follow` set (a callable returning
+    the registry's CURRENT version), each request first checks it and swaps when it
+    changed; an adapter that fails to load is logged and the old one keeps serving.
+
+    Attributes:
+        model: The base transformers model (LoRA layers are injected into it on the
+            first adapter).
+        tokenizer: Its tokenizer; given a plain chat template and a pad token if it
+            has none.
+        model_id: Name reported in response metadata.
+        temperature: 0 is greedy decoding; above 0 samples.
+        top_p: Nucleus sampling mass when sampling.
+        max_new_tokens: Most tokens generated per request.
+        stop: Default stop sequences (a call's ``stop=`` adds to them); output ends
+            before the first one.
+        seed: When set, seeds torch's RNG before each sampled generation.
+        resolver: Maps an adapter version to its folder (e.g.
+            ``lambda v: registry.get(v).path``).
+        follow: Returns the version to serve (None: the base model), checked before
+            every request.
+    """
+
+    model: Any = Field(exclude=True)
+    tokenizer: Any = Field(exclude=True)
+    model_id: str = "local"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    stop: list[str] | None = None
+    seed: int | None = None
+    resolver: Callable[[str], Path | str] | None = Field(default=None, exclude=True)
+    follow: Callable[[], str | None] | None = Field(default=None, exclude=True)
+
+    _host: AdapterHost = PrivateAttr()
+    _swap_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _followed: Any = PrivateAttr(default=_NOT_FOLLOWED)
+    _native_tools: bool = PrivateAttr(default=False)
+    _eos_ids: list[int] = PrivateAttr(default_factory=list)
+    # A fast tokenizer mutates its Rust state when truncation/padding settings change,
+    # and concurrent calls then fail with "Already borrowed": encode one at a time.
+    _tokenizer_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Checked here, not in a pydantic validator, so the caller gets seal_agent's
+        # ValidationError naming the field rather than pydantic's wrapper.
+        _check_request(self.max_new_tokens, self.temperature, self.top_p)
+        ensure_chat_template(self.tokenizer)
+        self._native_tools = template_supports_tools(self.tokenizer)
+        self._eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._host = AdapterHost(self.model)
+        self._maybe_follow()  # serve CURRENT from the first request on
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | os.PathLike[str] = "tiny-random",
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        seed: int = 0,
+        adapter: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> AdaptiveChatModel:
+        """Load a model with `load_model` and wrap it.
+
+        Args:
+            name_or_path: As for `load_model` (a folder, a hub id, or ``"tiny-random"``).
+            device: As for `load_model`.
+            dtype: As for `load_model`.
+            seed: Seed of ``tiny-random``'s weights.
+            adapter: An adapter folder or version to serve from the start.
+            **kwargs: Fields of this class (``temperature``, ``max_new_tokens``,
+                ``resolver``, ``follow``, ...).
+
+        Raises:
+            ModelLoadError: The model cannot be loaded.
+            AdapterError: `adapter` cannot be loaded.
+        """
+        from seal_agent.model.loader import load_model
+
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, seed=seed)
+        chat = cls(model=model, tokenizer=tokenizer, model_id=os.fspath(name_or_path), **kwargs)
+        if adapter is not None:
+            chat.use_adapter(adapter)
+        return chat
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> AdaptiveChatModel:
+        """Load from a `seal_agent.config.ModelConfig`; `kwargs` as for `load`."""
+        options = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, **kwargs}
+        return cls.load(config.name_or_path, device=config.device, dtype=config.dtype, seed=config.seed,
+                        **options)
+
+    # ----------------------------------------------------------------- adapters
+
+    @property
+    def adapter(self) -> str | None:
+        """The adapter serving now: the version or path given to `use_adapter`; None = base."""
+        return self._host.label
+
+    @property
+    def base_hash(self) -> str:
+        """`base_model_hash` of the base model (computed once, on first use)."""
+        return self._host.base_hash
+
+    @property
+    def served_model(self) -> Any:
+        """The module generation runs on (a `PeftModel` once an adapter was loaded)."""
+        return self._host.model
+
+    def use_adapter(self, adapter: str | os.PathLike[str] | None) -> None:
+        """Serve another LoRA adapter; safe while other threads generate.
+
+        Requests already running finish on the old adapter; later ones use the new
+        one; none sees a mix. With `follow` set, the swap holds until `follow()`
+        returns a new version.
+
+        Args:
+            adapter: A PEFT adapter folder, a version for `resolver`, or None for
+                the base model.
+
+        Raises:
+            AdapterError: The adapter is missing, corrupt, or for another base
+                model; the previous adapter keeps serving.
+            NotFoundError: `resolver` does not know the version (raised by it).
+        """
+        with self._swap_lock:
+            self._swap(adapter)
+
+    def _swap(self, adapter: str | os.PathLike[str] | None) -> None:
+        if adapter is None:
+            self._host.swap(None, None)
+            return
+        path, label = self._resolve(adapter)
+        self._host.swap(path, label)
+
+    def _resolve(self, adapter: str | os.PathLike[str]) -> tuple[Path, str]:
+        if isinstance(adapter, os.PathLike):
+            return Path(adapter), os.fspath(adapter)
+        if not isinstance(adapter, str) or not adapter:
+            raise ValidationError("adapter", adapter, "must be an adapter folder, a version, or None")
+        path = Path(adapter).expanduser()
+        if path.is_dir() or self.resolver is None:
+            return path, adapter
+        return Path(self.resolver(adapter)), adapter  # a version: ask the registry
+
+    def _maybe_follow(self) -> None:
+        """Swap to `follow()`'s version if it changed since the last look."""
+        if self.follow is None:
+            return
+        try:
+            version = self.follow()
+        except Exception:  # a broken registry read must not fail the request
+            logger.exception("follow() failed; keeping adapter %s", self.adapter)
+            return
+        if version == self._followed:
+            return
+        with self._swap_lock:
+            if version == self._followed:  # another thread swapped meanwhile
+                return
+            try:
+                self._swap(version)
+            except Exception as exc:
+                # Remember the version anyway: retrying a broken adapter on every
+                # request would stall them all; the next CURRENT change retries.
+                logger.error("cannot serve adapter %s, keeping %s: %s", version, self.adapter, exc)
+            self._followed = version
+
+    # ----------------------------------------------------------------- tools
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (LangChain tools, functions, pydantic models or OpenAI dicts).
+
+        Schemas go into the chat template's ``tools=`` argument when the template
+        renders tools, else into a system preamble in the same Hermes format.
+        `tool_choice` ``"none"`` binds no tools; other values are accepted for API
+        compatibility but not enforced -- a local model cannot be forced to call.
+        """
+        if tool_choice == "none":
+            return self.bind(**kwargs)
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    # ----------------------------------------------------------------- LangChain hooks
+
+    @property
+    def _llm_type(self) -> str:
+        return "seal-adaptive-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "temperature": self.temperature, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens, "adapter": self.adapter}
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        deltas: list[str] = []
+        final: _Final | None = None
+        for item in self._run(messages, stop, kwargs):
+            if isinstance(item, str):
+                deltas.append(item)
+            else:
+                final = item
+        assert final is not None  # _run always ends with a _Final
+        content = "".join(deltas) + final.delta
+        parsed = final.parsed
+        message = AIMessage(
+            content=content,
+            tool_calls=parsed.tool_calls if parsed else [],
+            invalid_tool_calls=parsed.invalid_tool_calls if parsed else [],
+            usage_metadata=_usage(final),
+            response_metadata=self._response_metadata(final),
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        # Generation is blocking torch work: run it off the event loop.
+        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for item in self._run(messages, stop, kwargs):
+            if isinstance(item, str):
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(item, chunk=chunk)
+                yield chunk
+                continue
+            chunks = []
+            if item.parsed is not None:
+                calls = item.parsed.tool_calls
+                chunks = [tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+                          for i, c in enumerate(calls)]
+                # An invalid call's args are its raw "<tool_call>..." text, which never
+                # parses as JSON, so it stays invalid when chunks are added up.
+                chunks += [tool_call_chunk(name=c["name"], args=c["args"], id=c["id"], index=len(calls) + i)
+                           for i, c in enumerate(item.parsed.invalid_tool_calls)]
+            message = AIMessageChunk(content=item.delta, tool_call_chunks=chunks, usage_metadata=_usage(item),
+                                     response_metadata=self._response_metadata(item), chunk_position="last")
+            yield ChatGenerationChunk(message=message)
+
+    def _response_metadata(self, final: _Final) -> dict[str, Any]:
+        return {"model_name": self.model_id, "finish_reason": final.finish_reason, "adapter": self.adapter}
+
+    # ----------------------------------------------------------------- generation
+
+    def _request(self, stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
+        known = {"max_new_tokens", "temperature", "top_p", "seed", "tools", "stop"}
+        ignored = sorted(set(kwargs) - known)
+        if ignored:  # LangChain passes extras (e.g. ls_structured_output_format)
+            logger.debug("ignoring generation options %s", ignored)
+        request = _Request(
+            max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
+            temperature=kwargs.get("temperature", self.temperature),
+            top_p=kwargs.get("top_p", self.top_p),
+            seed=kwargs.get("seed", self.seed),
+            stop=[s for s in [*(self.stop or []), *(stop or []), *(kwargs.get("stop") or [])] if s],
+            tools=kwargs.get("tools") or None,
+        )
+        _check_request(request.max_new_tokens, request.temperature, request.top_p)
+        return request
+
+    def _encode(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None) -> Any:
+        chat = to_chat_dicts(messages, native_tools=self._native_tools)
+        if tools and not self._native_tools:
+            chat = with_tool_preamble(chat, tools)
+        with self._tokenizer_lock:
+            text = self.tokenizer.apply_chat_template(
+                chat, tools=tools if self._native_tools else None, add_generation_prompt=True, tokenize=False
+            )
+            # The template already placed any BOS token; do not add another.
+            encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        n = encoded["input_ids"].shape[1]
+        if limit is not None and n >= limit:
+            raise ValidationError("messages", f"{n} tokens", f"prompt must be shorter than the context ({limit})")
+        return encoded
+
+    def _run(self, messages: list[BaseMessage], stop: list[str] | None,
+             kwargs: dict[str, Any]) -> Iterator[str | _Final]:
+        """Generate: yield text deltas, then one `_Final`."""
+        request = self._request(stop, kwargs)
+        self._maybe_follow()
+        encoded = self._encode(messages, request.tools)
+        tool_mode = request.tools is not None
+        holds = [*request.stop, TOOL_CALL_OPEN] if tool_mode else request.stop
+
+        tokens: queue.Queue[Any] = queue.Queue()
+        cancel = threading.Event()
+        worker = threading.Thread(target=self._generate_worker, args=(encoded, request, tokens, cancel),
+                                  name="seal-generate", daemon=True)
+        worker.start()
+        ids: list[int] = []
+        emitted, text, hit_stop = "", "", False
+        try:
+            while (item := tokens.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                ids.extend(item)
+                # Decode everything each step: a token may complete a multi-byte
+                # character begun by the previous one. O(n^2), fine at chat lengths.
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                cut = _find_stop(text, request.stop)
+                if cut is not None:
+                    text, hit_stop = text[:cut], True
+                    cancel.set()
+                    break
+                safe = _safe_prefix(text, holds, tool_mode)
+                if len(safe) > len(emitted) and safe.startswith(emitted):
+                    yield safe[len(emitted):]
+                    emitted = safe
+        finally:
+            cancel.set()  # also when the consumer abandons the stream
+        worker.join()
+
+        parsed = parse_tool_calls(text) if tool_mode else None
+        final_text = parsed.content if parsed is not None else text
+        if not final_text.startswith(emitted):  # cannot happen with prefix-stable decoders
+            logger.warning("streamed text diverged from the final decode; final text dropped")
+            final_text = emitted
+        if parsed is not None and (parsed.tool_calls or parsed.invalid_tool_calls):
+            reason = "tool_calls"
+        elif hit_stop or (ids and ids[-1] in self._eos_ids):
+            reason = "stop"
+        else:
+            reason = "length"
+        yield _Final(final_text[len(emitted):], parsed, reason, int(encoded["input_ids"].shape[1]), len(ids))
+
+    def _generate_worker(self, encoded: Any, request: _Request, tokens: queue.Queue[Any],
+                         cancel: threading.Event) -> None:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        try:
+            config = self._generation_config(request)
+            with self._host.pinned() as model, torch.inference_mode():
+                if cancel.is_set():  # the consumer left while we waited for the lock
+                    return
+                if request.seed is not None and request.temperature > 0:
+                    torch.manual_seed(request.seed)
+                device = next(model.parameters()).device
+                model.generate(
+                    input_ids=encoded["input_ids"].to(device),
+                    attention_mask=encoded["attention_mask"].to(device),
+                    generation_config=config,
+                    streamer=_QueueStreamer(tokens),
+                    stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
+                )
+        except BaseException as exc:  # hand every failure to the consumer thread
+            tokens.put(exc)
+        finally:
+            tokens.put(_END)
+
+    def _generation_config(self, request: _Request) -> Any:
+        config = copy.deepcopy(self.model.generation_config)
+        config.max_new_tokens = request.max_new_tokens
+        config.max_length = None
+        config.eos_token_id = self._eos_ids or None
+        config.pad_token_id = self.tokenizer.pad_token_id
+        config.do_sample = request.temperature > 0
+        if config.do_sample:
+            config.temperature, config.top_p, config.top_k = request.temperature, request.top_p, None
+        else:  # unset sampling knobs so transformers does not warn they are ignored
+            config.temperature = config.top_p = config.top_k = None
+        return config
+
+
+# --------------------------------------------------------------------- helpers
+
+_END = object()  # queue sentinel: generation finished
+
+
+class _QueueStreamer:
+    """A transformers streamer that puts each new token id list on a queue."""
+
+    def __init__(self, tokens: queue.Queue[Any]) -> None:
+        self.tokens = tokens
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        self.tokens.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass  # the worker signals the end itself, also after an error
+
+
+class _CancelCriteria:
+    """Stop generation when the consumer is gone or a stop sequence was found."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _check_request(max_new_tokens: Any, temperature: Any, top_p: Any) -> None:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
+        raise ValidationError("max_new_tokens", max_new_tokens, "must be a positive integer")
+    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 10:
+        raise ValidationError("temperature", temperature, "must be a number in [0, 10] (0 = greedy)")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValidationError("top_p", top_p, "must be a number in (0, 1]")
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """End-of-turn ids: the generation config's eos (may be a list) plus the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    found = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return sorted(found)
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _safe_prefix(text: str, holds: list[str], tool_mode: bool) -> str:
+    """The part of `text` that later tokens cannot change: no partial stop or tag at the end."""
+    if tool_mode:
+        start = text.find(TOOL_CALL_OPEN)
+        if start >= 0:  # everything from a tool call on waits for the final parse
+            text = text[:start]
+    keep = len(text)
+    for hold in holds:
+        for k in range(min(len(hold) - 1, len(text)), 0, -1):
+            if text.endswith(hold[:k]):
+                keep = min(keep, len(text) - k)
+                break
+    text = text[:keep].rstrip("\ufffd")  # an incomplete UTF-8 character, completed later
+    # parse_tool_calls strips the final content; hold whitespace at both ends to match.
+    return text.strip() if tool_mode else text
+
+
+def _usage(final: _Final) -> dict[str, int]:
+    return {"input_tokens": final.input_tokens, "output_tokens": final.output_tokens,
+            "total_tokens": final.input_tokens + final.output_tokens}
+
+
