@@ -28,6 +28,7 @@ __all__ = [
     "MemoryConfig",
     "ModelConfig",
     "SealConfig",
+    "SelfEditConfig",
     "TrainConfig",
 ]
 
@@ -211,10 +212,63 @@ class TrainConfig:
         _non_negative_int(s, "seed", self.seed)
 
 
+@dataclass
+class SelfEditConfig:
+    """How consolidation turns interactions into training data (self-edits).
+
+    Attributes:
+        strategies: Strategies applied to interactions with feedback >= 0 or none, by
+            registered name (see `seal_agent.selfedit`): ``implications``, ``rewrite``,
+            ``self_qa``, ``raw``, or your own.
+        negative_strategy: Strategy for interactions with negative feedback (SELF's
+            critique + refined answer by default).
+        max_items_per_interaction: Cap on training items one interaction yields per strategy.
+        max_item_chars: Items longer than this are dropped (counted).
+        min_item_chars: Items shorter than this are dropped (counted).
+        heldout_fraction: Share of ``self_qa`` pairs kept out of training as new-knowledge
+            probes for the validation gate.
+        temperature: Sampling temperature of the model writing self-edits.
+        max_new_tokens: Generation budget for one self-edit.
+        exclude_namespaces: Namespace paths (``"users/bob"``) never trained on; their
+            interactions are marked ``excluded``.
+        seed: Seed for sampling and held-out selection.
+    """
+
+    strategies: list[str] = field(default_factory=lambda: ["implications", "self_qa", "raw"])
+    negative_strategy: str = "critique"
+    max_items_per_interaction: int = 8
+    max_item_chars: int = 1_000
+    min_item_chars: int = 8
+    heldout_fraction: float = 0.25
+    temperature: float = 0.7
+    max_new_tokens: int = 256
+    exclude_namespaces: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = "selfedit"
+        _check(isinstance(self.strategies, list) and bool(self.strategies)
+               and all(isinstance(x, str) and x for x in self.strategies),
+               s, "strategies", self.strategies, "must be a non-empty list of strategy names")
+        _check(isinstance(self.negative_strategy, str) and bool(self.negative_strategy),
+               s, "negative_strategy", self.negative_strategy, "must be a strategy name")
+        for name in ("max_items_per_interaction", "max_item_chars", "max_new_tokens"):
+            _positive_int(s, name, getattr(self, name))
+        _non_negative_int(s, "min_item_chars", self.min_item_chars)
+        _check(self.min_item_chars < self.max_item_chars, s, "min_item_chars", self.min_item_chars,
+               "must be smaller than max_item_chars")
+        _number(s, "heldout_fraction", self.heldout_fraction, 0.0, 0.9)
+        _number(s, "temperature", self.temperature, 0.0, 10.0)
+        _check(isinstance(self.exclude_namespaces, list) and all(isinstance(x, str) and x for x in self.exclude_namespaces),
+               s, "exclude_namespaces", self.exclude_namespaces, "must be a list of namespace paths like 'users/bob'")
+        _non_negative_int(s, "seed", self.seed)
+
+
 _SECTIONS: dict[str, type] = {
     "memory": MemoryConfig,
     "model": ModelConfig,
     "train": TrainConfig,
+    "selfedit": SelfEditConfig,
 }
 
 
@@ -237,6 +291,7 @@ class SealConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    selfedit: SelfEditConfig = field(default_factory=SelfEditConfig)
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():
