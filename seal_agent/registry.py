@@ -1,0 +1,588 @@
+"""AdapterRegistry: versioned LoRA adapters with an atomic CURRENT pointer.
+
+Layout of a registry root (``<home>/adapters/``)::
+
+    CURRENT                     the serving version's name, replaced atomically
+    v0001-20261122T213500Z/     adapter_config.json, adapter_model.safetensors, manifest.json
+    v0002-20261123T020000Z/     ...
+    .lock                       a file lock shared by every process using the registry
+    .pending                    present only while a commit is in flight (see below)
+
+Every version is a complete PEFT LoRA folder (bias "none", no modules_to_save -- so
+``PeftModel.from_pretrained`` and vLLM's LoRA loader both accept it) plus
+``manifest.json``. Names are immutable and sort by time: ``v<NNNN>-<UTC time>``.
+Committed versions are kept (rollback targets); staged and rejected candidates are
+kept for inspection, the newest ``keep_staged`` of them.
+
+Crash safety of `AdapterRegistry.commit` (``kill -9`` at any instant):
+
+1. the adapter is copied into ``.tmp-<version>/`` with its manifest, and fsync'd;
+2. ``.pending`` (naming the version) is written atomically;
+3. ``.tmp-<version>/`` is renamed to ``<version>/`` (atomic on one filesystem);
+4. ``CURRENT`` is replaced atomically (temp file, fsync, ``os.replace``, fsync dir);
+5. ``.pending`` is removed.
+
+Opening a registry repairs an interrupted commit: temp folders are deleted, and a
+version named in ``.pending`` that never became CURRENT is deleted too (its commit never
+returned, so it never existed). CURRENT therefore always names a complete version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock, Timeout
+
+from seal_agent.errors import AdapterError, NotFoundError, RegistryError, ValidationError
+
+__all__ = [
+    "ADAPTER_FILES",
+    "MANIFEST_FILENAME",
+    "MANIFEST_FORMAT_VERSION",
+    "AdapterRegistry",
+    "AdapterVersion",
+    "validate_adapter_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILENAME = "manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"""Files every version must hold (besides ``manifest.json``)."""
+
+Verdict = Literal["committed", "rejected", "staged"]
+
+_CURRENT = "CURRENT"
+_PENDING = ".pending"
+_LOCK = ".lock"
+_TMP_PREFIX = ".tmp-"
+_VERSION_RE = re.compile(r"^v(\d{4,})-(\d{8}T\d{6}Z)$")
+
+# Fields a caller may set in a manifest; the registry fills in the rest.
+_CALLER_FIELDS: dict[str, Any] = {
+    "parent": None,  # default: CURRENT at commit time
+    "base_model": None,
+    "base_model_hash": None,
+    "lineage": None,  # default: {"interaction_ids": [], "self_edit_hashes": []}
+    "hyperparameters": None,
+    "metrics": None,
+    "gate": None,
+    "scale": 1.0,
+    "verdict": None,  # stage() only: "staged" (default) or "rejected"
+}
+
+# Test hook: called with the name of each step of a commit (crash simulation).
+_fault_hook: Callable[[str], None] | None = None
+
+
+def _fault_point(name: str) -> None:
+    if _fault_hook is not None:
+        _fault_hook(name)
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One stored adapter version.
+
+    Attributes:
+        version: Immutable name, e.g. ``"v0003-20261122T213500Z"``.
+        path: The version's folder (a PEFT adapter folder plus ``manifest.json``).
+        manifest: The parsed ``manifest.json`` (a copy; editing it changes nothing).
+        verdict: ``"committed"``, ``"rejected"`` or ``"staged"``.
+        is_current: Whether CURRENT names this version.
+    """
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    verdict: Verdict
+    is_current: bool = False
+
+    @property
+    def parent(self) -> str | None:
+        """The version this one was trained from, if any."""
+        return self.manifest.get("parent")
+
+    @property
+    def created_at(self) -> str:
+        """ISO-8601 UTC time of the commit or stage."""
+        return str(self.manifest.get("created_at", ""))
+
+    @property
+    def base_model_hash(self) -> str | None:
+        """Hash of the base model the adapter was trained on."""
+        return self.manifest.get("base_model_hash")
+
+    @property
+    def scale(self) -> float:
+        """Scale to apply to the adapter when serving (the gate may scale back)."""
+        return float(self.manifest.get("scale", 1.0))
+
+
+class AdapterRegistry:
+    """Versioned LoRA adapters under one folder, with an atomically replaced CURRENT.
+
+    Safe across threads and processes (a file lock guards every write). Reading never
+    takes the lock: CURRENT and version folders only ever change by atomic renames.
+
+    Args:
+        root: The registry folder (created if missing), typically ``<home>/adapters``.
+        keep_staged: How many staged/rejected candidates to keep; older ones are pruned.
+        base_model_hash: Hash of the base model this registry serves. When given (or
+            known from CURRENT's manifest), commits of adapters trained on another base
+            model are refused.
+        lock_timeout: Seconds to wait for another process's commit to finish.
+
+    Example::
+
+        reg = AdapterRegistry(home / "adapters")
+        v = reg.commit(result.adapter_path, {"base_model": "tiny-random", "base_model_hash": h})
+        reg.current == v        # True
+        reg.rollback(reg.get(v).parent)
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        keep_staged: int = 10,
+        base_model_hash: str | None = None,
+        lock_timeout: float = 60.0,
+    ) -> None:
+        if not isinstance(keep_staged, int) or keep_staged < 0:
+            raise ValidationError("keep_staged", keep_staged, "must be an integer >= 0")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep_staged = keep_staged
+        self._base_hash = base_model_hash
+        self._lock = FileLock(str(self.root / _LOCK), timeout=lock_timeout)
+        try:  # repair only when no other process is mid-commit
+            with self._lock.acquire(timeout=0):
+                self._recover()
+        except Timeout:
+            logger.debug("registry %s is locked by another process; skipping recovery", self.root)
+
+    def __repr__(self) -> str:
+        return f"AdapterRegistry({str(self.root)!r}, current={self.current!r})"
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def current(self) -> str | None:
+        """The serving version's name, or None before the first commit."""
+        try:
+            name = (self.root / _CURRENT).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not name:
+            return None
+        if not (self.root / name / MANIFEST_FILENAME).is_file():
+            raise RegistryError(f"CURRENT names {name!r}, which is not a complete version in {self.root}")
+        return name
+
+    @property
+    def base_model_hash(self) -> str | None:
+        """The base-model hash commits must match: the one given, else CURRENT's."""
+        if self._base_hash is not None:
+            return self._base_hash
+        cur = self.current
+        return self.get(cur).base_model_hash if cur else None
+
+    def list(self) -> list[AdapterVersion]:
+        """Every stored version, committed and staged, oldest first."""
+        cur = self.current
+        return [self._read(name, cur) for name in self._version_names()]
+
+    def get(self, version: str) -> AdapterVersion:
+        """One version, by full name or by its ``vNNNN`` prefix.
+
+        Raises:
+            NotFoundError: No such version.
+        """
+        return self._read(self._resolve(version), self.current)
+
+    def check_compatible(self, version: str, base_model_hash: str | None) -> None:
+        """Refuse to serve ``version`` on a base model with another hash.
+
+        Args:
+            version: The version (full name or ``vNNNN``).
+            base_model_hash: Hash of the base model about to load it; None skips the check.
+
+        Raises:
+            AdapterError: Both hashes are known and differ.
+            NotFoundError: No such version.
+        """
+        v = self.get(version)
+        if base_model_hash is not None and v.base_model_hash is not None and v.base_model_hash != base_model_hash:
+            raise AdapterError(f"adapter {v.version} was trained on base model {v.base_model_hash!r}, "
+                               f"not {base_model_hash!r}")
+
+    # ------------------------------------------------------------------ writing
+
+    def commit(self, adapter_dir: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> str:
+        """Store an adapter as a new version and make it CURRENT, atomically.
+
+        Args:
+            adapter_dir: A PEFT LoRA adapter folder (e.g. ``TrainResult.adapter_path``).
+            manifest: Caller fields of the manifest: ``parent`` (default: CURRENT),
+                ``base_model``, ``base_model_hash``, ``lineage`` (``interaction_ids``,
+                ``self_edit_hashes``), ``hyperparameters``, ``metrics``, ``gate``,
+                ``scale`` (default 1.0). The registry adds ``format_version``,
+                ``library_version``, ``version``, ``verdict`` and ``created_at``.
+
+        Returns:
+            The new version's name.
+
+        Raises:
+            AdapterError: The adapter folder is incomplete or corrupt, not LoRA, has a
+                bias or modules_to_save, or was trained on another base model.
+            ValidationError: A manifest field is unknown or malformed.
+            RegistryError: The registry is locked by another process for too long.
+        """
+        return self._store(adapter_dir, manifest, verdict="committed")
+
+    def stage(self, adapter_dir: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> str:
+        """Keep an adapter that is not served (a rejected or pending candidate) for inspection.
+
+        The version gets a name like a committed one but CURRENT does not move. Only
+        the newest ``keep_staged`` staged/rejected versions are kept.
+
+        Args:
+            adapter_dir: A PEFT LoRA adapter folder.
+            manifest: As for `commit`; ``verdict`` may be ``"staged"`` (default) or ``"rejected"``.
+
+        Returns:
+            The staged version's name.
+        """
+        verdict = (manifest or {}).get("verdict") or "staged"
+        if verdict not in ("staged", "rejected"):
+            raise ValidationError("manifest.verdict", verdict, "stage() takes 'staged' or 'rejected'")
+        return self._store(adapter_dir, manifest, verdict=verdict)
+
+    def rollback(self, version: str) -> str:
+        """Make an earlier committed version CURRENT again.
+
+        Args:
+            version: A committed version (full name or ``vNNNN``).
+
+        Returns:
+            The full version name now CURRENT.
+
+        Raises:
+            NotFoundError: No such version.
+            RegistryError: The version was never committed (staged or rejected).
+            AdapterError: It was trained on another base model than the registry's.
+        """
+        with self._locked():
+            v = self.get(version)
+            if v.verdict != "committed":
+                raise RegistryError(f"cannot roll back to {v.version}: its verdict is {v.verdict!r}, "
+                                    "only committed versions can be served")
+            if self._base_hash is not None:
+                self.check_compatible(v.version, self._base_hash)
+            self._write_current(v.version)
+            logger.info("registry %s: rolled back to %s", self.root, v.version)
+            return v.version
+
+    def export(self, version: str, dest: str | os.PathLike[str]) -> Path:
+        """Copy a version (adapter files and manifest) to ``dest``, e.g. for vLLM or sharing.
+
+        Args:
+            version: The version (full name or ``vNNNN``).
+            dest: Target folder; must not exist or be empty.
+
+        Returns:
+            ``dest`` as a Path.
+        """
+        v = self.get(version)
+        out = Path(dest)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ValidationError("dest", str(out), "must not exist or be an empty folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(v.path, tmp)
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _store(self, adapter_dir: str | os.PathLike[str], manifest: Mapping[str, Any] | None,
+               *, verdict: Verdict) -> str:
+        src = Path(adapter_dir)
+        validate_adapter_dir(src)
+        fields = _check_manifest(manifest)
+        with self._locked():
+            known = self.base_model_hash
+            given = fields["base_model_hash"]
+            if known is not None and given is not None and given != known:
+                raise AdapterError(f"adapter in {src} was trained on base model {given!r}; "
+                                   f"this registry serves {known!r}")
+            if known is not None and given is None:
+                logger.warning("manifest has no base_model_hash; cannot check the adapter in %s "
+                               "matches base model %s", src, known)
+            current = self.current
+            name = self._next_name()
+            body = {
+                "format_version": MANIFEST_FORMAT_VERSION,
+                "library_version": _library_version(),
+                "version": name,
+                **fields,
+                "parent": fields["parent"] if fields["parent"] is not None else current,
+                "verdict": verdict,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            }
+            tmp = self.root / f"{_TMP_PREFIX}{name}"
+            try:
+                shutil.copytree(src, tmp)
+                _write_file(tmp / MANIFEST_FILENAME, json.dumps(body, indent=2, sort_keys=True) + "\n")
+                _fsync_tree(tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            _fault_point("copied")
+            if verdict == "committed":
+                _write_atomic(self.root / _PENDING, name)
+                _fault_point("pending")
+            os.replace(tmp, self.root / name)
+            _fsync_dir(self.root)
+            _fault_point("renamed")
+            if verdict == "committed":
+                self._write_current(name)
+                _fault_point("current")
+                (self.root / _PENDING).unlink()
+                _fsync_dir(self.root)
+                logger.info("registry %s: committed %s (parent %s)", self.root, name, body["parent"])
+            else:
+                logger.info("registry %s: staged %s (%s)", self.root, name, verdict)
+                self._prune_staged()
+            return name
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self._lock.acquire()
+        except Timeout as exc:
+            raise RegistryError(f"registry {self.root} is locked by another process") from exc
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _write_current(self, name: str) -> None:
+        _write_atomic(self.root / _CURRENT, name + "\n")
+
+    def _version_names(self) -> list[str]:
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
+        return sorted(names, key=lambda n: int(_VERSION_RE.match(n).group(1)))  # type: ignore[union-attr]
+
+    def _next_name(self) -> str:
+        names = self._version_names()
+        n = int(_VERSION_RE.match(names[-1]).group(1)) + 1 if names else 1  # type: ignore[union-attr]
+        return f"v{n:04d}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+
+    def _resolve(self, version: str) -> str:
+        if not isinstance(version, str) or not version:
+            raise ValidationError("version", version, "must be a version name such as 'v0003'")
+        names = self._version_names()
+        if version in names:
+            return version
+        matches = [n for n in names if n.split("-", 1)[0] == version]
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFoundError("adapter version", version)
+
+    def _read(self, name: str, current: str | None) -> AdapterVersion:
+        path = self.root / name
+        try:
+            manifest = json.loads((path / MANIFEST_FILENAME).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise NotFoundError("adapter version", name) from exc
+        except json.JSONDecodeError as exc:
+            raise RegistryError(f"{path / MANIFEST_FILENAME} is not valid JSON: {exc}") from exc
+        return AdapterVersion(version=name, path=path, manifest=manifest,
+                              verdict=manifest.get("verdict", "committed"), is_current=name == current)
+
+    def _prune_staged(self) -> None:
+        current = self.current
+        staged = [v for v in self.list() if v.verdict != "committed" and v.version != current]
+        for v in staged[: max(0, len(staged) - self.keep_staged)]:
+            logger.info("registry %s: pruning %s candidate %s", self.root, v.verdict, v.version)
+            _remove_dir(v.path)
+
+    def _recover(self) -> None:
+        """Undo an interrupted commit and delete temp leftovers (called under the lock)."""
+        pending = self.root / _PENDING
+        if pending.exists():
+            name = pending.read_text(encoding="utf-8").strip()
+            try:
+                current = (self.root / _CURRENT).read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                current = None
+            if name and name != current and (self.root / name).is_dir():
+                logger.warning("registry %s: removing %s, whose commit was interrupted", self.root, name)
+                _remove_dir(self.root / name)
+            pending.unlink()
+        for p in self.root.iterdir():
+            if p.name.startswith(_TMP_PREFIX) or p.name.startswith(f"{_CURRENT}.tmp") \
+                    or p.name.startswith(f"{_PENDING}.tmp"):
+                logger.info("registry %s: removing leftover %s", self.root, p.name)
+                _remove_dir(p) if p.is_dir() else p.unlink()
+        _fsync_dir(self.root)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_adapter_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check that a folder holds a complete, servable PEFT LoRA adapter.
+
+    Args:
+        path: The adapter folder.
+
+    Returns:
+        The parsed ``adapter_config.json``.
+
+    Raises:
+        AdapterError: Missing files, unreadable config or weights, not LoRA, a bias
+            other than "none", modules_to_save, or no LoRA tensors.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise AdapterError(f"adapter folder {p} does not exist")
+    for name in ADAPTER_FILES:
+        if not (p / name).is_file():
+            raise AdapterError(f"adapter folder {p} lacks {name}")
+    try:
+        cfg = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"{p / 'adapter_config.json'} is not valid JSON: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"{p / 'adapter_config.json'} must hold a JSON object")
+    if cfg.get("peft_type") != "LORA":
+        raise AdapterError(f"adapter in {p} has peft_type={cfg.get('peft_type')!r}; only 'LORA' is served")
+    if cfg.get("bias", "none") != "none":
+        raise AdapterError(f"adapter in {p} has bias={cfg.get('bias')!r}; vLLM needs bias='none'")
+    if cfg.get("modules_to_save"):
+        raise AdapterError(f"adapter in {p} has modules_to_save={cfg['modules_to_save']!r}; vLLM needs none")
+    try:
+        from safetensors import safe_open
+
+        # Opening checks the header against the file size (a truncated file fails);
+        # reading each tensor checks the data is all there.
+        with safe_open(str(p / "adapter_model.safetensors"), framework="pt") as f:
+            keys = list(f.keys())
+            for k in keys:
+                f.get_slice(k)[:]
+    except Exception as exc:  # safetensors raises its own error types
+        raise AdapterError(f"{p / 'adapter_model.safetensors'} is corrupt: {exc}") from exc
+    if not any("lora_" in k for k in keys):
+        raise AdapterError(f"{p / 'adapter_model.safetensors'} holds no LoRA weights")
+    return cfg
+
+
+def _check_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any]:
+    if manifest is None:
+        manifest = {}
+    if not isinstance(manifest, Mapping):
+        raise ValidationError("manifest", manifest, "must be a dict")
+    for key in manifest:
+        if key not in _CALLER_FIELDS:
+            raise ValidationError(f"manifest.{key}", manifest[key],
+                                  f"unknown manifest field; known: {sorted(_CALLER_FIELDS)}")
+    out = {k: manifest.get(k, default) for k, default in _CALLER_FIELDS.items() if k != "verdict"}
+    for key in ("parent", "base_model", "base_model_hash"):
+        if out[key] is not None and not isinstance(out[key], str):
+            raise ValidationError(f"manifest.{key}", out[key], "must be a string or None")
+    for key in ("hyperparameters", "metrics"):
+        out[key] = dict(out[key] or {})
+    if out["gate"] is not None and not isinstance(out["gate"], Mapping):
+        raise ValidationError("manifest.gate", out["gate"], "must be a dict (the gate report) or None")
+    lineage = dict(out["lineage"] or {})
+    lineage.setdefault("interaction_ids", [])
+    lineage.setdefault("self_edit_hashes", [])
+    out["lineage"] = lineage
+    scale = out["scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale <= 10.0:
+        raise ValidationError("manifest.scale", scale, "must be a number in [0, 10]")
+    out["scale"] = float(scale)
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("manifest", "<dict>", f"must be JSON-serialisable: {exc}") from exc
+    return out
+
+
+# --------------------------------------------------------------------------- filesystem
+
+
+def _library_version() -> str:
+    try:
+        from seal_agent import __version__
+
+        return str(__version__)
+    except ImportError:
+        return "0+unknown"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file, fsync, rename over ``path``, fsync the folder."""
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    _write_file(tmp, text)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename out of the version namespace first, so a crash mid-delete leaves only a temp folder."""
+    trash = path.with_name(f"{_TMP_PREFIX}trash-{path.name}-{uuid.uuid4().hex[:6]}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,436 @@
+"""The LoRA trainer: a thin, readable loop over `seal_agent.training.data`.
+
+What happens in `train_adapter`, in order:
+
+1. validate and tokenize the examples (and the replay examples), nothing written yet;
+2. sample the replay mix (``round(replay_ratio * len(examples))`` older examples,
+   deterministic from the seed) and plan every epoch's length-grouped steps;
+3. make a *weight-sharing structural copy* of the caller's model and wrap that copy
+   with LoRA (or load ``init_adapter`` into it to continue training). The copy's
+   modules are new objects but its parameters and buffers are the caller's tensors, so
+   it costs almost no memory; LoRA layers are injected into the copy's module tree
+   only, so the caller's model never sees them -- a server may keep generating with
+   it while we train. The base weights are frozen (and never written); their
+   ``requires_grad`` flags are restored afterwards;
+4. train: AdamW on the LoRA weights, linear warmup then cosine decay to 10% of the
+   peak, gradient accumulation over micro-batches, clipping, a step and time budget,
+   cancellation between micro-batches;
+5. save the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) to a
+   temporary sibling folder and rename it into place, so ``output_dir`` is either
+   complete or absent.
+
+The loss is computed only where it is needed: the decoder's hidden states at the
+labelled positions go through the output head (``[N, H] @ [H, V]`` instead of
+``[B, T, H] @ [H, V]``), which for chat data (loss on the answers only) and large
+vocabularies saves most of the head's compute and memory. Models whose forward does
+more than ``lm_head(decoder(x))`` (logit soft-capping or scaling) use the full forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from seal_agent.config import TrainConfig
+from seal_agent.errors import TrainingCancelled, TrainingError, ValidationError
+from seal_agent.training.data import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    collate,
+    encode_examples,
+    plan_batches,
+    sample_replay,
+    validate_examples,
+)
+
+__all__ = ["TrainResult", "train_adapter"]
+
+logger = logging.getLogger(__name__)
+
+StoppedReason = Literal["completed", "max_steps", "max_seconds"]
+
+_MIN_LR_RATIO = 0.1  # cosine decays to 10% of the peak: the last steps still learn
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        adapter_path: The saved PEFT adapter folder (``adapter_config.json`` +
+            ``adapter_model.safetensors``), loadable by ``PeftModel.from_pretrained``.
+        losses: Mean loss per label token of each optimizer step, in order.
+        steps: Optimizer steps taken.
+        tokens_seen: Real (non-pad) tokens that went through the model.
+        padded_tokens: Tokens that went through the model including padding
+            (``tokens_seen / padded_tokens`` is the useful fraction of the compute).
+        tokens_per_second: ``tokens_seen / seconds``.
+        peak_memory_bytes: On CUDA the peak allocated memory during training; elsewhere
+            the process's peak resident set size (the whole process's lifetime peak).
+        seconds: Wall-clock seconds of the training loop (tokenization and saving excluded).
+        stopped_reason: ``"completed"`` (all epochs), ``"max_steps"`` or ``"max_seconds"``.
+        examples: New examples trained on.
+        replay_examples: Replay examples mixed in.
+    """
+
+    adapter_path: Path
+    losses: tuple[float, ...]
+    steps: int
+    tokens_seen: int
+    padded_tokens: int
+    tokens_per_second: float
+    peak_memory_bytes: int
+    seconds: float
+    stopped_reason: StoppedReason
+    examples: int
+    replay_examples: int
+
+
+def train_adapter(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Mapping[str, Any]],
+    config: TrainConfig | None = None,
+    *,
+    init_adapter: str | os.PathLike[str] | None = None,
+    replay: Sequence[Mapping[str, Any]] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    cancel_event: threading.Event | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a LoRA adapter on chat or document examples.
+
+    The caller's model is not modified: LoRA is injected into a structural copy that
+    shares the (frozen) base weights, so the base stays bit-identical and usable by
+    other threads while training runs.
+
+    Args:
+        model: A transformers causal LM (the base model, not a ``PeftModel``).
+        tokenizer: Its tokenizer; chat examples need a chat template.
+        examples: Chat examples ``{"messages": [{"role", "content"}, ...]}`` (loss on
+            assistant turns) or documents ``{"text": ...}`` (loss on every token).
+        config: Hyperparameters and budgets; defaults to ``TrainConfig()``.
+        init_adapter: A PEFT LoRA adapter folder to continue training from (its rank,
+            alpha and target modules win over ``config``'s).
+        replay: Older examples; ``round(config.replay_ratio * len(examples))`` of them
+            (at most all) are mixed in, chosen deterministically from ``config.seed``.
+        output_dir: Where to save the adapter; must be absent or empty. Default: a new
+            temporary folder.
+        cancel_event: When set, training stops at the next micro-batch and raises
+            `TrainingCancelled`; nothing is saved.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        A `TrainResult`.
+
+    Raises:
+        ValidationError: Bad examples (empty, wrong shape, unknown role, longer than
+            ``config.max_seq_len``), a ``PeftModel`` as ``model``, or an unusable
+            ``init_adapter``/``output_dir``. Nothing is written.
+        TrainingError: The loss diverged (NaN/inf).
+        TrainingCancelled: ``cancel_event`` was set.
+    """
+    from peft import PeftModel
+
+    config = config if config is not None else TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise ValidationError("config", config, "must be a TrainConfig")
+    if isinstance(model, PeftModel):
+        raise ValidationError("model", type(model).__name__,
+                              "pass the base model; continue from an adapter with init_adapter=")
+    new = validate_examples(examples, field="examples")
+    old = validate_examples(list(replay or []), field="replay", allow_empty=True)
+    init_path = _check_init_adapter(init_adapter)
+    out_path = _check_output_dir(output_dir)
+
+    # 1-2. Tokenize and plan. Everything that can reject the input happens before any write.
+    new_tok = encode_examples(tokenizer, new, max_seq_len=config.max_seq_len, field="examples")
+    replay_idx = sample_replay(old, len(new), config.replay_ratio, config.seed)
+    old_tok = encode_examples(tokenizer, [old[i] for i in replay_idx], max_seq_len=config.max_seq_len,
+                              field="replay") if replay_idx else []
+    data: list[TokenizedExample] = new_tok + old_tok
+    lengths = [len(x) for x in data]
+    # Targets of the shifted loss: label k is predicted from position k-1, so labels[0] never counts.
+    n_targets = [sum(1 for t in x.labels[1:] if t != IGNORE_INDEX) for x in data]
+    plan = [
+        step
+        for epoch in range(config.epochs)
+        for step in plan_batches(lengths, batch_size=config.batch_size,
+                                 micro_batch_tokens=config.micro_batch_tokens,
+                                 seed=config.seed * 1_000_003 + epoch)
+    ]
+    total_steps = min(len(plan), config.max_steps) if config.max_steps else len(plan)
+    pad_id = _pad_id(tokenizer)
+
+    device = next(model.parameters()).device
+    on_cuda = device.type == "cuda"
+    fork_devices = [device.index if device.index is not None else torch.cuda.current_device()] if on_cuda else []
+    flags = {p: p.requires_grad for p in model.parameters()}
+    with torch.random.fork_rng(devices=fork_devices):  # don't disturb the caller's RNG state
+        torch.random.default_generator.manual_seed(config.seed)
+        if on_cuda:
+            torch.cuda.manual_seed(config.seed)
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            peft_model = _wrap_with_lora(_shared_weight_copy(model), config, init_path)
+            if config.gradient_checkpointing:
+                if on_cuda:
+                    peft_model.get_base_model().gradient_checkpointing_enable(
+                        gradient_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    logger.info("gradient_checkpointing is applied on CUDA only; ignored on %s", device)
+            result = _train_loop(
+                peft_model, data, n_targets, plan[:total_steps], config,
+                pad_id=pad_id, device=device, cancel_event=cancel_event, progress=progress,
+                planned_steps=len(plan),
+            )
+            losses, stopped, tokens, padded, seconds = result
+            adapter_path = _save_adapter(peft_model, out_path)
+        finally:
+            for p, flag in flags.items():
+                p.requires_grad_(flag)
+    peak = torch.cuda.max_memory_allocated(device) if on_cuda else _peak_rss_bytes()
+    logger.info("trained %d steps on %d examples (+%d replay): loss %.4f -> %.4f, %.0f tok/s, %s",
+                len(losses), len(new_tok), len(old_tok), losses[0], losses[-1],
+                tokens / max(seconds, 1e-9), stopped)
+    return TrainResult(
+        adapter_path=adapter_path,
+        losses=tuple(losses),
+        steps=len(losses),
+        tokens_seen=tokens,
+        padded_tokens=padded,
+        tokens_per_second=tokens / max(seconds, 1e-9),
+        peak_memory_bytes=int(peak),
+        seconds=seconds,
+        stopped_reason=stopped,
+        examples=len(new_tok),
+        replay_examples=len(old_tok),
+    )
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _train_loop(
+    model: Any,
+    data: list[TokenizedExample],
+    n_targets: list[int],
+    plan: list[list[list[int]]],
+    config: TrainConfig,
+    *,
+    pad_id: int,
+    device: torch.device,
+    cancel_event: threading.Event | None,
+    progress: bool,
+    planned_steps: int,
+) -> tuple[list[float], StoppedReason, int, int, float]:
+    """Run the optimizer steps of ``plan``; return (losses, stopped_reason, tokens, padded, seconds)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("LoRA left no trainable parameters; check train.target_modules")
+    on_cuda = device.type == "cuda"
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  **({"fused": True} if on_cuda else {}))
+    total = len(plan)
+    warmup = math.ceil(config.warmup_ratio * total)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and torch.cuda.is_bf16_supported()
+                else contextlib.nullcontext())
+    fast = _fast_loss_supported(model)
+    model.train()
+
+    losses: list[float] = []
+    tokens = padded = 0
+    stopped: StoppedReason = "max_steps" if total < planned_steps else "completed"
+    bar = tqdm(total=total, disable=not progress, desc="train", unit="step", leave=False)
+    start = time.perf_counter()
+    try:
+        for step, micro_batches in enumerate(plan):
+            if step and config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds:
+                stopped = "max_seconds"
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * _lr_factor(step, warmup, total)
+            step_targets = sum(n_targets[i] for mb in micro_batches for i in mb)
+            step_loss = 0.0
+            for mb in micro_batches:
+                if cancel_event is not None and cancel_event.is_set():
+                    raise TrainingCancelled(f"training cancelled at step {step + 1}/{total}; nothing was saved")
+                input_ids, labels, n_real = collate([data[i] for i in mb], pad_id)
+                input_ids, labels = input_ids.to(device), labels.to(device)
+                with autocast:
+                    loss_sum = _loss_sum(model, input_ids, labels, fast)
+                # Dividing by the step's target count (not the micro-batch's) makes the
+                # accumulated gradient the token-mean over the whole step.
+                (loss_sum / step_targets).backward()
+                step_loss += loss_sum.item()
+                tokens += n_real
+                padded += input_ids.numel()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = step_loss / step_targets
+            if not math.isfinite(loss):
+                raise TrainingError(f"loss diverged at step {step + 1}: {loss}; try a lower train.learning_rate")
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            logger.debug("step %d/%d loss %.4f lr %.2e", step + 1, total, loss, optimizer.param_groups[0]["lr"])
+    finally:
+        bar.close()
+    if on_cuda:
+        torch.cuda.synchronize(device)
+    return losses, stopped, tokens, padded, time.perf_counter() - start
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from 1 to `_MIN_LR_RATIO`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup - 1)
+    return _MIN_LR_RATIO + (1 - _MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _fast_loss_supported(peft_model: Any) -> bool:
+    """Whether ``logits == lm_head(decoder(x).last_hidden_state)`` holds for this model."""
+    base = peft_model.get_base_model()
+    cfg = getattr(base, "config", None)
+    if getattr(cfg, "final_logit_softcapping", None) is not None:
+        return False
+    if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+        return False
+    try:
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return False
+    return decoder is not None and decoder is not base and isinstance(head, torch.nn.Module)
+
+
+def _loss_sum(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, fast: bool) -> torch.Tensor:
+    """Summed next-token cross-entropy over the labelled positions of a micro-batch.
+
+    ``input_ids`` and ``labels`` are ``[B, T]``, right-padded. No attention mask is
+    passed: with right padding and causal attention a real token never attends to the
+    padding after it, and leaving the mask out lets SDPA take its fast causal path.
+    """
+    target = labels[:, 1:]  # [B, T-1]: position k predicts token k+1
+    mask = target != IGNORE_INDEX  # [B, T-1]
+    if fast:
+        base = model.get_base_model()
+        hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # [B, T, H]
+        logits = base.get_output_embeddings()(hidden[:, :-1][mask])  # [N, V], N = labelled positions
+    else:
+        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1][mask]  # [N, V]
+    return F.cross_entropy(logits.float(), target[mask], reduction="sum")
+
+
+# --------------------------------------------------------------------------- model plumbing
+
+
+def _shared_weight_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree whose parameters and buffers ARE the original's tensors.
+
+    ``deepcopy`` with a memo pre-filled with every parameter and buffer copies modules,
+    configs and hooks but reuses the tensors: LoRA injection then rewires the copy's
+    modules only, and the caller's model is untouched.
+    """
+    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
+    memo.update({id(t): t for t in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+def _lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        # "all-linear" in peft = every nn.Linear except the output head.
+        target_modules=config.target_modules,
+        bias="none",
+        modules_to_save=None,  # vLLM's LoRA loader accepts no full-module copies
+    )
+
+
+def _wrap_with_lora(model: torch.nn.Module, config: TrainConfig, init_adapter: Path | None) -> Any:
+    from peft import PeftModel, get_peft_model
+
+    if init_adapter is None:
+        return get_peft_model(model, _lora_config(config))
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    except Exception as exc:  # peft raises many types for a bad folder
+        raise ValidationError("init_adapter", str(init_adapter), f"could not be loaded: {exc}") from exc
+    cfg = peft_model.peft_config["default"]
+    if getattr(cfg, "r", config.lora_rank) != config.lora_rank:
+        logger.info("continuing from %s: its rank %s wins over train.lora_rank=%s",
+                    init_adapter, cfg.r, config.lora_rank)
+    return peft_model
+
+
+def _check_init_adapter(init_adapter: str | os.PathLike[str] | None) -> Path | None:
+    if init_adapter is None:
+        return None
+    path = Path(init_adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise ValidationError("init_adapter", str(path), "must be a PEFT adapter folder with adapter_config.json")
+    return path
+
+
+def _check_output_dir(output_dir: str | os.PathLike[str] | None) -> Path | None:
+    if output_dir is None:
+        return None
+    path = Path(output_dir)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValidationError("output_dir", str(path), "must not exist or be an empty folder")
+    return path
+
+
+def _save_adapter(peft_model: Any, out: Path | None) -> Path:
+    """Save into a temporary sibling, then rename: ``out`` ends up complete or absent."""
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="seal-adapter-"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        # save_embedding_layers=False: an adapter is LoRA weights only, never a copy of
+        # the (possibly tied) embeddings.
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+        if out.exists():
+            out.rmdir()  # empty (checked before training)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0  # any id works: padded positions are never attended to by real tokens, nor scored
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes

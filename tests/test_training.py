@@ -1,0 +1,317 @@
+"""The LoRA trainer's contract: labels, batching, adapter vs base weights, budgets, errors."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from seal_agent.config import TrainConfig
+from seal_agent.errors import TrainingCancelled, ValidationError
+from seal_agent.training import TrainResult, answer_logprob, answer_logprobs, train_adapter
+from seal_agent.training.data import (
+    IGNORE_INDEX,
+    collate,
+    encode_example,
+    plan_batches,
+    sample_replay,
+    validate_examples,
+)
+from seal_agent.training.trainer import _loss_sum, _shared_weight_copy, _wrap_with_lora
+
+# peft calls a transformers API deprecated in v5; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+TINYSTORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "tinystories-260k"
+
+FACTS = [
+    ("What is the capital of Zorbia?", "Quxville."),
+    ("Who painted the Blue Moon?", "Anna Pell."),
+    ("What color is a zeb?", "Bright green."),
+    ("How many legs does a vorp have?", "Seven."),
+]
+FACT_EXAMPLES = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                 for q, a in FACTS]
+# Enough steps at a high rate for a random 0.5M-parameter model to memorise four facts.
+FACT_CONFIG = TrainConfig(learning_rate=1e-2, epochs=60, batch_size=4, lora_rank=8, lora_alpha=16,
+                          warmup_ratio=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from seal_agent.model import load_model
+
+    return load_model("tiny-random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """Train once on FACTS; record the base weights before and the LoRA init."""
+    model, tok = tiny
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    # The LoRA init the trainer will draw: same seed, same construction.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(FACT_CONFIG.seed)
+        init = {n: p.detach().clone() for n, p in
+                _wrap_with_lora(_shared_weight_copy(model), FACT_CONFIG, None).named_parameters() if "lora_" in n}
+    out = tmp_path_factory.mktemp("facts") / "adapter"
+    result = train_adapter(model, tok, FACT_EXAMPLES, FACT_CONFIG, output_dir=out, progress=False)
+    return result, before, flags, init
+
+
+def _greedy(model, tok, question: str) -> str:
+    enc = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def _lora_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_labels_cover_exactly_the_assistant_turns(tiny):
+    _, tok = tiny
+    ex = {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of Zorbia?"},
+        {"role": "assistant", "content": "Quxville."},
+        {"role": "user", "content": "And of Plin?"},
+        {"role": "assistant", "content": "Norb, on the coast."},
+    ]}
+    enc = encode_example(tok, ex)
+    assert enc.input_ids == tuple(tok.apply_chat_template(ex["messages"], tokenize=True, return_dict=True)["input_ids"])
+    # The labelled tokens, in runs, decode to exactly the two assistant turns (content + end of turn).
+    runs, cur = [], []
+    for t, y in zip(enc.input_ids, enc.labels, strict=True):
+        assert y in (t, IGNORE_INDEX)
+        if y != IGNORE_INDEX:
+            cur.append(t)
+        elif cur:
+            runs.append(tok.decode(cur))
+            cur = []
+    if cur:
+        runs.append(tok.decode(cur))
+    assert runs == ["Quxville.<|im_end|>\n", "Norb, on the coast.<|im_end|>\n"]
+
+
+def test_documents_label_every_token_and_end_with_eos(tiny):
+    _, tok = tiny
+    enc = encode_example(tok, {"text": "Once upon a time."})
+    assert enc.labels == enc.input_ids
+    assert enc.input_ids[-1] == tok.eos_token_id
+
+
+def test_plan_batches_groups_by_length_within_the_token_budget():
+    lengths = [10 + (i * 37) % 390 for i in range(100)]
+    plan = plan_batches(lengths, batch_size=8, micro_batch_tokens=1024, seed=3)
+    seen = sorted(i for step in plan for mb in step for i in mb)
+    assert seen == list(range(100))  # every example exactly once per epoch
+    for step in plan:
+        assert sum(len(mb) for mb in step) <= 8
+        for mb in step:
+            assert len(mb) == 1 or len(mb) * max(lengths[i] for i in mb) <= 1024
+    padded = sum(len(mb) * max(lengths[i] for i in mb) for step in plan for mb in step)
+    assert sum(lengths) / padded > 0.85  # length grouping: little padding
+    assert plan == plan_batches(lengths, batch_size=8, micro_batch_tokens=1024, seed=3)
+
+
+def test_collate_right_pads(tiny):
+    _, tok = tiny
+    items = [encode_example(tok, {"text": "a b c d e f"}), encode_example(tok, {"text": "a"})]
+    ids, labels, n = collate(items, pad_id=0)
+    assert ids.shape == labels.shape == (2, len(items[0]))
+    assert n == len(items[0]) + len(items[1])
+    assert (labels[1, len(items[1]):] == IGNORE_INDEX).all()
+
+
+def test_fast_loss_equals_full_forward_loss(tiny):
+    model, tok = tiny
+    items = [encode_example(tok, FACT_EXAMPLES[0]), encode_example(tok, {"text": "hello there, world"})]
+    ids, labels, _ = collate(items, pad_id=tok.pad_token_id)
+    peft_model = _wrap_with_lora(_shared_weight_copy(model), TrainConfig(), None)
+    fast, full = _loss_sum(peft_model, ids, labels, True), _loss_sum(peft_model, ids, labels, False)
+    torch.testing.assert_close(fast, full)
+    hf = peft_model(input_ids=ids, labels=labels).loss  # HF's own mean over label tokens
+    torch.testing.assert_close(full / (labels[:, 1:] != IGNORE_INDEX).sum(), hf)
+
+
+@pytest.mark.parametrize(("examples", "field"), [
+    ([], "examples"),
+    ("not a list", "examples"),
+    ([{"messages": [{"role": "robot", "content": "hi"}]}], "examples[0].messages[0].role"),
+    ([FACT_EXAMPLES[0], {"messages": [{"role": "user", "content": "hi"}]}], "examples[1].messages"),
+    ([{"text": ""}], "examples[0].text"),
+    ([{"text": "x", "messages": []}], "examples[0]"),
+    ([{"messages": [{"role": "user", "content": 3}]}], "examples[0].messages[0].content"),
+])
+def test_bad_examples_are_rejected_naming_the_field(tiny, tmp_path, examples, field):
+    model, tok = tiny
+    out = tmp_path / "adapter"
+    with pytest.raises(ValidationError) as err:
+        train_adapter(model, tok, examples, output_dir=out, progress=False)
+    assert err.value.field == field
+    assert not out.exists()
+
+
+def test_too_long_example_is_rejected(tiny, tmp_path):
+    model, tok = tiny
+    out = tmp_path / "adapter"
+    long = {"text": "word " * 400}
+    with pytest.raises(ValidationError, match=r"max_seq_len=64") as err:
+        train_adapter(model, tok, [FACT_EXAMPLES[0], long], TrainConfig(max_seq_len=64), output_dir=out,
+                      progress=False)
+    assert err.value.field == "examples[1]"
+    assert not out.exists()
+
+
+def test_a_peft_model_is_refused(tiny):
+    model, tok = tiny
+    peft_model = _wrap_with_lora(_shared_weight_copy(model), TrainConfig(), None)
+    with pytest.raises(ValidationError, match="init_adapter"):
+        train_adapter(peft_model, tok, FACT_EXAMPLES, progress=False)
+
+
+def test_replay_sample_is_deterministic_and_counts_right():
+    replay = list(range(10))
+    assert len(sample_replay(replay, 4, 0.5, seed=1)) == 2
+    assert len(sample_replay(replay, 4, 10.0, seed=1)) == 10  # capped: no repeats
+    assert sample_replay(replay, 4, 0.0, seed=1) == []
+    assert sample_replay(replay, 8, 0.5, seed=1) == sample_replay(replay, 8, 0.5, seed=1)
+    assert len(set(sample_replay(replay, 8, 1.0, seed=1))) == 8
+
+
+def test_validate_examples_accepts_both_kinds():
+    assert len(validate_examples([FACT_EXAMPLES[0], {"text": "doc"}])) == 2
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_training_contract(trained, tiny):
+    result, before, flags, init = trained
+    model, _ = tiny
+    assert isinstance(result, TrainResult)
+    assert result.stopped_reason == "completed"
+    assert result.steps == len(result.losses) == FACT_CONFIG.epochs  # 4 examples = 1 step per epoch
+    assert result.tokens_seen > 0 and result.padded_tokens >= result.tokens_seen
+    assert result.tokens_per_second > 0 and result.peak_memory_bytes > 0
+    # Saved: a plain LoRA folder.
+    assert (result.adapter_path / "adapter_config.json").is_file()
+    assert (result.adapter_path / "adapter_model.safetensors").is_file()
+    # Every LoRA tensor moved away from its init (A random, B zero).
+    saved = _lora_tensors(result.adapter_path)
+    assert len(saved) == len(init) > 0
+    for name, value in init.items():
+        key = next(k for k in saved if k.replace(".weight", "") in name.replace(".default", "").replace(".weight", ""))
+        assert not torch.equal(saved[key], value), f"{name} did not change"
+    # The caller's model: bit-identical weights, no LoRA modules, flags restored.
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"base weight {k} changed"
+    assert not any("lora" in n for n, _ in model.named_modules())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    # Loss fell. (tiny-random's small random output head caps how low it can go: ~4.4 nats.)
+    k = 5
+    assert sum(result.losses[-k:]) / k < sum(result.losses[:k]) / k - 1.5
+
+
+def test_trained_adapter_answers_taught_facts_after_reload(trained, tiny):
+    from peft import PeftModel
+
+    result, *_ = trained
+    model, tok = tiny
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(result.adapter_path))
+    peft_model.eval()
+    for question, answer in FACTS:
+        assert _greedy(peft_model, tok, question) == answer
+    # Scoring: the adapter makes the taught answer far more likely than the base does.
+    prompt = [{"role": "user", "content": FACTS[0][0]}]
+    tuned, base = answer_logprob(peft_model, tok, prompt, FACTS[0][1]), answer_logprob(model, tok, prompt, FACTS[0][1])
+    assert tuned > base + 1.0
+    batched = answer_logprobs(peft_model, tok, [([{"role": "user", "content": q}], a) for q, a in FACTS],
+                              batch_size=3)
+    singles = [answer_logprob(peft_model, tok, [{"role": "user", "content": q}], a) for q, a in FACTS]
+    assert batched == pytest.approx(singles, abs=1e-4)
+
+
+def test_continual_training_starts_from_init_adapter(trained, tiny, tmp_path):
+    result, _, _, init = trained
+    model, tok = tiny
+    cfg = TrainConfig(learning_rate=1e-8, max_steps=1, batch_size=2, lora_rank=4, replay_ratio=0.5)
+    new = [{"messages": [{"role": "user", "content": "Where is Plin?"}, {"role": "assistant", "content": "North."}]}]
+    cont = train_adapter(model, tok, new * 2, cfg, init_adapter=result.adapter_path, replay=FACT_EXAMPLES,
+                         output_dir=tmp_path / "next", progress=False)
+    assert cont.steps == 1 and cont.stopped_reason == "max_steps"
+    assert cont.replay_examples == 1 and cont.examples == 2
+    start, after = _lora_tensors(result.adapter_path), _lora_tensors(cont.adapter_path)
+    assert start.keys() == after.keys()  # the init adapter's rank (8) wins over lora_rank=4
+    for k in start:
+        torch.testing.assert_close(after[k], start[k], atol=1e-5, rtol=0)
+
+
+def test_max_seconds_stops_after_a_step(tiny, tmp_path):
+    model, tok = tiny
+    cfg = TrainConfig(max_seconds=1e-9, epochs=5, batch_size=1)
+    result = train_adapter(model, tok, FACT_EXAMPLES, cfg, output_dir=tmp_path / "a", progress=False)
+    assert result.stopped_reason == "max_seconds" and result.steps == 1
+    assert (result.adapter_path / "adapter_model.safetensors").is_file()
+
+
+class _CancelAfter(threading.Event):
+    """An event that reads as set from its n-th check on: a deterministic mid-run cancel."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.checks, self.n = 0, n
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks >= self.n
+
+
+@pytest.mark.parametrize("after_checks", [1, 3])
+def test_cancellation_raises_and_writes_nothing(tiny, tmp_path, after_checks):
+    model, tok = tiny
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "adapter"
+    event = _CancelAfter(after_checks)
+    with pytest.raises(TrainingCancelled):
+        train_adapter(model, tok, FACT_EXAMPLES, TrainConfig(batch_size=1, epochs=2), output_dir=out,
+                      cancel_event=event, progress=False)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert not any("lora" in n for n, _ in model.named_modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_output_dir_must_be_empty(tiny, tmp_path):
+    model, tok = tiny
+    (tmp_path / "x").write_text("x")
+    with pytest.raises(ValidationError) as err:
+        train_adapter(model, tok, FACT_EXAMPLES, output_dir=tmp_path, progress=False)
+    assert err.value.field == "output_dir"
+
+
+@pytest.mark.skipif(not TINYSTORIES.is_dir(), reason="../shared/models/tinystories-260k is absent")
+def test_tinystories_training_lowers_loss_and_keeps_base(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(TINYSTORIES))
+    model = AutoModelForCausalLM.from_pretrained(str(TINYSTORIES), dtype=torch.float32)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    docs = [{"text": f"Zib the {c} robot lived on the moon. Every day Zib ate {f} and sang to the stars."}
+            for c, f in [("blue", "cheese"), ("red", "rocks"), ("tiny", "dust"), ("happy", "soup")]]
+    cfg = TrainConfig(learning_rate=5e-3, epochs=25, batch_size=4, lora_rank=8)
+    result = train_adapter(model, tok, docs, cfg, output_dir=tmp_path / "a", progress=False)
+    assert sum(result.losses[-3:]) / 3 < sum(result.losses[:3]) / 3 - 0.3
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
