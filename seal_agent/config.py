@@ -25,8 +25,11 @@ from seal_agent.errors import ConfigError
 
 __all__ = [
     "CONFIG_FILENAME",
+    "ConsolidationConfig",
+    "GateConfig",
     "MemoryConfig",
     "ModelConfig",
+    "ScheduleConfig",
     "SealConfig",
     "SelfEditConfig",
     "TrainConfig",
@@ -264,11 +267,141 @@ class SelfEditConfig:
         _non_negative_int(s, "seed", self.seed)
 
 
+@dataclass
+class GateConfig:
+    """The validation gate that decides whether a candidate adapter is committed.
+
+    Attributes:
+        scorer: Default scorer: ``"logprob"`` (teacher-forced mean log-likelihood of the
+            expected answer: batched, cheap, deterministic), ``"exact"`` (greedy
+            generation, normalised exact match), ``"f1"`` (greedy generation, token F1),
+            or ``"judge"`` (an LLM judge answering yes/no; needs a judge model).
+        replay_size: Past tasks kept in the replay suite (reservoir-sampled as the log grows).
+        max_regression: Reject when the mean replay score drops by more than this
+            (in the scorer's units: nats per token for ``logprob``).
+        max_flips: Reject when more than this many replay items go from right to wrong.
+        flip_margin: For ``logprob``: an item counts as "wrong" when its score falls by
+            more than this below its score under the current adapter.
+        canary_file: JSONL of ``{"prompt", "expected"}`` abilities that must never regress
+            (relative to the memory home unless absolute); None for none.
+        canary_tolerance: Largest allowed drop of any single canary's score.
+        min_gain: Required mean improvement on the new-knowledge probes.
+        scale_back: Scales tried, largest first, when a candidate fails only for forgetting
+            (the update is interpolated between the current and the candidate weights).
+        bootstrap_samples: Paired-bootstrap resamples for the confidence intervals.
+        seed: Seed for sampling and bootstrap.
+    """
+
+    scorer: str = "logprob"
+    replay_size: int = 64
+    max_regression: float = 0.1
+    max_flips: int = 2
+    flip_margin: float = 0.5
+    canary_file: str | None = None
+    canary_tolerance: float = 0.25
+    min_gain: float = 0.0
+    scale_back: list[float] = field(default_factory=lambda: [0.5, 0.25])
+    bootstrap_samples: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = "gate"
+        _check(self.scorer in ("logprob", "exact", "f1", "judge"), s, "scorer", self.scorer,
+               "must be one of 'logprob', 'exact', 'f1', 'judge'")
+        _positive_int(s, "replay_size", self.replay_size)
+        _number(s, "max_regression", self.max_regression, 0.0, 1e6)
+        _non_negative_int(s, "max_flips", self.max_flips)
+        _number(s, "flip_margin", self.flip_margin, 0.0, 1e6)
+        _check(self.canary_file is None or (isinstance(self.canary_file, str) and bool(self.canary_file)),
+               s, "canary_file", self.canary_file, "must be a path or None")
+        _number(s, "canary_tolerance", self.canary_tolerance, 0.0, 1e6)
+        _number(s, "min_gain", self.min_gain, -1e6, 1e6)
+        _check(isinstance(self.scale_back, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in self.scale_back),
+            s, "scale_back", self.scale_back, "must be a list of numbers in (0, 1)")
+        self.scale_back = sorted((float(x) for x in self.scale_back), reverse=True)
+        _non_negative_int(s, "bootstrap_samples", self.bootstrap_samples)
+        _non_negative_int(s, "seed", self.seed)
+
+
+@dataclass
+class ConsolidationConfig:
+    """One consolidation run: what it learns from and how it commits.
+
+    Attributes:
+        adapter_scope: ``"global"``: one adapter learns from every namespace (for one
+            user or one trusted team: an adapter trained on many users' chats can leak
+            one user's facts to another). ``"namespace"``: one adapter lineage per
+            namespace (not yet implemented; refused).
+        min_interactions: Fewer new interactions than this: the run is "skipped".
+        max_interactions: At most this many new interactions per run (oldest first).
+        replay_buffer_size: Training examples of committed runs kept for replay.
+        require_approval: Pause before commit until ``seal-agent consolidate --approve RUN``.
+        teacher: Who writes self-edits: ``"served"`` (the served model itself, as in SEAL)
+            or ``"none"`` (only strategies that need no model run, e.g. ``raw``). A
+            LangChain chat model can also be passed to `SealMemory.consolidate(teacher=...)`.
+    """
+
+    adapter_scope: str = "global"
+    min_interactions: int = 1
+    max_interactions: int = 1000
+    replay_buffer_size: int = 2000
+    require_approval: bool = False
+    teacher: str = "served"
+
+    def __post_init__(self) -> None:
+        s = "consolidation"
+        _check(self.adapter_scope == "global", s, "adapter_scope", self.adapter_scope,
+               "only 'global' is implemented so far ('namespace' lineages are planned)")
+        _positive_int(s, "min_interactions", self.min_interactions)
+        _positive_int(s, "max_interactions", self.max_interactions)
+        _non_negative_int(s, "replay_buffer_size", self.replay_buffer_size)
+        _check(isinstance(self.require_approval, bool), s, "require_approval", self.require_approval,
+               "must be true or false")
+        _check(self.teacher in ("served", "none"), s, "teacher", self.teacher, "must be 'served' or 'none'")
+
+
+@dataclass
+class ScheduleConfig:
+    """When consolidation runs in the background (APScheduler).
+
+    Attributes:
+        cron: A crontab expression (``"0 3 * * *"`` = 03:00 daily), or None.
+        interval_minutes: Run every N minutes, or None.
+        min_new_interactions: Also run as soon as this many new interactions are waiting
+            (checked every `check_seconds`), or None.
+        check_seconds: How often the new-interaction threshold is checked.
+        jobstore_url: SQLAlchemy URL of a persistent job store; ``"default"`` means a
+            SQLite file in the memory home, None keeps jobs in memory only.
+    """
+
+    cron: str | None = None
+    interval_minutes: float | None = None
+    min_new_interactions: int | None = None
+    check_seconds: float = 30.0
+    jobstore_url: str | None = "default"
+
+    def __post_init__(self) -> None:
+        s = "schedule"
+        _check(self.cron is None or (isinstance(self.cron, str) and len(self.cron.split()) == 5),
+               s, "cron", self.cron, "must be a 5-field crontab expression or None")
+        if self.interval_minutes is not None:
+            _number(s, "interval_minutes", self.interval_minutes, 0.0, 525_600.0, lo_open=True)
+        if self.min_new_interactions is not None:
+            _positive_int(s, "min_new_interactions", self.min_new_interactions)
+        _number(s, "check_seconds", self.check_seconds, 0.0, 86_400.0, lo_open=True)
+        _check(self.jobstore_url is None or (isinstance(self.jobstore_url, str) and bool(self.jobstore_url)),
+               s, "jobstore_url", self.jobstore_url, "must be 'default', a SQLAlchemy URL, or None")
+
+
 _SECTIONS: dict[str, type] = {
     "memory": MemoryConfig,
     "model": ModelConfig,
     "train": TrainConfig,
     "selfedit": SelfEditConfig,
+    "gate": GateConfig,
+    "consolidation": ConsolidationConfig,
+    "schedule": ScheduleConfig,
 }
 
 
@@ -292,6 +425,9 @@ class SealConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     selfedit: SelfEditConfig = field(default_factory=SelfEditConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    consolidation: ConsolidationConfig = field(default_factory=ConsolidationConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():

@@ -6,6 +6,8 @@ It owns the memory home (``./.seal`` by default)::
       config.toml          settings (optional; see seal_agent.config)
       journal.sqlite3      every interaction, fsync'd: the store of truth
       chroma/              the embedded Chroma index (absent with chroma_url)
+      adapters/            versioned LoRA adapters + CURRENT (see seal_agent.registry)
+      consolidation/       checkpoints, self-edit sets, replay buffer of consolidation runs
 
 and composes the journal (durable writes), the Chroma index (recall) and the
 background worker that keeps the second in step with the first.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +49,12 @@ from seal_agent.memory.records import (
 )
 
 if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
     from langchain_core.tools import BaseTool
+
+    from seal_agent.consolidation import ConsolidationReport
+    from seal_agent.model import AdaptiveChatModel
+    from seal_agent.registry import AdapterRegistry
 
 __all__ = ["SealMemory"]
 
@@ -64,6 +72,8 @@ class SealMemory:
         chroma_url: ``http://host:port`` of a Chroma server; default: embedded Chroma in ``home``.
         config: Settings; default: ``home/config.toml`` if present, else the defaults.
         chroma_client: An existing chromadb client to use instead of creating one.
+        model: The served model (overrides ``config.model.name_or_path``): a local
+            folder, a hub id, or ``"tiny-random"`` (random weights; tests and demos).
 
     Example:
         >>> with SealMemory("./.seal") as mem:                      # doctest: +SKIP
@@ -82,12 +92,15 @@ class SealMemory:
         chroma_url: str | None = None,
         config: SealConfig | None = None,
         chroma_client: Any = None,
+        model: str | None = None,
     ) -> None:
         if chroma_url is not None:
             parse_chroma_url(chroma_url)  # fail before anything is created
         self.home = Path(home).expanduser().resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.config = config if config is not None else SealConfig.load(self.home)
+        if model is not None:
+            self.config = self.config.with_overrides(model={"name_or_path": model})
         self.chroma_url = chroma_url
         self.embeddings = embeddings if embeddings is not None else default_embeddings()
         mc = self.config.memory
@@ -105,6 +118,10 @@ class SealMemory:
             retry_initial_s=mc.retry_initial_s, retry_max_s=mc.retry_max_s,
         )
         self._closed = False
+        self._registry: AdapterRegistry | None = None
+        self._chat: AdaptiveChatModel | None = None
+        self._scheduler: Any = None
+        self._lock = threading.RLock()  # guards the lazily built registry, chat model, scheduler
         self._worker.start()  # replays whatever the journal holds that Chroma lacks
 
     # ------------------------------------------------------------------ lifecycle
@@ -128,6 +145,7 @@ class SealMemory:
         """
         if self._closed:
             return
+        self.stop_scheduler()
         self._closed = True
         if not self._worker.wait_idle(self.config.memory.close_timeout_s):
             logger.warning(
@@ -323,9 +341,11 @@ class SealMemory:
             raise ValidationError("min_score", min_score, "must be a number or None")
         # Embed first: it also loads the embedding model, which the worker needs too, so
         # the wait below measures indexing, not a cold model load.
+        watermark = new_interaction_id()  # ids sort by time: everything logged before this call
         vector = self._index.embed_query(query)
-        if self._worker.last_error is None:
-            self._worker.wait_idle(self.config.memory.recall_wait_s)  # read-your-writes, bounded
+        if self._worker.last_error is None:  # read-your-writes within this namespace, bounded
+            self._worker.wait_idle(self.config.memory.recall_wait_s,
+                                   pending=lambda: self._journal.unindexed_in(ns, watermark))
         hits = self._index.query(vector, ns, k, include_descendants=include_descendants)
         # The journal is the truth: an id forgotten but not yet deleted from Chroma is dropped.
         rows = self._journal.get_many([i for i, _ in hits])
@@ -357,6 +377,101 @@ class SealMemory:
             "backlog": self._journal.backlog(),
             "last_index_error": str(err) if err else None,
         }
+
+    # ------------------------------------------------------- parametric memory
+
+    @property
+    def adapters(self) -> AdapterRegistry:
+        """The adapter registry of this home (``home/adapters``)."""
+        with self._lock:
+            if self._registry is None:
+                from seal_agent.registry import AdapterRegistry
+
+                self._registry = AdapterRegistry(self.home / "adapters")
+            return self._registry
+
+    def chat_model(self, **fields: Any) -> AdaptiveChatModel:
+        """The served model as a LangChain chat model, following the registry's CURRENT.
+
+        Loaded once per `SealMemory` (later calls return the same object; ``fields`` only
+        apply to the first). Before each request it checks CURRENT and hot-swaps to a
+        newly committed adapter, so an agent built on it picks up every consolidation.
+        """
+        self._check_open()
+        with self._lock:
+            if self._chat is None:
+                from seal_agent.model import AdaptiveChatModel
+
+                registry = self.adapters
+                self._chat = AdaptiveChatModel.from_config(
+                    self.config.model,
+                    resolver=lambda version: registry.get(version).path,
+                    follow=lambda: registry.current,
+                    **fields,
+                )
+            return self._chat
+
+    def consolidate(
+        self,
+        *,
+        dry_run: bool = False,
+        teacher: BaseChatModel | None = None,
+        cancel_event: threading.Event | None = None,
+        progress: bool = True,
+        **overrides: dict[str, Any],
+    ) -> ConsolidationReport:
+        """Learn from new interactions: self-edits -> LoRA training -> gate -> commit or reject.
+
+        Args:
+            dry_run: Generate self-edits, then stop before training.
+            teacher: A LangChain chat model that writes the self-edits instead of the
+                served model.
+            cancel_event: Set it to stop the run at the next step; nothing is committed.
+            progress: Show tqdm bars.
+            **overrides: Config sections replaced for this run only, e.g.
+                ``train={"learning_rate": 1e-3, "epochs": 3}``.
+
+        Returns:
+            A `ConsolidationReport` (``verdict`` is "committed", "rejected" or "skipped").
+        """
+        self._check_open()
+        from seal_agent.consolidation import consolidate
+
+        return consolidate(self, dry_run=dry_run, teacher=teacher, cancel_event=cancel_event,
+                           progress=progress, config=self.config.with_overrides(**overrides))
+
+    def start_scheduler(
+        self,
+        *,
+        cron: str | None = None,
+        interval_minutes: float | None = None,
+        min_new_interactions: int | None = None,
+        **schedule: Any,
+    ) -> Any:
+        """Run `consolidate` in the background on a schedule (APScheduler).
+
+        Arguments override the ``[schedule]`` config section. Returns the running
+        `seal_agent.scheduler.ConsolidationScheduler`.
+        """
+        self._check_open()
+        from seal_agent.scheduler import ConsolidationScheduler
+
+        overrides = {k: v for k, v in dict(cron=cron, interval_minutes=interval_minutes,
+                                             min_new_interactions=min_new_interactions).items() if v is not None}
+        cfg = self.config.with_overrides(schedule={**overrides, **schedule}).schedule
+        with self._lock:
+            if self._scheduler is not None:
+                raise SealAgentError("a scheduler is already running for this SealMemory; stop_scheduler() first")
+            self._scheduler = ConsolidationScheduler(self, cfg)
+            self._scheduler.start()
+            return self._scheduler
+
+    def stop_scheduler(self, wait: bool = True) -> None:
+        """Stop the background scheduler (waits for a running consolidation when `wait`)."""
+        with self._lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.stop(wait=wait)
 
     # ---------------------------------------------------------- LangGraph pieces
 

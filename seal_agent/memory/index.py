@@ -210,13 +210,21 @@ class IndexWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def wait_idle(self, timeout: float | None) -> bool:
-        """True once nothing is left to write; False if `timeout` passed first."""
+    def wait_idle(self, timeout: float | None, pending: Callable[[], int] | None = None) -> bool:
+        """True once nothing is left to write; False if `timeout` passed first.
+
+        Args:
+            timeout: Longest wait in seconds; None waits for ever.
+            pending: What to wait for (default: the whole backlog). `recall` passes the
+                count of its own namespace's rows logged before it, so that one user's
+                bulk import does not stall every other user's recall.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         # Until the startup reconcile ran, the backlog count does not yet include rows Chroma lost.
         if not self._reconciled.wait(timeout):
             return False
-        while self.journal.backlog():
+        left = pending or self.journal.backlog
+        while left():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             self.notify()

@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS forgotten (
     forgotten_at TEXT NOT NULL,
     chroma_deleted INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS forgotten_pending ON forgotten (chroma_deleted) WHERE chroma_deleted=0;
 """
 
 _COLUMNS = (
@@ -246,6 +247,15 @@ class Journal:
         a = db.execute("SELECT COUNT(*) FROM interactions WHERE indexed=0").fetchone()[0]
         b = db.execute("SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0").fetchone()[0]
         return int(a) + int(b)
+
+    def unindexed_in(self, namespace: Namespace, up_to_id: str | None = None) -> int:
+        """Rows of one namespace not yet in Chroma (logged up to `up_to_id`, if given)."""
+        sql = "SELECT COUNT(*) FROM interactions WHERE indexed=0 AND namespace=?"
+        params: list[Any] = [join_namespace(namespace)]
+        if up_to_id is not None:
+            sql += " AND id<=?"
+            params.append(up_to_id)
+        return int(self._db().execute(sql, params).fetchone()[0])
 
     def indexed_ids(self) -> set[str]:
         return {r[0] for r in self._db().execute("SELECT id FROM interactions WHERE indexed=1")}
