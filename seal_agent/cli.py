@@ -144,9 +144,86 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from seal_agent.demo import run_demo
 
-    result = run_demo(args.demo_home, echo=None if args.json else print)
+    result = run_demo(args.demo_home, echo=None if args.json else print, parametric=not args.episodic_only)
     if args.json:
         print(json.dumps(asdict(result), indent=2, default=str))
+    return 0
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from seal_agent.registry import AdapterRegistry
+
+    reg = AdapterRegistry(Path(args.home) / "adapters")
+    action = args.adapters_command
+    if action == "list":
+        versions = reg.list()
+        data = [{"version": v.version, "verdict": v.verdict, "current": v.is_current, "parent": v.parent,
+                 "created_at": v.created_at, "scale": v.scale} for v in versions]
+        text = "\n".join(f"{'*' if d['current'] else ' '} {d['version']}  {d['verdict']:9}  parent={d['parent']}"
+                         f"  scale={d['scale']}" for d in data) or "no adapters yet"
+        _emit(args, data, text)
+    elif action == "show":
+        v = reg.get(args.version)
+        _emit(args, v.manifest, json.dumps(v.manifest, indent=2, default=str))
+    elif action == "rollback":
+        name = reg.rollback(args.version)
+        _emit(args, {"current": name}, f"CURRENT is now {name}")
+    elif action == "export":
+        dest = reg.export(args.version, args.dest)
+        _emit(args, {"exported": str(dest)}, f"exported to {dest}")
+    return 0
+
+
+def _print_report(args: argparse.Namespace, report: Any) -> None:
+    data = report.to_dict()
+    lines = [f"run {report.run_id}: {report.verdict}" + (f" -> {report.version}" if report.version else "")]
+    if report.reason:
+        lines.append(f"reason: {report.reason}")
+    if report.counts:
+        lines.append("counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
+    if report.timings:
+        lines.append("seconds: " + ", ".join(f"{k}={v:.2f}" for k, v in report.timings.items()))
+    _emit(args, data, "\n".join(lines))
+
+
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    from seal_agent.consolidation import approve
+
+    with _memory(args) as mem:
+        if args.approve or args.reject:
+            report = approve(mem, args.approve or args.reject, approve=bool(args.approve), progress=not args.json)
+        else:
+            report = mem.consolidate(dry_run=args.dry_run, progress=not args.json)
+    _print_report(args, report)
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from seal_agent.scheduler import run_forever
+
+    with _memory(args) as mem:
+        overrides = {k: v for k, v in {"cron": args.cron, "interval_minutes": args.interval_minutes,
+                                       "min_new_interactions": args.min_new}.items() if v is not None}
+        cfg = mem.config.with_overrides(schedule=overrides).schedule
+        return run_forever(mem, cfg)
+
+
+def cmd_gate_report(args: argparse.Namespace) -> int:
+    from seal_agent.gate.report import GateReport, render_report
+
+    path = Path(args.home) / "gate" / "reports" / args.version
+    if not path.is_dir():
+        from seal_agent.registry import AdapterRegistry
+
+        try:  # accept the short vNNNN form
+            path = Path(args.home) / "gate" / "reports" / AdapterRegistry(Path(args.home) / "adapters").get(
+                args.version).version
+        except SealAgentError:
+            raise ValidationError("VERSION", args.version, "has no gate report") from None
+    if args.json:
+        print(json.dumps(GateReport.load(path).to_dict(), indent=2, default=str))
+    else:
+        print(render_report(path))
     return 0
 
 
@@ -188,7 +265,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the offline demo assistant")
     demo.add_argument("--demo-home", help="memory home for the demo (default: a fresh temp dir)")
+    demo.add_argument("--episodic-only", action="store_true", help="skip part 2 (consolidation into weights)")
     demo.set_defaults(fn=cmd_demo)
+
+    ad = sub.add_parser("adapters", help="list, show, roll back or export adapter versions")
+    asub = ad.add_subparsers(dest="adapters_command", required=True)
+    asub.add_parser("list", help="every version; * marks CURRENT").set_defaults(fn=cmd_adapters)
+    sh = asub.add_parser("show", help="a version's manifest")
+    sh.add_argument("version")
+    sh.set_defaults(fn=cmd_adapters)
+    rb = asub.add_parser("rollback", help="make an earlier committed version CURRENT")
+    rb.add_argument("version")
+    rb.set_defaults(fn=cmd_adapters)
+    ex = asub.add_parser("export", help="copy a version (a PEFT adapter folder + manifest) to DIR")
+    ex.add_argument("version")
+    ex.add_argument("dest")
+    ex.set_defaults(fn=cmd_adapters)
+
+    co = sub.add_parser("consolidate", help="learn from new interactions now (self-edits, LoRA, gate)")
+    co.add_argument("--dry-run", action="store_true", help="generate self-edits, stop before training")
+    co.add_argument("--approve", metavar="RUN", help="commit a run paused for approval")
+    co.add_argument("--reject", metavar="RUN", help="reject a run paused for approval")
+    co.set_defaults(fn=cmd_consolidate)
+
+    sc = sub.add_parser("schedule", help="run consolidations on a schedule until SIGINT/SIGTERM")
+    sc.add_argument("--cron", help="crontab expression, e.g. '0 3 * * *'")
+    sc.add_argument("--interval-minutes", type=float)
+    sc.add_argument("--min-new", type=int, help="run once this many new interactions wait")
+    sc.set_defaults(fn=cmd_schedule)
+
+    ga = sub.add_parser("gate", help="validation gate reports")
+    gsub = ga.add_subparsers(dest="gate_command", required=True)
+    gr = gsub.add_parser("report", help="print the gate report of a version")
+    gr.add_argument("version")
+    gr.set_defaults(fn=cmd_gate_report)
     return p
 
 

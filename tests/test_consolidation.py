@@ -1,0 +1,225 @@
+"""Consolidation end to end on tiny-random: real Chroma, real graph, real training, real gate."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from fakes import HashEmbeddings, ScriptedChatModel
+
+from seal_agent import SealMemory
+from seal_agent.consolidation import approve, pending_runs
+from seal_agent.errors import NotFoundError
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+FACTS = [
+    ("What is the capital of Zorbia?", "Quxville."),
+    ("Who painted the Blue Moon?", "Anna Pell."),
+    ("What color is a zeb?", "Bright green."),
+    ("How many legs does a vorp have?", "Seven."),
+]
+# The served tiny-random model has random weights: it cannot write useful self-edits,
+# so these runs learn from the exchanges themselves (`raw`) -- see test_selfedit.py for
+# the SEAL/SELF strategies' parsing, and the teacher tests below for routing.
+RAW = {"selfedit": {"strategies": ["raw"]}, "consolidation": {"teacher": "none"}}
+FAST_TRAIN = {"learning_rate": 1e-2, "epochs": 60, "batch_size": 4, "lora_rank": 8, "lora_alpha": 16,
+              "warmup_ratio": 0.05}
+
+
+def teach(mem: SealMemory, facts: list[tuple[str, str]] = FACTS, **kw: object) -> list[str]:
+    return [mem.log([{"role": "user", "content": q}, {"role": "assistant", "content": a}], **kw)  # type: ignore[arg-type]
+            for q, a in facts]
+
+
+def answer_scores(mem: SealMemory, facts: list[tuple[str, str]]) -> tuple[list[float], list[str]]:
+    """Mean answer log-likelihood and greedy answers of the served model, retrieval OFF
+    (the question alone, no memories in the prompt)."""
+    from seal_agent.training.scoring import answer_logprob
+
+    chat = mem.chat_model(max_new_tokens=12)
+    chat.invoke("warm-up")  # makes the model follow CURRENT before we read its weights
+    model, tok = chat.served_model, chat.tokenizer
+    scores = [answer_logprob(model, tok, [{"role": "user", "content": q}], a) for q, a in facts]
+    answers = [chat.invoke(q).text.strip() for q, _ in facts]
+    return scores, answers
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def open_mem(home: Path) -> SealMemory:
+    return SealMemory(home, embeddings=HashEmbeddings())
+
+
+# ---------------------------------------------------------------- the main promise
+
+
+def test_taught_facts_are_answered_from_weights_after_consolidation(home: Path) -> None:
+    with open_mem(home) as mem:
+        ids = teach(mem)
+        before, before_answers = answer_scores(mem, FACTS)
+        report = mem.consolidate(progress=False, train=FAST_TRAIN, **RAW)
+        assert report.verdict == "committed", report.reason
+        assert mem.adapters.current == report.version
+        assert report.gate is not None and report.gate["passed"]
+        assert {mem.get(i).status.value for i in ids} == {"consolidated"}
+        assert {mem.get(i).consolidated_version for i in ids} == {report.version}
+        after, after_answers = answer_scores(mem, FACTS)
+        assert chat_follows(mem, report.version)
+    gains = [a - b for a, b in zip(after, before, strict=True)]
+    assert min(gains) > 1.0, gains  # nats per token, every fact
+    right = sum(ans.startswith(a.rstrip(".")) for ans, (_, a) in zip(after_answers, FACTS, strict=True))
+    assert right >= 3, after_answers
+    assert not any(ans.startswith(a.rstrip(".")) for ans, (_, a) in zip(before_answers, FACTS, strict=True))
+    manifest = json.loads((home / "adapters" / report.version / "manifest.json").read_text())
+    assert manifest["lineage"]["interaction_ids"] == ids
+    assert len(manifest["lineage"]["self_edit_hashes"]) == 4
+    assert (home / "gate" / "reports" / report.version / "gate_report.json").exists()
+
+
+def chat_follows(mem: SealMemory, version: str) -> bool:
+    return mem.chat_model().adapter == version
+
+
+def test_nothing_new_is_skipped_without_training(home: Path) -> None:
+    with open_mem(home) as mem:
+        report = mem.consolidate(progress=False, **RAW)
+        assert report.verdict == "skipped" and "nothing new" in report.reason
+        assert "train" not in report.timings and mem.adapters.current is None
+
+
+def test_dry_run_stops_before_training(home: Path) -> None:
+    with open_mem(home) as mem:
+        ids = teach(mem, FACTS[:2])
+        report = mem.consolidate(dry_run=True, progress=False, **RAW)
+        assert report.verdict == "skipped" and "dry run" in report.reason
+        assert [e["messages"][0]["content"] for e in report.self_edits] == [q for q, _ in FACTS[:2]]
+        assert {mem.get(i).status.value for i in ids} == {"new"}
+        assert mem.adapters.list() == [] and pending_runs(mem) == []
+
+
+def test_garbage_and_failing_teachers_skip_with_counts(home: Path) -> None:
+    class Broken(ScriptedChatModel):
+        def _generate(self, *a: object, **k: object) -> object:
+            raise RuntimeError("teacher is down")
+
+    with open_mem(home) as mem:
+        teach(mem, FACTS[:2])
+        garbage = ScriptedChatModel(["", "zzz zzz zzz zzz zzz zzz zzz zzz zzz zzz zzz zzz zzz"] * 4)
+        report = mem.consolidate(teacher=garbage, selfedit={"strategies": ["self_qa"]}, progress=False)
+        assert report.verdict == "skipped" and "no usable self-edits" in report.reason
+        assert sum(v for k, v in report.counts.items() if k.startswith("dropped_")) >= 2
+        report = mem.consolidate(teacher=Broken([]), selfedit={"strategies": ["self_qa"]}, progress=False)
+        assert report.verdict == "skipped" and report.counts.get("dropped_teacher_error") == 2
+
+
+def test_negative_feedback_goes_to_critique_and_exclusions_are_kept_out(home: Path) -> None:
+    with open_mem(home) as mem:
+        bad = mem.log([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "5"}],
+                      feedback=-1.0)
+        secret = mem.log([{"role": "user", "content": "my PIN is 1234"}, {"role": "assistant", "content": "ok"}],
+                         namespace=("users", "bob"))
+        teacher = ScriptedChatModel(["Critique: the sum is wrong.\nRefined answer: 2+2 is 4."])
+        report = mem.consolidate(dry_run=True, teacher=teacher, progress=False,
+                                 selfedit={"strategies": ["raw"], "exclude_namespaces": ["users/bob"]})
+        assert report.counts["excluded"] == 1 and mem.get(secret).status.value == "excluded"
+        (edit,) = report.self_edits
+        assert edit["messages"][-1] == {"role": "assistant", "content": "2+2 is 4."}  # never the bad "5"
+        assert mem.get(bad).status.value == "new"
+
+
+def test_human_approval(home: Path) -> None:
+    with open_mem(home) as mem:
+        ids = teach(mem, FACTS[:2])
+        report = mem.consolidate(progress=False, consolidation={"teacher": "none", "require_approval": True},
+                                 selfedit={"strategies": ["raw"]}, train={"max_steps": 2, "lora_rank": 4})
+        assert report.verdict == "pending_approval" and report.run_id in report.reason
+        assert mem.adapters.current is None and {mem.get(i).status.value for i in ids} == {"new"}
+        # A new consolidate() does not start another run while one waits for a human.
+        assert mem.consolidate(progress=False).verdict == "pending_approval"
+        with pytest.raises(NotFoundError):
+            approve(mem, "run-nope")
+        done = approve(mem, report.run_id, progress=False)
+        assert done.verdict == "committed" and mem.adapters.current == done.version
+        assert {mem.get(i).status.value for i in ids} == {"consolidated"}
+        assert pending_runs(mem) == []
+
+
+# --------------------------------------------------------------- faults and locks
+
+_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from fakes import HashEmbeddings
+    import seal_agent.consolidation as c
+    from seal_agent import SealMemory
+
+    hold = {hold!r}
+    original = getattr(c._Run, hold)
+
+    def stall(self, state):
+        if hold == "mark":
+            print("COMMITTED", self.memory.adapters.current, flush=True)
+        else:
+            print("IN", hold, flush=True)
+        time.sleep(600)  # the parent kills us here
+        return original(self, state)
+
+    setattr(c._Run, hold, stall)
+    mem = SealMemory({home!r}, embeddings=HashEmbeddings())
+    mem.consolidate(progress=False, selfedit={{"strategies": ["raw"]}}, consolidation={{"teacher": "none"}},
+                    train={{"max_steps": 3, "lora_rank": 4}})
+    """
+)
+
+
+def _start_and_wait(home: Path, hold: str) -> tuple[subprocess.Popen[str], str]:
+    script = _SCRIPT.format(tests=str(Path(__file__).parent), home=str(home), hold=hold)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the child reached the stalled node
+    if not line:
+        proc.wait(5)
+        raise AssertionError(proc.stderr.read() if proc.stderr else "child died")
+    return proc, line.strip()
+
+
+@pytest.mark.parametrize("hold", ["train", "mark"])
+def test_kill_9_midway_never_marks_without_commit_and_next_run_completes(home: Path, hold: str) -> None:
+    with open_mem(home) as mem:
+        ids = teach(mem, FACTS[:2])
+    proc, line = _start_and_wait(home, hold)
+    try:
+        # Another process on the same home is refused while the first holds the lock.
+        with open_mem(home) as mem:
+            busy = mem.consolidate(progress=False, **RAW)
+            assert busy.verdict == "skipped" and busy.reason == "another consolidation is running"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    with open_mem(home) as mem:
+        committed_before = mem.adapters.current
+        if hold == "train":
+            assert committed_before is None
+        else:  # killed after commit, before mark: committed, and still nothing marked
+            assert line == f"COMMITTED {committed_before}"
+        assert {mem.get(i).status.value for i in ids} == {"new"}  # never marked without a commit
+        assert len(pending_runs(mem)) == 1
+        report = mem.consolidate(progress=False, **RAW)  # resumes the killed run
+        assert report.verdict == "committed", report.reason
+        if hold == "mark":
+            assert report.version == committed_before  # resumed, not committed twice
+        assert len([v for v in mem.adapters.list() if v.verdict == "committed"]) == 1
+        assert {mem.get(i).consolidated_version for i in ids} == {report.version}
+        assert pending_runs(mem) == []
+        assert mem.consolidate(progress=False, **RAW).verdict == "skipped"  # and the next one is clean
