@@ -31,6 +31,10 @@ class MiniLMEmbeddings(Embeddings):
 
     dimension = 384
     _lock = threading.Lock()
+    # One forward pass at a time per process: two threads running torch inference at once
+    # (the index worker's batch and a recall's query) oversubscribe torch's intra-op
+    # thread pool, and on a small machine each call then gets many times slower.
+    _encode_lock = threading.Lock()
     _models: dict[str | None, Any] = {}
 
     def __init__(self, *, device: str | None = None, batch_size: int = 64) -> None:
@@ -56,10 +60,12 @@ class MiniLMEmbeddings(Embeddings):
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        vectors = self._model().encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
+        model = self._model()
+        with self._encode_lock:
+            vectors = model.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
         return vectors.tolist()
 
     def embed_query(self, text: str) -> list[float]:
