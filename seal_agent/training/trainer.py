@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,12 +374,16 @@ def _lora_config(config: TrainConfig) -> Any:
 def _wrap_with_lora(model: torch.nn.Module, config: TrainConfig, init_adapter: Path | None) -> Any:
     from peft import PeftModel, get_peft_model
 
-    if init_adapter is None:
-        return get_peft_model(model, _lora_config(config))
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-    except Exception as exc:  # peft raises many types for a bad folder
-        raise ValidationError("init_adapter", str(init_adapter), f"could not be loaded: {exc}") from exc
+    # peft (0.21) calls a transformers v5 API that warns of its own deprecation on every
+    # wrap; the warning is about peft's code, not the caller's, so it is silenced here only.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if init_adapter is None:
+            return get_peft_model(model, _lora_config(config))
+        try:
+            peft_model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        except Exception as exc:  # peft raises many types for a bad folder
+            raise ValidationError("init_adapter", str(init_adapter), f"could not be loaded: {exc}") from exc
     cfg = peft_model.peft_config["default"]
     if getattr(cfg, "r", config.lora_rank) != config.lora_rank:
         logger.info("continuing from %s: its rank %s wins over train.lora_rank=%s",
