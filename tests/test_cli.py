@@ -102,4 +102,41 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "Bolt" in turns[("bob", "What is my dog called?")]["answer"]
     assert turns[("carol", "What is my dog called?")]["answer"] == "I don't know yet."
     assert "peanuts" in turns[("alice", "Can I have a peanut butter cookie?")]["answer"]
-    assert result["status"]["interactions"] == 8
+    # Part 2: facts consolidated into the weights are answered with retrieval off...
+    good, bad = result["consolidations"]
+    assert good["verdict"] == "committed"
+    facts = result["facts"]
+    assert sum(f["after"].startswith(f["expected"].rstrip(".")) for f in facts) >= 3
+    assert all(f["logprob_after"] > f["logprob_before"] + 1.0 for f in facts)
+    # ...and the destructive update is rejected by the gate; the good adapter keeps serving.
+    assert bad["verdict"] == "rejected" and "past tasks" in bad["reason"]
+    assert result["status"]["interactions"] == 16
+
+
+def test_adapter_and_gate_commands_on_a_consolidated_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from seal_agent.demo import run_demo
+
+    home = tmp_path / "demo"
+    run_demo(home)  # one committed version, one rejected
+    code, out, _ = run(capsys, home, "--json", "adapters", "list")
+    versions = json.loads(out)
+    assert [v["verdict"] for v in versions] == ["committed", "rejected"]
+    assert [v["current"] for v in versions] == [True, False]
+    v1, v2 = versions[0]["version"], versions[1]["version"]
+
+    code, out, _ = run(capsys, home, "adapters", "show", "v0001")
+    assert code == 0 and json.loads(out)["version"] == v1
+    code, out, _ = run(capsys, home, "gate", "report", v2)
+    assert code == 0 and "REJECTED" in out.upper()
+    code, out, _ = run(capsys, home, "gate", "report", "v0001")
+    assert code == 0 and "PASS" in out.upper()
+
+    code, out, _ = run(capsys, home, "adapters", "export", v1, str(tmp_path / "export"))
+    assert code == 0 and (tmp_path / "export" / "adapter_model.safetensors").exists()
+    code, _, err = run(capsys, home, "adapters", "rollback", v2)  # never committed: refused
+    assert code == 1 and v2.split("-")[0] in err
+
+    code, out, _ = run(capsys, home, "--json", "consolidate", "--dry-run")
+    assert code == 0 and json.loads(out)["verdict"] == "skipped"
+    code, _, err = run(capsys, home, "consolidate", "--approve", "run-nope")
+    assert code == 1 and "run-nope" in err
