@@ -290,6 +290,13 @@ class GateConfig:
             (the update is interpolated between the current and the candidate weights).
         bootstrap_samples: Paired-bootstrap resamples for the confidence intervals.
         seed: Seed for sampling and bootstrap.
+        max_new_tokens: Greedy generation budget of the generation-based scorers
+            (``exact``, ``f1``, ``judge``, user callables).
+        scale_back_max_rank: Rank cap of a scaled-back adapter interpolated between two
+            adapters (exact interpolation needs rank ``r_current + r_candidate``; above the
+            cap the delta is SVD-truncated, and the truncated adapter is what the gate
+            scores and commits). None: the larger of the two ranks, so a lineage's rank
+            never grows.
     """
 
     scorer: str = "logprob"
@@ -303,6 +310,8 @@ class GateConfig:
     scale_back: list[float] = field(default_factory=lambda: [0.5, 0.25])
     bootstrap_samples: int = 1000
     seed: int = 0
+    max_new_tokens: int = 32
+    scale_back_max_rank: int | None = None
 
     def __post_init__(self) -> None:
         s = "gate"
@@ -322,6 +331,9 @@ class GateConfig:
         self.scale_back = sorted((float(x) for x in self.scale_back), reverse=True)
         _non_negative_int(s, "bootstrap_samples", self.bootstrap_samples)
         _non_negative_int(s, "seed", self.seed)
+        _positive_int(s, "max_new_tokens", self.max_new_tokens)
+        if self.scale_back_max_rank is not None:
+            _positive_int(s, "scale_back_max_rank", self.scale_back_max_rank)
 
 
 @dataclass

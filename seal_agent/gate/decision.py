@@ -1,0 +1,166 @@
+"""The decision rule: paired score changes in, a verdict with reasons and metrics out.
+
+For one scorer, given each item's score under the current adapter and the candidate
+(delta = candidate - current, so negative is worse):
+
+- **forgetting** -- reject when
+  - the mean delta over past tasks is below ``-max_regression``;
+  - more than ``max_flips`` past tasks go from right to wrong (bounded scorers:
+    current >= 0.5 and candidate < 0.5; unbounded ``logprob``: delta < -``flip_margin``);
+  - any canary's delta is below minus its tolerance (per line, default
+    ``canary_tolerance``).
+- **no gain** -- reject when there are probes and their mean delta is below ``min_gain``.
+
+With no past tasks the candidate is judged on the gain (and canaries) alone, and the
+metrics say so. Paired bootstrap 95% confidence intervals of the mean deltas are
+reported (resampling items, keeping each item's current/candidate pair together);
+they inform the report, the rule itself uses the point estimates so that it stays
+predictable with the handful of items a young memory has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from seal_agent.config import GateConfig
+from seal_agent.gate.suite import SuiteItem
+
+__all__ = ["Decision", "decide", "paired_bootstrap_ci"]
+
+NO_PAST_NOTE = "no past tasks yet: judged on new-knowledge gain only"
+_NAMED = 5  # regressed items named in a reason
+
+
+@dataclass
+class Decision:
+    """One scorer's verdict.
+
+    Attributes:
+        scorer: Scorer name.
+        forgetting: Reasons the candidate forgot something (empty: it did not).
+        no_gain: Reasons the candidate did not learn enough (empty: it did, or no probes).
+        notes: Remarks that are not failures (e.g. no past tasks).
+        metrics: Means, deltas, CIs, flips, canary deltas.
+        flipped: Ids of past items that went right -> wrong.
+    """
+
+    scorer: str
+    forgetting: list[str] = field(default_factory=list)
+    no_gain: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    flipped: set[str] = field(default_factory=set)
+
+    @property
+    def passed(self) -> bool:
+        return not self.forgetting and not self.no_gain
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.forgetting + self.no_gain
+
+
+def paired_bootstrap_ci(
+    deltas: Sequence[float], *, samples: int, seed: int, level: float = 0.95
+) -> list[float] | None:
+    """Percentile bootstrap CI of the mean of paired deltas; None without data or samples."""
+    d = np.asarray(deltas, dtype=np.float64)
+    if d.size == 0 or samples <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, d.size, size=(samples, d.size))  # [samples, n] resampled item indices
+    means = d[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
+def _fmt(item: SuiteItem, delta: float) -> str:
+    return f"{item.preview!r} ({item.kind} {item.id}, {delta:+.3f})"
+
+
+def decide(
+    items: Sequence[SuiteItem],
+    current: Sequence[float],
+    candidate: Sequence[float],
+    config: GateConfig,
+    *,
+    scorer: str,
+    bounded: bool,
+) -> Decision:
+    """Apply the rule to one scorer's paired scores (see the module docstring).
+
+    Args:
+        items: The scored items (past, canary and probe, any order).
+        current: Each item's score under the current adapter (or the base model).
+        candidate: Each item's score under the candidate.
+        config: Thresholds and bootstrap settings.
+        scorer: Scorer name (prefixes the reasons).
+        bounded: Scores in [0, 1] with >= 0.5 meaning right (else margin-based flips).
+    """
+    dec = Decision(scorer=scorer)
+    m = dec.metrics
+    cur, cand = np.asarray(current, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+    delta = cand - cur
+    by_kind = {k: [i for i, it in enumerate(items) if it.kind == k] for k in ("past", "canary", "probe")}
+    for kind, idx in by_kind.items():
+        m[f"n_{kind}"] = len(idx)
+
+    past = by_kind["past"]
+    if past:
+        d = delta[past]
+        m["replay_mean_current"] = float(cur[past].mean())
+        m["replay_mean_candidate"] = float(cand[past].mean())
+        m["replay_delta"] = float(d.mean())
+        m["replay_delta_ci"] = paired_bootstrap_ci(d, samples=config.bootstrap_samples, seed=config.seed)
+        worst = sorted(past, key=lambda i: delta[i])
+        if d.mean() < -config.max_regression:
+            named = ", ".join(_fmt(items[i], delta[i]) for i in worst[:_NAMED] if delta[i] < 0)
+            dec.forgetting.append(
+                f"{scorer}: mean replay score fell by {-d.mean():.3f} (limit {config.max_regression:g}) "
+                f"over {len(past)} past tasks; most regressed: {named}")
+        if bounded:
+            flipped = [i for i in past if cur[i] >= 0.5 and cand[i] < 0.5]
+        else:
+            flipped = [i for i in past if delta[i] < -config.flip_margin]
+        dec.flipped = {items[i].id for i in flipped}
+        m["flips"] = len(flipped)
+        m["flipped_ids"] = [items[i].id for i in flipped]
+        if len(flipped) > config.max_flips:
+            flipped.sort(key=lambda i: delta[i])
+            named = ", ".join(_fmt(items[i], delta[i]) for i in flipped[:_NAMED])
+            more = f" and {len(flipped) - _NAMED} more" if len(flipped) > _NAMED else ""
+            dec.forgetting.append(
+                f"{scorer}: {len(flipped)} past tasks went from right to wrong (limit {config.max_flips}): "
+                f"{named}{more}")
+    else:
+        m["flips"] = 0
+        dec.notes.append(NO_PAST_NOTE)
+
+    canaries = by_kind["canary"]
+    m["canary_deltas"] = {items[i].id: float(delta[i]) for i in canaries}
+    failed = []
+    for i in canaries:
+        tol = items[i].tolerance if items[i].tolerance is not None else config.canary_tolerance
+        if delta[i] < -tol:
+            failed.append(items[i].id)
+            dec.forgetting.append(f"{scorer}: canary {_fmt(items[i], delta[i])} regressed beyond its "
+                                  f"tolerance {tol:g}")
+    m["canary_failed"] = failed
+
+    probes = by_kind["probe"]
+    if probes:
+        d = delta[probes]
+        m["probe_mean_current"] = float(cur[probes].mean())
+        m["probe_mean_candidate"] = float(cand[probes].mean())
+        m["probe_gain"] = float(d.mean())
+        m["probe_gain_ci"] = paired_bootstrap_ci(d, samples=config.bootstrap_samples, seed=config.seed + 1)
+        if d.mean() < config.min_gain:
+            dec.no_gain.append(f"{scorer}: new-knowledge gain {d.mean():+.3f} on {len(probes)} probes is below "
+                               f"min_gain {config.min_gain:g}")
+    elif not past:
+        dec.notes.append("no new-knowledge probes and no past tasks: nothing to judge the update on")
+    return dec

@@ -1,0 +1,352 @@
+"""Scorers: how well one model (base + an adapter) does on the suite's items.
+
+Every scorer maps items to floats where higher is better, and the gate runs it on the
+current and the candidate adapter over the *same* items (paired comparison).
+
+- ``logprob`` (default): teacher-forced mean log-likelihood per token of the expected
+  answer (nats/token, <= 0). Batched, cheap, deterministic, and sensitive to small
+  changes long before a greedy answer flips. Unbounded: an item counts as flipped
+  right->wrong when its score falls more than ``GateConfig.flip_margin`` below the
+  current adapter's.
+- ``exact``: greedy generation, then normalised exact match (1.0 or 0.0).
+- ``f1``: greedy generation, then SQuAD-style token F1 in [0, 1].
+- ``judge``: greedy generation, then a LangChain chat model answers yes/no (as SEAL
+  grades): 1.0 or 0.0.
+- your own: any `Scorer`, or a callable ``fn(item, generated_text) -> float`` wrapped
+  in `CallableScorer` (bounded in [0, 1] unless said otherwise).
+
+Bounded scorers count an item as "right" when its score is >= 0.5, so a flip is
+current >= 0.5 and candidate < 0.5.
+
+Generations are made once per model and shared by every generation-based scorer
+(`ScoringContext.generations`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from seal_agent.errors import SealAgentError, ValidationError
+from seal_agent.gate.suite import SuiteItem
+
+__all__ = [
+    "BUILTIN_SCORERS",
+    "CallableScorer",
+    "ExactScorer",
+    "F1Scorer",
+    "JudgeScorer",
+    "LogprobScorer",
+    "Scorer",
+    "ScorerError",
+    "ScoringContext",
+    "generate_answers",
+    "make_scorer",
+    "normalize_answer",
+    "raw_logprobs",
+    "token_f1",
+]
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_SCORERS = ("logprob", "exact", "f1", "judge")
+
+
+class ScorerError(SealAgentError, RuntimeError):
+    """A scorer could not produce scores (the gate skips it and says why)."""
+
+
+class ScoringContext:
+    """One model to score, with its generations computed at most once.
+
+    Args:
+        model: A causal LM with the adapter to score active.
+        tokenizer: Its tokenizer (with a chat template).
+        items: The items every scorer of this context scores, in order.
+        max_new_tokens: Greedy generation budget.
+        batch_size: Items per forward pass or generate call.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, items: Sequence[SuiteItem], *,
+                 max_new_tokens: int = 32, batch_size: int = 16) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.items = list(items)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self._generations: list[str] | None = None
+
+    def generations(self) -> list[str]:
+        """Greedy answers to every item (computed on first call)."""
+        if self._generations is None:
+            self._generations = generate_answers(self.model, self.tokenizer, self.items,
+                                                 max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        return self._generations
+
+
+class Scorer(ABC):
+    """Scores items under one model; higher is better.
+
+    Attributes:
+        name: Name in reports.
+        bounded: Scores lie in [0, 1] and >= 0.5 means "right" (flip = crossing 0.5);
+            otherwise flips are judged with ``GateConfig.flip_margin``.
+    """
+
+    name: str = "scorer"
+    bounded: bool = True
+
+    @abstractmethod
+    def score(self, ctx: ScoringContext) -> list[float]:
+        """One float per ``ctx.items``, in order."""
+
+
+class LogprobScorer(Scorer):
+    """Teacher-forced mean log-likelihood per token of the expected answer."""
+
+    name = "logprob"
+    bounded = False
+
+    def score(self, ctx: ScoringContext) -> list[float]:
+        from seal_agent.training.scoring import answer_logprobs
+
+        chat = [i for i, it in enumerate(ctx.items) if not it.raw]
+        raw = [i for i, it in enumerate(ctx.items) if it.raw]
+        out = [0.0] * len(ctx.items)
+        if chat:
+            pairs = [([dict(m) for m in ctx.items[i].prompt], ctx.items[i].expected) for i in chat]
+            for i, s in zip(chat, answer_logprobs(ctx.model, ctx.tokenizer, pairs, batch_size=ctx.batch_size),
+                            strict=True):
+                out[i] = s
+        if raw:
+            texts = [(ctx.items[i].prompt[0]["content"], ctx.items[i].expected) for i in raw]
+            for i, s in zip(raw, raw_logprobs(ctx.model, ctx.tokenizer, texts, batch_size=ctx.batch_size),
+                            strict=True):
+                out[i] = s
+        return out
+
+
+class ExactScorer(Scorer):
+    """Greedy answer equals the expected one after normalisation: 1.0, else 0.0."""
+
+    name = "exact"
+
+    def score(self, ctx: ScoringContext) -> list[float]:
+        return [float(normalize_answer(g) == normalize_answer(it.expected))
+                for it, g in zip(ctx.items, ctx.generations(), strict=True)]
+
+
+class F1Scorer(Scorer):
+    """Token F1 between the greedy answer and the expected one (SQuAD normalisation)."""
+
+    name = "f1"
+
+    def score(self, ctx: ScoringContext) -> list[float]:
+        return [token_f1(g, it.expected) for it, g in zip(ctx.items, ctx.generations(), strict=True)]
+
+
+_JUDGE_SYSTEM = (
+    "You are a grading assistant. Decide whether the model's answer is correct, judging only "
+    "against the reference answer; use no outside knowledge. The answer may add details, but it "
+    "must convey the reference answer and must not contradict it. Ignore style and phrasing. "
+    "Reply with exactly one word: yes or no."
+)
+
+
+class JudgeScorer(Scorer):
+    """An LLM judge (any LangChain chat model) grades each greedy answer yes (1.0) / no (0.0).
+
+    Args:
+        judge: A LangChain ``BaseChatModel``.
+
+    Raises (from `score`):
+        ScorerError: The judge raised, or more than half its replies were neither yes nor no.
+    """
+
+    name = "judge"
+
+    def __init__(self, judge: Any) -> None:
+        self.judge = judge
+        self.unparseable = 0
+
+    def score(self, ctx: ScoringContext) -> list[float]:
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        prompts = []
+        for it, answer in zip(ctx.items, ctx.generations(), strict=True):
+            question = "\n".join(f"{m['role']}: {m['content']}" for m in it.prompt)
+            prompts.append([SystemMessage(_JUDGE_SYSTEM), HumanMessage(
+                f"Question:\n{question}\n\nReference answer:\n{it.expected}\n\nModel answer:\n{answer}\n\n"
+                "Is the model answer correct? yes or no")])
+        try:
+            replies = self.judge.batch(prompts)
+        except Exception as exc:  # any failure of an outside model: skip this scorer
+            raise ScorerError(f"the judge failed: {type(exc).__name__}: {exc}") from exc
+        scores, bad = [], 0
+        for r in replies:
+            text = (getattr(r, "text", None) if not isinstance(r, str) else r) or str(getattr(r, "content", ""))
+            word = re.sub(r"[^a-z]", "", (text.strip().split() or [""])[0].lower())
+            if word not in ("yes", "no"):
+                bad += 1
+            scores.append(1.0 if word == "yes" else 0.0)
+        self.unparseable += bad
+        if prompts and bad * 2 > len(prompts):
+            raise ScorerError(f"the judge answered neither yes nor no to {bad} of {len(prompts)} items")
+        return scores
+
+
+class CallableScorer(Scorer):
+    """A user function ``fn(item, generated_text) -> float`` over greedy answers.
+
+    Args:
+        fn: The function; higher is better.
+        name: Name in reports.
+        bounded: Whether its scores lie in [0, 1] with >= 0.5 meaning right.
+    """
+
+    def __init__(self, fn: Callable[[SuiteItem, str], float], *, name: str = "callable",
+                 bounded: bool = True) -> None:
+        self.fn = fn
+        self.name = name
+        self.bounded = bounded
+
+    def score(self, ctx: ScoringContext) -> list[float]:
+        return [float(self.fn(it, g)) for it, g in zip(ctx.items, ctx.generations(), strict=True)]
+
+
+def make_scorer(spec: str | Scorer | Callable[[SuiteItem, str], float], *, name: str | None = None,
+                judge: Any = None) -> Scorer:
+    """A `Scorer` from a built-in name, a `Scorer`, or a callable.
+
+    Raises:
+        ValidationError: Unknown name, or ``"judge"`` without a judge model.
+    """
+    if isinstance(spec, Scorer):
+        return spec
+    if callable(spec) and not isinstance(spec, str):
+        return CallableScorer(spec, name=name or getattr(spec, "__name__", "callable"))
+    if spec == "logprob":
+        return LogprobScorer()
+    if spec == "exact":
+        return ExactScorer()
+    if spec == "f1":
+        return F1Scorer()
+    if spec == "judge":
+        if judge is None:
+            raise ValidationError("gate.scorer", spec, "needs a judge model: Gate(..., judge=chat_model)")
+        return JudgeScorer(judge)
+    raise ValidationError("scorer", spec, f"must be one of {list(BUILTIN_SCORERS)}, a Scorer or a callable")
+
+
+# --------------------------------------------------------------------------- text metrics
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Token-overlap F1 of the normalised texts (1.0 when both are empty)."""
+    p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+# --------------------------------------------------------------------------- model calls
+
+
+def _prompt_ids(tokenizer: Any, item: SuiteItem) -> list[int]:
+    if item.raw:
+        return list(tokenizer(item.prompt[0]["content"])["input_ids"])
+    text = tokenizer.apply_chat_template([dict(m) for m in item.prompt], add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@torch.no_grad()
+def generate_answers(model: Any, tokenizer: Any, items: Sequence[SuiteItem], *, max_new_tokens: int = 32,
+                     batch_size: int = 16) -> list[str]:
+    """Greedy answers, batched with left padding (so every row ends where generation starts)."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [_prompt_ids(tokenizer, it) for it in items]
+    order = sorted(range(len(items)), key=lambda i: len(encoded[i]))  # similar lengths pad little
+    out: dict[int, str] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)  # [B, T], left-padded
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                mask[r, width - len(encoded[i]):] = 1
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            for r, i in enumerate(idx):
+                out[i] = tokenizer.decode(gen[r, width:], skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+    return [out[i] for i in range(len(items))]
+
+
+@torch.no_grad()
+def raw_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *,
+                 batch_size: int = 16) -> list[float]:
+    """Mean log-likelihood per token of each continuation given its plain-text prompt.
+
+    The prompt is tokenized as the tokenizer does by default (special tokens such as
+    BOS included) and the continuation separately without special tokens, then
+    concatenated: the same ids under every adapter, whatever the tokenizer.
+    """
+    rows = []
+    for prompt, cont in pairs:
+        p = list(tokenizer(prompt)["input_ids"])
+        c = list(tokenizer(cont, add_special_tokens=False)["input_ids"])
+        if not p:
+            raise ValidationError("prompt", prompt, "tokenizes to nothing")
+        if not c:
+            raise ValidationError("expected", cont, "tokenizes to nothing")
+        rows.append((p + c, len(p)))
+    device = next(model.parameters()).device
+    scores: dict[int, float] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]), reverse=True)
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = len(rows[idx[0]][0])
+            ids = torch.zeros((len(idx), width), dtype=torch.long)  # [B, T], right-padded
+            target_mask = torch.zeros((len(idx), width - 1), dtype=torch.bool)  # [B, T-1]
+            for r, i in enumerate(idx):
+                seq, n_prompt = rows[i]
+                ids[r, : len(seq)] = torch.tensor(seq)
+                target_mask[r, n_prompt - 1 : len(seq) - 1] = True  # position k predicts token k+1
+            ids = ids.to(device)
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # [B, T-1, V]
+            logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
+            per_row = (logp * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
+            for r, i in enumerate(idx):
+                scores[i] = float(per_row[r])
+    finally:
+        model.train(was_training)
+    return [scores[i] for i in range(len(rows))]
+

@@ -1,0 +1,378 @@
+"""The replay suite: the items a candidate adapter is judged on.
+
+Three kinds of `SuiteItem`:
+
+- ``past``: consolidated interactions whose outcome was accepted (feedback >= 0 or
+  none). The prompt is the exchange up to (not including) its final assistant answer;
+  the expected answer is that final answer. They are kept per adapter lineage in
+  ``memory.home / "gate" / f"suite-{lineage}.json"`` so successive versions are judged
+  on the same items, capped at ``GateConfig.replay_size`` by reservoir sampling
+  (Algorithm R): every interaction ever offered had the same chance to be in the
+  sample, whatever its namespace or age.
+- ``canary``: user-supplied abilities that must never regress, one JSON object per line
+  of ``GateConfig.canary_file``: ``{"prompt": str | [messages], "expected": str}`` plus
+  optional ``"id"``, ``"tolerance"`` (overrides ``canary_tolerance`` for that line) and
+  ``"raw": true`` (the prompt is plain text the model continues, no chat template --
+  for base-model abilities such as story continuation).
+- ``probe``: this consolidation's held-out new-knowledge questions (`Probe`).
+
+Superseded items. When a *newer* interaction in the same namespace asks the same
+question and gets a different answer, the older item is a knowledge update, not
+something the candidate may not forget: it is dropped. "The same question" means the
+interactions' task texts (the user turns) are equal after normalisation -- lowercase,
+punctuation removed, whitespace collapsed; "answered differently" means the final
+answers differ after the same normalisation. A paraphrased question is not detected
+(a deliberate, predictable rule: no model call, no threshold).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from seal_agent.errors import ValidationError
+from seal_agent.memory.records import Interaction, join_namespace
+from seal_agent.selfedit.base import Probe, chat_messages, final_answer_index
+
+__all__ = [
+    "SUITE_FORMAT_VERSION",
+    "ReplaySuite",
+    "SuiteItem",
+    "load_canaries",
+    "normalize_text",
+    "past_item",
+    "probe_items",
+]
+
+logger = logging.getLogger(__name__)
+
+SUITE_FORMAT_VERSION = 1
+"""Version of the persisted suite file's layout."""
+
+ItemKind = Literal["past", "canary", "probe"]
+
+_LINEAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class SuiteItem:
+    """One thing the gate asks both adapters.
+
+    Attributes:
+        kind: ``"past"``, ``"canary"`` or ``"probe"``.
+        id: Stable id: the interaction id (past), the canary's id or ``canary-<line>``,
+            or ``probe-<hash prefix>``.
+        prompt: Chat messages ``[{"role", "content"}]`` before the answer; for a raw
+            item, a single ``{"role": "text", "content": ...}`` holding the plain text.
+        expected: The answer (or continuation) the model should produce.
+        namespace: Namespace path (``"users/alice"``) of the source interaction, or "".
+        key: Normalised task text: two items with the same namespace and key ask the
+            same question (superseded detection).
+        created_at: ISO time of the source interaction ("" for canaries and probes).
+        tolerance: Largest allowed score drop for this item (canaries), or None.
+        raw: The prompt is plain text to continue (no chat template).
+    """
+
+    kind: ItemKind
+    id: str
+    prompt: tuple[dict[str, Any], ...]
+    expected: str
+    namespace: str = ""
+    key: str = ""
+    created_at: str = ""
+    tolerance: float | None = None
+    raw: bool = False
+
+    @property
+    def preview(self) -> str:
+        """The last prompt message, shortened: what a report shows."""
+        text = str(self.prompt[-1].get("content", "")) if self.prompt else ""
+        text = " ".join(text.split())
+        return text if len(text) <= 100 else text[:97] + "..."
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["prompt"] = [dict(m) for m in self.prompt]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SuiteItem:
+        d = dict(data)
+        d["prompt"] = tuple(dict(m) for m in d.get("prompt", ()))
+        return cls(**d)
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase, strip accents' compatibility forms and punctuation, collapse whitespace."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+def past_item(interaction: Interaction) -> SuiteItem | None:
+    """The replay item of a consolidated interaction, or None when it has none.
+
+    None when the feedback is negative (the outcome was not accepted), when there is
+    no final assistant answer, or when nothing precedes the answer.
+    """
+    if interaction.feedback is not None and interaction.feedback < 0:
+        return None
+    idx = final_answer_index(interaction.messages)
+    if idx is None:
+        return None
+    prompt = chat_messages(interaction.messages[:idx])
+    if not prompt:
+        return None
+    return SuiteItem(
+        kind="past",
+        id=interaction.id,
+        prompt=tuple(prompt),
+        expected=interaction.messages[idx]["content"],
+        namespace=join_namespace(interaction.namespace),
+        key=normalize_text(interaction.task),
+        created_at=interaction.created_at.isoformat(),
+    )
+
+
+def probe_items(probes: Sequence[Probe]) -> list[SuiteItem]:
+    """New-knowledge probes as suite items (one user turn each)."""
+    return [
+        SuiteItem(
+            kind="probe",
+            id=f"probe-{p.hash[:12]}",
+            prompt=({"role": "user", "content": p.question},),
+            expected=p.answer,
+            namespace=join_namespace(p.namespace),
+            key=normalize_text(p.question),
+        )
+        for p in probes
+    ]
+
+
+def _supersedes(newer_key: str, newer_ns: str, newer_answer: str, item: SuiteItem) -> bool:
+    return (bool(newer_key) and newer_key == item.key and newer_ns == item.namespace
+            and normalize_text(newer_answer) != normalize_text(item.expected))
+
+
+@dataclass
+class ReplaySuite:
+    """The persisted, reservoir-sampled sample of past tasks of one adapter lineage.
+
+    Attributes:
+        lineage: Adapter lineage the suite belongs to (``"global"``).
+        capacity: Most items kept (``GateConfig.replay_size``).
+        seed: Seed of the reservoir's draws.
+        items: The sampled past items, in no particular order.
+        n_seen: Eligible interactions offered so far (Algorithm R's counter).
+        watermark: Largest interaction id offered so far; ids at or below it are not
+            offered again (ids are time-sortable and consolidation takes the oldest
+            first, so this is "already seen" without storing every id).
+        dropped: Ids of items dropped as superseded, with the id that superseded them
+            (the most recent 100 kept, for reports).
+    """
+
+    lineage: str
+    capacity: int
+    seed: int = 0
+    items: list[SuiteItem] = field(default_factory=list)
+    n_seen: int = 0
+    watermark: str = ""
+    dropped: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lineage, str) or not _LINEAGE_RE.match(self.lineage):
+            raise ValidationError("lineage", self.lineage,
+                                  "must be 1-100 characters of letters, digits, '.', '_', '-'")
+
+    # ------------------------------------------------------------------ persistence
+
+    @staticmethod
+    def path_for(home: Path, lineage: str) -> Path:
+        """Where the suite of `lineage` lives under a memory home."""
+        return Path(home) / "gate" / f"suite-{lineage}.json"
+
+    def save(self, path: Path) -> Path:
+        """Write atomically (temporary file + rename)."""
+        from seal_agent import __version__
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "format_version": SUITE_FORMAT_VERSION,
+            "library_version": __version__,
+            "lineage": self.lineage,
+            "capacity": self.capacity,
+            "seed": self.seed,
+            "n_seen": self.n_seen,
+            "watermark": self.watermark,
+            "dropped": self.dropped,
+            "items": [it.to_dict() for it in self.items],
+        }
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path, *, capacity: int | None = None) -> ReplaySuite:
+        """Read a saved suite; a smaller `capacity` than saved trims it (seeded).
+
+        Raises:
+            ValidationError: The file is not a suite of a known format version.
+        """
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValidationError("suite_file", str(path), f"cannot be read as JSON: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format_version") != SUITE_FORMAT_VERSION:
+            raise ValidationError("suite_file.format_version", data.get("format_version") if isinstance(data, dict)
+                                  else None, f"must be {SUITE_FORMAT_VERSION} (file {path})")
+        suite = cls(
+            lineage=data["lineage"], capacity=int(data["capacity"]), seed=int(data.get("seed", 0)),
+            items=[SuiteItem.from_dict(d) for d in data.get("items", [])],
+            n_seen=int(data.get("n_seen", 0)), watermark=str(data.get("watermark", "")),
+            dropped=list(data.get("dropped", [])),
+        )
+        if capacity is not None and capacity != suite.capacity:
+            suite.capacity = capacity
+            if len(suite.items) > capacity:  # a uniform subsample of a uniform sample is uniform
+                rng = random.Random(f"{suite.seed}:trim:{suite.n_seen}")
+                suite.items = rng.sample(suite.items, capacity)
+        return suite
+
+    # ------------------------------------------------------------------ updates
+
+    def add(self, interactions: Iterable[Interaction]) -> int:
+        """Offer interactions (oldest first) to the reservoir; return how many were eligible.
+
+        The caller vouches that they were learned by a committed adapter (their
+        ``status`` field may predate the commit, so it is not checked). Each eligible
+        interaction first drops the older items it supersedes, then is offered to the
+        reservoir. Interactions with negative feedback, without a final answer, or
+        at/below the watermark are skipped.
+        """
+        eligible = 0
+        for it in sorted(interactions, key=lambda x: x.id):
+            if self.watermark and it.id <= self.watermark:
+                continue
+            self.watermark = it.id
+            item = past_item(it)
+            if item is None:
+                continue
+            eligible += 1
+            self.drop_superseded([(item.key, item.namespace, item.expected, item.id)])
+            if item.key and any(x.key == item.key and x.namespace == item.namespace for x in self.items):
+                continue  # same question, same answer: already represented
+            self.n_seen += 1
+            if len(self.items) < self.capacity:
+                self.items.append(item)
+                continue
+            # Algorithm R: keep the n-th item with probability capacity / n, replacing a
+            # uniformly chosen slot. The draw is a function of (seed, n) only, so a rebuild
+            # from the same log gives the same suite and no RNG state needs persisting.
+            j = random.Random(f"{self.seed}:{self.n_seen}").randrange(self.n_seen)
+            if j < self.capacity:
+                self.items[j] = item
+        return eligible
+
+    def drop_superseded(self, newer: Iterable[tuple[str, str, str, str]]) -> list[tuple[SuiteItem, str]]:
+        """Drop items that a newer (key, namespace, answer, id) answers differently.
+
+        Returns the dropped items with the id that superseded each.
+        """
+        out: list[tuple[SuiteItem, str]] = []
+        for key, ns, answer, new_id in newer:
+            keep = []
+            for x in self.items:
+                if x.id < new_id and _supersedes(key, ns, answer, x):
+                    out.append((x, new_id))
+                else:
+                    keep.append(x)
+            self.items = keep
+        for x, by in out:
+            logger.info("gate: replay item %s superseded by %s (knowledge update)", x.id, by)
+            self.dropped = (self.dropped + [{"id": x.id, "superseded_by": by}])[-100:]
+        return out
+
+    def superseded_by(self, interactions: Iterable[Interaction]) -> list[tuple[SuiteItem, str]]:
+        """Items that `interactions` (e.g. the ones being consolidated now) supersede.
+
+        Does not modify the suite: the candidate may still be rejected, in which case
+        the old answer is what the served adapter knows.
+        """
+        newer = []
+        for it in interactions:
+            if it.feedback is not None and it.feedback < 0:
+                continue  # a rejected answer is not a correction
+            idx = final_answer_index(it.messages)
+            if idx is None:
+                continue
+            newer.append((normalize_text(it.task), join_namespace(it.namespace), it.messages[idx]["content"], it.id))
+        probe = ReplaySuite(self.lineage, self.capacity, self.seed, items=list(self.items))
+        return probe.drop_superseded(newer)
+
+
+# --------------------------------------------------------------------------- canaries
+
+
+def load_canaries(path: str | os.PathLike[str], *, default_tolerance: float) -> list[SuiteItem]:
+    """Read a canary JSONL file (blank lines and lines starting with ``#`` are skipped).
+
+    Raises:
+        ValidationError: The file is missing, or a line is not a JSON object with a
+            non-empty ``prompt`` (string or messages) and ``expected`` string; the
+            error's field names the line and key, e.g. ``canaries.jsonl:3.expected``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValidationError("gate.canary_file", str(p), "does not exist or is not a file")
+    items: list[SuiteItem] = []
+    seen: set[str] = set()
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{p.name}:{n}"
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ValidationError(where, line[:60], f"is not valid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise ValidationError(where, obj, 'must be a JSON object {"prompt": ..., "expected": ...}')
+        raw = obj.get("raw", False)
+        if not isinstance(raw, bool):
+            raise ValidationError(f"{where}.raw", raw, "must be true or false")
+        prompt = _canary_prompt(obj.get("prompt"), raw, where)
+        expected = obj.get("expected")
+        if not isinstance(expected, str) or not expected.strip():
+            raise ValidationError(f"{where}.expected", expected, "must be a non-empty string")
+        tol = obj.get("tolerance", default_tolerance)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
+            raise ValidationError(f"{where}.tolerance", tol, "must be a number >= 0")
+        cid = obj.get("id", f"canary-{n}")
+        if not isinstance(cid, str) or not cid or cid in seen:
+            raise ValidationError(f"{where}.id", cid, "must be a non-empty string, unique in the file")
+        seen.add(cid)
+        items.append(SuiteItem(kind="canary", id=cid, prompt=prompt, expected=expected,
+                               tolerance=float(tol), raw=raw))
+    return items
+
+
+def _canary_prompt(prompt: Any, raw: bool, where: str) -> tuple[dict[str, Any], ...]:
+    if isinstance(prompt, str) and prompt.strip():
+        return ({"role": "text" if raw else "user", "content": prompt},)
+    if raw:
+        raise ValidationError(f"{where}.prompt", prompt, "must be a non-empty string when raw is true")
+    ok = isinstance(prompt, list) and bool(prompt) and all(
+        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "tool")
+        and isinstance(m.get("content"), str) for m in prompt)
+    if not ok:
+        raise ValidationError(f"{where}.prompt", prompt,
+                              'must be a non-empty string or a list of {"role", "content"} messages')
+    return tuple({"role": m["role"], "content": m["content"]} for m in prompt)

@@ -1,0 +1,370 @@
+"""The validation gate: replay suite, scorers, decision, scale-back, reports -- with real training."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from fakes import HashEmbeddings, ScriptedChatModel
+
+from seal_agent import SealMemory
+from seal_agent.config import GateConfig, TrainConfig
+from seal_agent.errors import ValidationError
+from seal_agent.gate import Gate, GateReport, ReplaySuite, load_canaries, render_report, write_scaled_adapter
+from seal_agent.gate.decision import NO_PAST_NOTE, paired_bootstrap_ci
+from seal_agent.gate.scale import lora_deltas
+from seal_agent.gate.scorers import normalize_answer, token_f1
+from seal_agent.selfedit.base import Probe
+from seal_agent.training import train_adapter
+
+# peft calls a transformers API deprecated in v5; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+TINYSTORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "tinystories-260k"
+
+FACTS = [
+    ("What is the capital of Zorbia?", "Quxville."),
+    ("Who painted the Blue Moon?", "Anna Pell."),
+    ("What color is a zeb?", "Bright green."),
+    ("How many legs does a vorp have?", "Seven."),
+]
+NEW = [
+    ("What does Mira drink?", "Cold tea."),
+    ("Where is Tovo?", "In Lisbon."),
+    ("Which pet has Ivo?", "A turtle."),
+    ("When does Kel sleep?", "At noon."),
+]
+# Enough steps at a high rate for the random 0.5M-parameter model to memorise four facts.
+FACT_CONFIG = TrainConfig(learning_rate=1e-2, epochs=60, batch_size=4, lora_rank=8, lora_alpha=16,
+                          warmup_ratio=0.05, replay_ratio=1.0)
+
+
+def chat(facts):
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in facts]
+
+
+def probes(facts, tag="p"):
+    return [Probe(q, a, f"{tag}{i}", ("default",), f"{tag}hash{i}") for i, (q, a) in enumerate(facts)]
+
+
+def log_consolidated(mem: SealMemory, facts, version="v0001") -> list[str]:
+    ids = [mem.log([{"role": "user", "content": q}, {"role": "assistant", "content": a}]) for q, a in facts]
+    mem.mark(ids, "consolidated", version=version)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from seal_agent.model import load_model
+
+    return load_model("tiny-random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny, tmp_path_factory):
+    """A: knows FACTS (the current adapter). B: continued from A on NEW with replay of FACTS."""
+    model, tok = tiny
+    root = tmp_path_factory.mktemp("adapters")
+    a = train_adapter(model, tok, chat(FACTS), FACT_CONFIG, output_dir=root / "A", progress=False).adapter_path
+    b = train_adapter(model, tok, chat(NEW), FACT_CONFIG, init_adapter=a, replay=chat(FACTS),
+                      output_dir=root / "B", progress=False).adapter_path
+    return a, b
+
+
+@pytest.fixture
+def fact_mem(mem):
+    log_consolidated(mem, FACTS)
+    return mem
+
+
+def evaluate(gate, tiny, cand, cur, probes_, tmp_path):
+    model, tok = tiny
+    return gate.evaluate(model, tok, cand, cur, probes_, tmp_path / "work", progress=False)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def test_destructive_update_is_rejected_naming_the_regressed_items(tiny, adapters, fact_mem, tmp_path):
+    model, tok = tiny
+    a, _ = adapters
+    docs = [{"text": "the cat sat on the mat and the dog ran in the park " * 4}] * 4
+    wreck = train_adapter(model, tok, docs, TrainConfig(learning_rate=5e-2, epochs=30, batch_size=4, lora_rank=8),
+                          init_adapter=a, output_dir=tmp_path / "D", progress=False).adapter_path
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = evaluate(Gate(fact_mem, GateConfig()), tiny, wreck, a, probes(NEW), tmp_path)
+    assert not report.passed and report.adapter_dir is None
+    text = " ".join(report.reasons)
+    assert "mean replay score fell" in text and "right to wrong" in text
+    for question, _ in FACTS:
+        assert question in text  # every regressed past task is named
+    assert report.metrics["flips"] == 4 and report.metrics["replay_delta"] < -1.0
+    lo, hi = report.metrics["replay_delta_ci"]
+    assert lo <= report.metrics["replay_delta"] <= hi
+    assert {r["kind"] for r in report.rows} == {"past", "probe"} and sum(r["flipped"] for r in report.rows) == 4
+    # The gate unloads its LoRA layers: the base model is as it came.
+    assert not any("lora" in n for n, _ in model.named_modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_benign_update_teaching_new_facts_passes(tiny, adapters, fact_mem, tmp_path):
+    a, b = adapters
+    report = evaluate(Gate(fact_mem, GateConfig()), tiny, b, a, probes(NEW), tmp_path)
+    assert report.passed, report.reasons
+    assert report.scale == 1.0 and report.adapter_dir == b
+    assert report.metrics["probe_gain"] > 1.0 and report.metrics["n_past"] == 4
+    assert report.metrics["seconds"] > 0 and "score_candidate_seconds" in report.metrics["timings"]
+
+
+def test_knowledge_update_is_not_flagged_as_forgetting(tiny, adapters, fact_mem, tmp_path):
+    model, tok = tiny
+    a, _ = adapters
+    # A later conversation corrects the first fact (logged, not yet consolidated).
+    correction = [("What is the capital of Zorbia?", "Blorptown.")]
+    new_id = fact_mem.log([{"role": "user", "content": correction[0][0]},
+                           {"role": "assistant", "content": correction[0][1]}])
+    cfg = dataclasses.replace(FACT_CONFIG, replay_ratio=3.0)  # one new example: replay all three others
+    cand = train_adapter(model, tok, chat(correction), cfg, init_adapter=a, replay=chat(FACTS[1:]),
+                         output_dir=tmp_path / "K", progress=False).adapter_path
+    gate = Gate(fact_mem, GateConfig())
+    report = evaluate(gate, tiny, cand, a, probes(correction), tmp_path)
+    assert report.passed, report.reasons
+    old_id = fact_mem.list(status="consolidated")[0].id
+    assert report.metrics["superseded"] == [{"id": old_id, "superseded_by": new_id}]
+    assert report.metrics["n_past"] == 3 and old_id not in {r["id"] for r in report.rows}
+    assert any("superseded" in r for r in report.reasons)
+    # After the commit the suite itself drops the old answer for good.
+    fact_mem.mark([new_id], "consolidated", version="v0002")
+    assert gate.update_suite([fact_mem.get(new_id)]) == 1
+    suite = gate.suite()
+    assert old_id not in {it.id for it in suite.items} and new_id in {it.id for it in suite.items}
+    assert suite.dropped[-1] == {"id": old_id, "superseded_by": new_id}
+
+
+def test_scale_back_commits_a_partial_update_where_the_full_one_fails(tiny, adapters, fact_mem, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    a, b = adapters
+    # The benign candidate plus a deterministic random perturbation of its B factors:
+    # it still learned NEW but damages FACTS; a fraction of it keeps most of both.
+    weights = load_file(str(b / "adapter_model.safetensors"))
+    gen = torch.Generator().manual_seed(0)
+    noisy = {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=gen) if "lora_B" in k else v
+             for k, v in weights.items()}
+    cand = tmp_path / "noisy"
+    cand.mkdir()
+    shutil.copy(b / "adapter_config.json", cand)
+    save_file(noisy, str(cand / "adapter_model.safetensors"))
+    config = GateConfig(max_regression=0.2, scale_back=[0.5, 0.25])
+    report = evaluate(Gate(fact_mem, config), tiny, cand, a, probes(NEW), tmp_path)
+    assert report.passed, report.reasons
+    assert report.scale == 0.25  # the largest that passes: 0.5 was tried first and failed
+    assert [(x["scale"], x["passed"]) for x in report.metrics["scale_back"]] == [(0.5, False), (0.25, True)]
+    assert report.adapter_dir is not None and report.adapter_dir.parent == tmp_path / "work"
+    assert (report.adapter_dir / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "work" / "candidate-scale-0.5").exists()  # failed attempt cleaned up
+    assert report.metrics["candidate_full"]["replay_delta"] < -0.2 <= report.metrics["replay_delta"]
+    assert report.metrics["probe_gain"] > 0
+    assert any("full update rejected" in r for r in report.reasons)
+    assert json.loads((report.adapter_dir / "adapter_config.json").read_text())["r"] == 8  # rank kept
+
+
+def _random_adapter(model, path: Path, *, seed: int, r: int, alpha: int, rslora: bool = False) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pm = get_peft_model(copy.deepcopy(model), LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear",
+                                                             use_rslora=rslora))
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.05)  # B starts at zero: make the delta non-trivial
+    pm.save_pretrained(str(path))
+    return path
+
+
+def test_scaled_adapter_equals_interpolated_merged_weights(tiny, tmp_path):
+    from peft import PeftModel
+
+    model, tok = tiny
+    cur = _random_adapter(model, tmp_path / "cur", seed=1, r=4, alpha=8)
+    cand = _random_adapter(model, tmp_path / "cand", seed=2, r=8, alpha=16, rslora=True)
+    ids = tok("Once upon a time the cat", return_tensors="pt")["input_ids"]
+
+    def merged_logits(s: float, with_current: bool) -> torch.Tensor:
+        # W + (1 - s) dW_cur + s dW_cand, written straight into a copy of the base weights.
+        base = copy.deepcopy(model)
+        sd = base.state_dict()
+        d_cur, d_cand = (lora_deltas(cur) if with_current else {}), lora_deltas(cand)
+        for mod, d in d_cand.items():
+            key = mod.removeprefix("base_model.model.") + ".weight"
+            sd[key] = sd[key] + s * d + ((1 - s) * d_cur[mod] if with_current else 0)
+        base.load_state_dict(sd)
+        return base(ids).logits
+
+    with torch.no_grad():
+        for s in (0.5, 0.25):
+            for current in (cur, None):
+                out = write_scaled_adapter(cand, current, s, tmp_path / f"s{s}-{current is None}")
+                got = PeftModel.from_pretrained(copy.deepcopy(model), str(out["path"]))(ids).logits
+                assert (got - merged_logits(s, current is not None)).abs().max() < 1e-4
+                cfg = json.loads((out["path"] / "adapter_config.json").read_text())
+                assert cfg["bias"] == "none" and not cfg.get("modules_to_save")
+                assert out["rank"] == (12 if current is not None else 8) and out["truncation_error"] == 0.0
+        # Capped rank: an SVD truncation, reported, still a loadable adapter of that rank.
+        out = write_scaled_adapter(cand, cur, 0.5, tmp_path / "capped", max_rank=8)
+        assert out["rank"] == 8 and 0 < out["truncation_error"] < 1
+        got = PeftModel.from_pretrained(copy.deepcopy(model), str(out["path"]))(ids).logits
+        assert torch.isfinite(got).all()
+    with pytest.raises(ValidationError, match="scale"):
+        write_scaled_adapter(cand, cur, 1.5, tmp_path / "bad")
+
+
+# --------------------------------------------------------------------------- tinystories
+
+
+@pytest.mark.skipif(not TINYSTORIES.is_dir(), reason="../shared/models/tinystories-260k is absent")
+def test_tinystories_story_canary_rejects_a_wreck_and_passes_a_light_update(mem, tmp_path):
+    from seal_agent.model import load_model
+
+    model, tok = load_model(str(TINYSTORIES), device="cpu")
+    canaries = tmp_path / "canaries.jsonl"
+    canaries.write_text("\n".join(json.dumps(c) for c in [
+        {"id": "story", "raw": True, "prompt": "Once upon a time, there was a little girl named Lily.",
+         "expected": " She loved to play outside in the park."},
+        {"id": "story-2", "raw": True, "prompt": "Tom had a big red ball.",
+         "expected": " He liked to play with it every day."},
+    ]) + "\n")
+    gate = Gate(mem, GateConfig(canary_file=str(canaries), canary_tolerance=0.3, scale_back=[]))
+    noise = [{"text": "zq xv kj qq zx vv jj kk qz xq " * 3}] * 4
+    wreck = train_adapter(model, tok, noise, TrainConfig(learning_rate=3e-2, epochs=30, batch_size=4, lora_rank=8),
+                          output_dir=tmp_path / "wreck", progress=False).adapter_path
+    story = [{"text": "Once upon a time, a little dog named Max found a shiny stone in the park."}] * 4
+    light = train_adapter(model, tok, story, TrainConfig(learning_rate=1e-3, epochs=2, batch_size=4, lora_rank=8),
+                          output_dir=tmp_path / "light", progress=False).adapter_path
+    bad = gate.evaluate(model, tok, wreck, None, [], tmp_path / "w1", progress=False)
+    assert not bad.passed and any("canary" in r and "'Once upon a time" in r for r in bad.reasons)
+    assert bad.metrics["canary_deltas"]["story"] < -0.3
+    good = gate.evaluate(model, tok, light, None, [], tmp_path / "w2", progress=False)
+    assert good.passed, good.reasons
+    assert NO_PAST_NOTE in good.metrics["notes"]
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def test_empty_suite_passes_on_new_knowledge_gain_alone(tiny, adapters, mem, tmp_path):
+    a, _ = adapters
+    report = evaluate(Gate(mem, GateConfig()), tiny, a, None, probes(FACTS), tmp_path)
+    assert report.passed and NO_PAST_NOTE in report.reasons and NO_PAST_NOTE in report.metrics["notes"]
+    assert report.metrics["n_past"] == 0 and report.metrics["probe_gain"] > 1.0
+    # Probes that got worse fail the gain requirement.
+    worse = evaluate(Gate(mem, GateConfig(min_gain=10.0)), tiny, a, None, probes(FACTS), tmp_path)
+    assert not worse.passed and "min_gain" in worse.reasons[0]
+    # Nothing at all to judge: passes, and says so.
+    empty = evaluate(Gate(mem, GateConfig()), tiny, a, None, [], tmp_path)
+    assert empty.passed and "nothing to judge" in empty.reasons[-1]
+
+
+class _BrokenJudge(ScriptedChatModel):
+    def _generate(self, *args, **kwargs):
+        raise ConnectionError("judge endpoint down")
+
+
+def test_failing_judge_is_skipped_and_the_others_decide(tiny, adapters, fact_mem, tmp_path):
+    a, b = adapters
+    report = evaluate(Gate(fact_mem, GateConfig(), judge=_BrokenJudge([])), tiny, b, a, probes(NEW), tmp_path)
+    assert report.passed and report.scorer == "logprob"
+    assert "judge endpoint down" in report.metrics["scorers"]["judge"]["skipped"]
+    assert any(r.startswith("scorer judge skipped") for r in report.reasons)
+    # A working judge and a user scorer decide alongside logprob.
+    judge = ScriptedChatModel(["yes"] * 64)
+    gate = Gate(fact_mem, GateConfig(max_new_tokens=6), judge=judge,
+                scorers={"nonempty": lambda item, text: float(bool(text.strip()) or True)})
+    report = evaluate(gate, tiny, b, a, probes(NEW), tmp_path)
+    assert report.passed and report.metrics["scorers"]["judge"]["passed"]
+    assert set(report.metrics["scorers"]) == {"logprob", "judge", "nonempty"}
+    assert len(judge.prompts) == 2 * 8  # current and candidate, 4 past + 4 probes each
+    with pytest.raises(ValidationError, match="judge"):
+        Gate(fact_mem, GateConfig(scorer="judge"))
+
+
+def test_malformed_canary_file_names_line_and_field(mem, tmp_path):
+    path = mem.home / "canaries.jsonl"
+    path.write_text('{"prompt": "2+2?", "expected": "4"}\n\n{"prompt": "Capital of France?"}\n')
+    with pytest.raises(ValidationError) as err:
+        Gate(mem, GateConfig(canary_file="canaries.jsonl")).canaries()
+    assert err.value.field == "canaries.jsonl:3.expected"
+    path.write_text("not json\n")
+    with pytest.raises(ValidationError, match="canaries.jsonl:1"):
+        load_canaries(path, default_tolerance=0.1)
+    path.write_text('{"prompt": "", "expected": "x"}\n')
+    with pytest.raises(ValidationError) as err:
+        load_canaries(path, default_tolerance=0.1)
+    assert err.value.field == "canaries.jsonl:1.prompt"
+    with pytest.raises(ValidationError, match="canary_file"):
+        Gate(mem, GateConfig(canary_file="missing.jsonl")).canaries()
+
+
+def test_report_save_load_render_roundtrip(tiny, adapters, fact_mem, tmp_path):
+    a, b = adapters
+    report = evaluate(Gate(fact_mem, GateConfig()), tiny, b, a, probes(NEW), tmp_path)
+    folder = report.save(tmp_path / "report")
+    assert {p.name for p in folder.iterdir()} >= {"gate_report.json", "gate_report.md", "gate_report.png"}
+    data = json.loads((folder / "gate_report.json").read_text())
+    assert data["format_version"] == 1 and data["library_version"] and data["passed"] is True
+    loaded = GateReport.load(folder)
+    assert loaded.to_dict() == report.to_dict()
+    assert len(loaded.rows) == 8 and {"kind", "id", "prompt", "expected", "current", "candidate", "delta",
+                                      "flipped"} <= set(loaded.rows[0])
+    text = render_report(folder)
+    assert "PASSED" in text and "What does Mira drink?" in text and "gate_report.png" in text
+    with pytest.raises(ValidationError):
+        GateReport.load(tmp_path / "nowhere")
+
+
+def test_suite_persists_with_a_reservoir_cap(tmp_path):
+    def build(home: Path) -> tuple[Gate, SealMemory]:
+        m = SealMemory(home, embeddings=HashEmbeddings())
+        log_consolidated(m, [(f"Question number {i}?", f"Answer {i}.") for i in range(30)])
+        return Gate(m, GateConfig(replay_size=10, seed=3)), m
+
+    gate, m1 = build(tmp_path / "h1")
+    try:
+        suite = gate.suite()
+        assert len(suite.items) == 10 and suite.n_seen == 30 and gate.suite_path.is_file()
+        assert gate.suite_path == m1.home / "gate" / "suite-global.json"
+        assert json.loads(gate.suite_path.read_text())["format_version"] == 1
+        assert [it.id for it in gate.suite().items] == [it.id for it in suite.items]  # reloaded, same
+        first_build = sorted(it.expected for it in suite.items)
+        # Negative feedback is not an accepted outcome; already-seen ids are not offered again.
+        neg = m1.log([{"role": "user", "content": "Bad?"}, {"role": "assistant", "content": "Bad."}], feedback=-1)
+        more = log_consolidated(m1, [(f"Later question {i}?", f"Later {i}.") for i in range(20)], "v0002")
+        m1.mark([neg], "consolidated", version="v0002")
+        assert gate.update_suite(m1.list(status="consolidated")) == 20
+        suite = ReplaySuite.load(gate.suite_path)
+        assert len(suite.items) == 10 and suite.n_seen == 50
+        assert {it.id for it in suite.items} & set(more)  # later items got their chance
+        with pytest.raises(ValidationError, match="lineage"):
+            Gate(m1, GateConfig(), lineage="../evil")
+    finally:
+        m1.close()
+    # Deterministic: the same log in another home samples the same questions.
+    gate2, m2 = build(tmp_path / "h2")
+    try:
+        assert sorted(it.expected for it in gate2.suite().items) == first_build
+    finally:
+        m2.close()
+
+
+def test_text_metrics_and_bootstrap():
+    assert normalize_answer("The  Quxville!") == "quxville"
+    assert token_f1("bright green", "Bright green.") == 1.0 and token_f1("green", "bright green") == pytest.approx(2 / 3)
+    assert paired_bootstrap_ci([], samples=100, seed=0) is None
+    lo, hi = paired_bootstrap_ci([1.0, 2.0, 3.0, 4.0], samples=500, seed=0)
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
