@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
             if report.passed:
                 cur[arm] = report.adapter_dir
                 mem.mark(all_ids, "consolidated", version=f"v{step:04d}")
-                gate.update_suite([mem.get(i) for i in all_ids])
+                gate.update_suite([mem.get(i) for i in all_ids], report=report)
                 pending = []
             else:
                 pending = list(zip(all_ids, new, strict=True))

@@ -292,6 +292,10 @@ class GateConfig:
         seed: Seed for sampling and bootstrap.
         max_new_tokens: Greedy generation budget of the generation-based scorers
             (``exact``, ``f1``, ``judge``, user callables).
+        anchor_past: Judge past tasks against the best score each ever had under a
+            committed adapter (its anchor), not only against the current adapter. Without
+            anchors, regressions that each stay within `max_regression` add up over many
+            updates; with them the total drift of every past task stays bounded.
         scale_back_max_rank: Rank cap of a scaled-back adapter interpolated between two
             adapters (exact interpolation needs rank ``r_current + r_candidate``; above the
             cap the delta is SVD-truncated, and the truncated adapter is what the gate
@@ -311,6 +315,7 @@ class GateConfig:
     bootstrap_samples: int = 1000
     seed: int = 0
     max_new_tokens: int = 32
+    anchor_past: bool = True
     scale_back_max_rank: int | None = None
 
     def __post_init__(self) -> None:
@@ -332,6 +337,7 @@ class GateConfig:
         _non_negative_int(s, "bootstrap_samples", self.bootstrap_samples)
         _non_negative_int(s, "seed", self.seed)
         _positive_int(s, "max_new_tokens", self.max_new_tokens)
+        _check(isinstance(self.anchor_past, bool), s, "anchor_past", self.anchor_past, "must be true or false")
         if self.scale_back_max_rank is not None:
             _positive_int(s, "scale_back_max_rank", self.scale_back_max_rank)
 

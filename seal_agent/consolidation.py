@@ -353,7 +353,7 @@ class _Run:
         from seal_agent.gate import Gate
 
         interactions = [self.memory.get(i) for i in state["interaction_ids"]]
-        Gate(self.memory, self.config.gate).update_suite(interactions)
+        Gate(self.memory, self.config.gate).update_suite(interactions, report=state.get("gate"))
 
     # -- graph ---------------------------------------------------------------
 

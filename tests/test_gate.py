@@ -368,3 +368,32 @@ def test_text_metrics_and_bootstrap():
     assert paired_bootstrap_ci([], samples=100, seed=0) is None
     lo, hi = paired_bootstrap_ci([1.0, 2.0, 3.0, 4.0], samples=500, seed=0)
     assert 1.0 <= lo < 2.5 < hi <= 4.0
+
+
+def test_anchors_stop_small_regressions_from_adding_up(tiny, adapters, fact_mem, tmp_path):
+    """Two updates, each within max_regression of its predecessor, together beyond it:
+    with anchors (the default) the second is rejected; comparing only with the current
+    adapter, it would pass."""
+    a, _ = adapters
+    b = tmp_path / "B"
+    write_scaled_adapter(a, None, 0.8, b)  # A's update shrunk: it forgets a little
+    c = tmp_path / "C"
+    write_scaled_adapter(a, None, 0.6, c)  # shrunk further: a little more again
+    loose = dict(flip_margin=1e6, max_flips=100, scale_back=[], max_regression=1e6)
+
+    step1 = evaluate(Gate(fact_mem, GateConfig(**loose)), tiny, b, a, [], tmp_path)
+    assert step1.passed
+    Gate(fact_mem, GateConfig(**loose)).update_suite([], report=step1)  # B committed: anchors = A's scores
+    d1 = -step1.metrics["replay_delta"]
+    step2 = evaluate(Gate(fact_mem, GateConfig(**loose, anchor_past=False)), tiny, c, b, [], tmp_path)
+    d2 = -step2.metrics["replay_delta"]
+    assert d1 > 0 and d2 > 0
+
+    limit = (max(d1, d2) + d1 + d2) / 2  # above either step alone, below both together
+    strict = {**loose, "max_regression": limit}
+    unanchored = evaluate(Gate(fact_mem, GateConfig(**strict, anchor_past=False)), tiny, c, b, [], tmp_path)
+    assert unanchored.passed, unanchored.reasons
+    anchored = evaluate(Gate(fact_mem, GateConfig(**strict)), tiny, c, b, [], tmp_path)
+    assert not anchored.passed
+    assert "against their best committed scores" in " ".join(anchored.reasons)
+    assert anchored.metrics["replay_drift"] == pytest.approx(-(d1 + d2), abs=1e-3)

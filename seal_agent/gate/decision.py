@@ -11,6 +11,12 @@ For one scorer, given each item's score under the current adapter and the candid
     ``canary_tolerance``).
 - **no gain** -- reject when there are probes and their mean delta is below ``min_gain``.
 
+Anchors: with `references` given (``GateConfig.anchor_past``), a past task is compared
+with max(current score, its anchor) -- the best score it ever had under a committed
+adapter -- so that small regressions, each within the limits, cannot add up across
+updates. An adapter that passed leaves room for a candidate equal to itself, so
+scale-back (which moves toward the current adapter) can always find a passing update.
+
 With no past tasks the candidate is judged on the gain (and canaries) alone, and the
 metrics say so. Paired bootstrap 95% confidence intervals of the mean deltas are
 reported (resampling items, keeping each item's current/candidate pair together);
@@ -90,6 +96,7 @@ def decide(
     *,
     scorer: str,
     bounded: bool,
+    references: Sequence[float | None] | None = None,
 ) -> Decision:
     """Apply the rule to one scorer's paired scores (see the module docstring).
 
@@ -100,6 +107,7 @@ def decide(
         config: Thresholds and bootstrap settings.
         scorer: Scorer name (prefixes the reasons).
         bounded: Scores in [0, 1] with >= 0.5 meaning right (else margin-based flips).
+        references: Per item, the anchor of a past task (None: no anchor yet).
     """
     dec = Decision(scorer=scorer)
     m = dec.metrics
@@ -110,28 +118,38 @@ def decide(
         m[f"n_{kind}"] = len(idx)
 
     past = by_kind["past"]
+    # What forgetting is measured against: the current score, or the anchor when higher.
+    ref = cur.copy()
+    if references is not None:
+        for i in past:
+            if references[i] is not None:
+                ref[i] = max(cur[i], float(references[i]))  # type: ignore[arg-type]
+    drift = cand - ref
     if past:
-        d = delta[past]
+        m["replay_drift"] = float(drift[past].mean())
+        m["anchored"] = references is not None
+        d = drift[past]
         m["replay_mean_current"] = float(cur[past].mean())
         m["replay_mean_candidate"] = float(cand[past].mean())
         m["replay_delta"] = float(d.mean())
         m["replay_delta_ci"] = paired_bootstrap_ci(d, samples=config.bootstrap_samples, seed=config.seed)
-        worst = sorted(past, key=lambda i: delta[i])
+        worst = sorted(past, key=lambda i: drift[i])
         if d.mean() < -config.max_regression:
-            named = ", ".join(_fmt(items[i], delta[i]) for i in worst[:_NAMED] if delta[i] < 0)
+            named = ", ".join(_fmt(items[i], drift[i]) for i in worst[:_NAMED] if drift[i] < 0)
+            against = "their best committed scores" if references is not None else "the current adapter"
             dec.forgetting.append(
-                f"{scorer}: mean replay score fell by {-d.mean():.3f} (limit {config.max_regression:g}) "
-                f"over {len(past)} past tasks; most regressed: {named}")
+                f"{scorer}: mean replay score fell by {-d.mean():.3f} against {against} "
+                f"(limit {config.max_regression:g}) over {len(past)} past tasks; most regressed: {named}")
         if bounded:
-            flipped = [i for i in past if cur[i] >= 0.5 and cand[i] < 0.5]
+            flipped = [i for i in past if ref[i] >= 0.5 and cand[i] < 0.5]
         else:
-            flipped = [i for i in past if delta[i] < -config.flip_margin]
+            flipped = [i for i in past if drift[i] < -config.flip_margin]
         dec.flipped = {items[i].id for i in flipped}
         m["flips"] = len(flipped)
         m["flipped_ids"] = [items[i].id for i in flipped]
         if len(flipped) > config.max_flips:
-            flipped.sort(key=lambda i: delta[i])
-            named = ", ".join(_fmt(items[i], delta[i]) for i in flipped[:_NAMED])
+            flipped.sort(key=lambda i: drift[i])
+            named = ", ".join(_fmt(items[i], drift[i]) for i in flipped[:_NAMED])
             more = f" and {len(flipped) - _NAMED} more" if len(flipped) > _NAMED else ""
             dec.forgetting.append(
                 f"{scorer}: {len(flipped)} past tasks went from right to wrong (limit {config.max_flips}): "

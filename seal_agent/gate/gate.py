@@ -93,6 +93,7 @@ class Gate:
                 raise ValidationError("scorers", name, "must be unique non-empty names (not the built-in in use)")
             self.scorers[name] = make_scorer(spec, name=name)
         self._lock = threading.Lock()  # the suite file: one writer at a time
+        self._anchors: dict[str, dict[str, float]] | None = None  # of the evaluation under way
 
     # ------------------------------------------------------------------ the suite
 
@@ -108,17 +109,22 @@ class Gate:
                         self.lineage, len(suite.items), n)
             return suite
 
-    def update_suite(self, committed_interactions: Iterable[Interaction]) -> int:
+    def update_suite(self, committed_interactions: Iterable[Interaction],
+                     report: GateReport | Mapping[str, Any] | None = None) -> int:
         """Add newly consolidated interactions to the persisted suite (reservoir sampling).
 
-        Call after a commit with the interactions the committed adapter learned. Older
-        items they answer differently are dropped as superseded.
+        Call after a commit with the interactions the committed adapter learned, and the
+        gate report that let it through: its scores raise the past tasks' anchors. Older
+        items the interactions answer differently are dropped as superseded.
 
         Returns:
             How many of them were eligible (accepted outcome, a final answer, not seen).
         """
         suite = self.suite()  # builds (and already includes them) on first use
         with self._lock:
+            if report is not None:
+                data = report.to_dict() if isinstance(report, GateReport) else report
+                suite.record_scores(data.get("rows", []), str(data.get("scorer", self.config.scorer)))
             n = suite.add(list(committed_interactions))
             suite.save(self.suite_path)
         return n
@@ -189,6 +195,7 @@ class Gate:
         gone = {item.id for item, _ in superseded}
         past = [it for it in suite.items if it.id not in gone]
         items = past + self.canaries() + probe_items(probes)
+        self._anchors = suite.anchors if self.config.anchor_past else None
         timings["suite_seconds"] = time.perf_counter() - t
         notes = [f"past task {item.id} ({item.preview!r}) is superseded by the newer interaction {by}: "
                  "dropped from replay (a knowledge update is not forgetting)" for item, by in superseded]
@@ -311,7 +318,11 @@ class Gate:
             if isinstance(cur, str) or isinstance(cand, str):
                 out[name] = cur if isinstance(cur, str) else cand  # type: ignore[assignment]
                 continue
-            out[name] = decide(items, cur, cand, self.config, scorer=name, bounded=scorer.bounded)
+            refs = None
+            if self._anchors is not None:
+                refs = [self._anchors.get(it.id, {}).get(name) if it.kind == "past" else None for it in items]
+            out[name] = decide(items, cur, cand, self.config, scorer=name, bounded=scorer.bounded,
+                               references=refs)
         return out
 
     def _primary(self, decisions: Mapping[str, Decision | str]) -> str | None:

@@ -177,6 +177,8 @@ class ReplaySuite:
             first, so this is "already seen" without storing every id).
         dropped: Ids of items dropped as superseded, with the id that superseded them
             (the most recent 100 kept, for reports).
+        anchors: Item id -> scorer -> the best score the item ever had under a committed
+            adapter (see `record_scores`; used when ``GateConfig.anchor_past``).
     """
 
     lineage: str
@@ -186,6 +188,7 @@ class ReplaySuite:
     n_seen: int = 0
     watermark: str = ""
     dropped: list[dict[str, str]] = field(default_factory=list)
+    anchors: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.lineage, str) or not _LINEAGE_RE.match(self.lineage):
@@ -214,6 +217,8 @@ class ReplaySuite:
             "watermark": self.watermark,
             "dropped": self.dropped,
             "items": [it.to_dict() for it in self.items],
+            # Anchors of items that left the reservoir are of no more use.
+            "anchors": {k: v for k, v in self.anchors.items() if k in {it.id for it in self.items}},
         }
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -239,6 +244,7 @@ class ReplaySuite:
             items=[SuiteItem.from_dict(d) for d in data.get("items", [])],
             n_seen=int(data.get("n_seen", 0)), watermark=str(data.get("watermark", "")),
             dropped=list(data.get("dropped", [])),
+            anchors={str(k): {str(n): float(x) for n, x in v.items()} for k, v in data.get("anchors", {}).items()},
         )
         if capacity is not None and capacity != suite.capacity:
             suite.capacity = capacity
@@ -281,6 +287,28 @@ class ReplaySuite:
             if j < self.capacity:
                 self.items[j] = item
         return eligible
+
+    def record_scores(self, rows: Iterable[Mapping[str, Any]], scorer: str) -> int:
+        """Raise each past item's anchor to its best score in a committed gate report.
+
+        Args:
+            rows: The committed report's rows (``kind``, ``id``, ``current``, ``candidate``).
+            scorer: The scorer those numbers come from.
+
+        Returns:
+            How many anchors were set or raised.
+        """
+        ids = {it.id for it in self.items}
+        n = 0
+        for row in rows:
+            if row.get("kind") != "past" or row.get("id") not in ids:
+                continue
+            best = max(float(row["current"]), float(row["candidate"]))
+            slot = self.anchors.setdefault(str(row["id"]), {})
+            if best > slot.get(scorer, float("-inf")):
+                slot[scorer] = best
+                n += 1
+        return n
 
     def drop_superseded(self, newer: Iterable[tuple[str, str, str, str]]) -> list[tuple[SuiteItem, str]]:
         """Drop items that a newer (key, namespace, answer, id) answers differently.
