@@ -275,7 +275,6 @@ class _Run:
             model, tokenizer, Path(state["candidate_dir"]), current_dir, probes,
             _run_dir(self.memory, state["run_id"]) / "gate", cancel_event=self.cancel_event, progress=self.progress,
         )
-        self._base = None  # the gate may have wrapped the model: load a fresh one if needed again
         report.save(_run_dir(self.memory, state["run_id"]) / "gate")
         return {
             "gate": report.to_dict(),
