@@ -21,10 +21,11 @@ peak while each new batch is learned, and gate time <= 25% of training time.
 
 Finding (2 CPU cores, tiny-random): with full replay (the default, ``--replay-ratio 7``)
 the gated and the replay-only arms both keep batch 1 at 100% -- replay does the work and
-the gate passes every candidate. With partial replay (``--replay-ratio 1``) the gate
-rejects or scales back most candidates but batch 1 still decays step by step: each
-update stays within ``max_regression`` of the *current* adapter, so small losses
-accumulate (see the note printed at the end).
+the gate passes every candidate. With partial replay (``--replay-ratio 1``) replay alone
+forgets batch 1 entirely; the gate, which judges past tasks against their best committed
+scores (anchors), keeps part of it by scaling back or rejecting updates -- and the new
+batches are then learned only partly or not at all: this small model cannot learn
+without forgetting unless old facts are replayed.
 
     python bench/bench_forgetting.py                     # default: ~4-5 minutes on 2 CPU cores
     python bench/bench_forgetting.py --replay-ratio 1    # partial replay: the gate's limits show
@@ -193,8 +194,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"goal gate time <= 25% of training time: {'MET' if cost <= 0.25 else 'NOT MET'} ({cost:.0%})")
     r_ratio = curves["replay"][-1] / max(curves["replay"]) if max(curves["replay"]) else 0.0
     print(f"note: replay without the gate retains {r_ratio:.0%} of peak; the gate's own contribution is the "
-          f"difference to the gated arm ({g_ratio - r_ratio:+.0%}). The gate compares each candidate with the "
-          "current adapter, so regressions within max_regression can accumulate across steps.")
+          f"difference to the gated arm ({g_ratio - r_ratio:+.0%}). Past tasks are anchored to their best "
+          "committed scores, so regressions cannot accumulate across steps; when an update cannot learn "
+          "without forgetting, the gate scales it back or rejects it, and learning waits.")
     print(f"(artifacts, gate reports included: {root})")
 
 
