@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from seal_agent._compat import quiet_peft
 from seal_agent.config import GateConfig
 from seal_agent.errors import TrainingCancelled, ValidationError
 from seal_agent.gate.decision import Decision, decide
@@ -208,11 +209,13 @@ class Gate:
 
         check_cancel("loading adapters")
         t = time.perf_counter()
-        peft = PeftModel.from_pretrained(model, str(candidate_dir), adapter_name="candidate")
+        with quiet_peft():
+            peft = PeftModel.from_pretrained(model, str(candidate_dir), adapter_name="candidate")
         peft.eval()
         try:
             if current_dir is not None:
-                peft.load_adapter(str(current_dir), adapter_name="current")
+                with quiet_peft():
+                    peft.load_adapter(str(current_dir), adapter_name="current")
             timings["load_seconds"] = time.perf_counter() - t
 
             # 2. Scores under the current adapter and the candidate.
@@ -240,7 +243,8 @@ class Gate:
                     out = _fresh_dir(Path(work_dir) / f"candidate-scale-{s:g}")
                     written = write_scaled_adapter(candidate_dir, current_dir, s, out, max_rank=max_rank)
                     name = f"scaled_{i}"
-                    peft.load_adapter(str(out), adapter_name=name)
+                    with quiet_peft():
+                        peft.load_adapter(str(out), adapter_name=name)
                     scores = self._score(peft, name, tokenizer, items)
                     dec = self._decide(items, current, scores)
                     ok = _passed(dec)

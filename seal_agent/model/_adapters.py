@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from seal_agent._compat import quiet_peft
 from seal_agent.errors import AdapterError
 
 __all__ = ["AdapterHost"]
@@ -158,7 +159,8 @@ class AdapterHost:
             if isinstance(self.model, PeftModel):
                 self.model.add_adapter(name, config)
             else:
-                self.model = get_peft_model(self.model, config, adapter_name=name)
+                with quiet_peft():
+                    self.model = get_peft_model(self.model, config, adapter_name=name)
                 self.model.eval()
             result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
             missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from seal_agent._compat import quiet_peft
 from seal_agent.config import TrainConfig
 from seal_agent.errors import TrainingCancelled, TrainingError, ValidationError
 from seal_agent.training.data import (
@@ -374,10 +374,7 @@ def _lora_config(config: TrainConfig) -> Any:
 def _wrap_with_lora(model: torch.nn.Module, config: TrainConfig, init_adapter: Path | None) -> Any:
     from peft import PeftModel, get_peft_model
 
-    # peft (0.21) calls a transformers v5 API that warns of its own deprecation on every
-    # wrap; the warning is about peft's code, not the caller's, so it is silenced here only.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         if init_adapter is None:
             return get_peft_model(model, _lora_config(config))
         try:
