@@ -85,6 +85,10 @@ class MemoryConfig:
             be indexed (read-your-writes); past it, recall answers from what is indexed.
         close_timeout_s: Longest `close` waits for the worker to drain; what is left stays
             in the journal and is indexed at the next start.
+        embed_in_subprocess: With the default embedding model, embed the worker's batches
+            in a child process, so the model never holds the interpreter lock that
+            `log()` needs (this keeps `log()`'s tail latency low; costs one more copy of
+            the small model in memory). Ignored when you pass your own embeddings.
     """
 
     collection: str = "seal_interactions"
@@ -96,8 +100,9 @@ class MemoryConfig:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     embedding_text_chars: int = 2_000
-    recall_wait_s: float = 5.0
+    recall_wait_s: float = 30.0
     close_timeout_s: float = 30.0
+    embed_in_subprocess: bool = True
 
     def __post_init__(self) -> None:
         s = "memory"
@@ -111,6 +116,8 @@ class MemoryConfig:
         _number(s, "retry_max_s", self.retry_max_s, self.retry_initial_s, 86_400.0)
         _number(s, "recall_wait_s", self.recall_wait_s, 0.0, 3600.0)
         _number(s, "close_timeout_s", self.close_timeout_s, 0.0, 86_400.0)
+        _check(isinstance(self.embed_in_subprocess, bool), s, "embed_in_subprocess", self.embed_in_subprocess,
+               "must be true or false")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from langchain_core.embeddings import Embeddings
 from seal_agent.config import SealConfig
 from seal_agent.errors import BackendUnavailableError, NotFoundError, SealAgentError, ValidationError
 from seal_agent.memory.chroma import make_client, parse_chroma_url
-from seal_agent.memory.embeddings import default_embeddings
+from seal_agent.memory.embeddings import SubprocessEmbeddings, default_embeddings
 from seal_agent.memory.index import ChromaIndex, IndexWorker
 from seal_agent.memory.journal import Journal
 from seal_agent.memory.records import (
@@ -111,7 +111,12 @@ class SealMemory:
 
             def client() -> Any:  # opened lazily by the index: a server may come up later
                 return make_client(home_dir, chroma_url=chroma_url)
-        self._index = ChromaIndex(client, mc.collection, self.embeddings, text_chars=mc.embedding_text_chars)
+        # The default model also runs in a child process for the worker's batches: see
+        # SubprocessEmbeddings for why (log()'s tail latency).
+        self._doc_embeddings = (SubprocessEmbeddings() if embeddings is None and mc.embed_in_subprocess
+                                else None)
+        self._index = ChromaIndex(client, mc.collection, self.embeddings, text_chars=mc.embedding_text_chars,
+                                  document_embeddings=self._doc_embeddings)
         self._worker = IndexWorker(
             self._journal, self._index,
             batch_size=mc.embed_batch_size, interval_s=mc.flush_interval_s,
@@ -153,6 +158,8 @@ class SealMemory:
                 "indexed at the next start", self._journal.backlog(),
             )
         self._worker.stop()
+        if self._doc_embeddings is not None:
+            self._doc_embeddings.close()
         self._journal.close()
 
     def _check_open(self) -> None:
@@ -345,7 +352,7 @@ class SealMemory:
         vector = self._index.embed_query(query)
         if self._worker.last_error is None:  # read-your-writes within this namespace, bounded
             self._worker.wait_idle(self.config.memory.recall_wait_s,
-                                   pending=lambda: self._journal.unindexed_in(ns, watermark))
+                                   pending=lambda: self._journal.unindexed_in(ns, watermark), stop_on_error=True)
         hits = self._index.query(vector, ns, k, include_descendants=include_descendants)
         # The journal is the truth: an id forgotten but not yet deleted from Chroma is dropped.
         rows = self._journal.get_many([i for i, _ in hits])

@@ -7,12 +7,13 @@ let Chroma embed: every vector is computed here and handed to Chroma explicitly.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
-__all__ = ["MiniLMEmbeddings", "default_embeddings"]
+__all__ = ["MiniLMEmbeddings", "SubprocessEmbeddings", "default_embeddings"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +76,96 @@ class MiniLMEmbeddings(Embeddings):
 def default_embeddings() -> Embeddings:
     """The embedding model used when none is given: offline all-MiniLM-L6-v2."""
     return MiniLMEmbeddings()
+
+
+def _serve(conn: Any, device: str | None, batch_size: int) -> None:
+    """Child process loop: texts in, vectors (a float32 array) out, until EOF or None."""
+    model = MiniLMEmbeddings(device=device, batch_size=batch_size)
+    while True:
+        try:
+            texts = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if texts is None:
+            return
+        try:
+            import numpy as np
+
+            conn.send(("ok", np.asarray(model.embed_documents(texts), dtype=np.float32)))
+        except Exception as exc:  # report, keep serving
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class SubprocessEmbeddings(Embeddings):
+    """all-MiniLM-L6-v2 running in a child process: for the background indexing worker.
+
+    Why: the model's Python-side work (tokenisation, module calls) holds the
+    interpreter lock, and every `SealMemory.log()` needs that lock for its few hundred
+    microseconds of work, so embedding in a thread of the same process stretches
+    `log()`'s tail latency to the interpreter's switch interval (5 ms). In a child
+    process the worker thread only waits on a pipe, which releases the lock.
+
+    The child starts on first use (spawned, so it shares no torch thread pools with the
+    parent) and is restarted once if it died. `close` stops it; it also exits when the
+    parent dies (its pipe closes).
+    """
+
+    def __init__(self, *, device: str | None = None, batch_size: int = 64) -> None:
+        self.device = device
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Any = None
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(child, self.device, self.batch_size),
+                           name="seal-embedder", daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        logger.info("embedding worker process started (pid %s)", proc.pid)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        with self._lock:
+            for attempt in (1, 2):
+                if self._proc is None or not self._proc.is_alive():
+                    self._start()
+                try:
+                    self._conn.send(list(texts))
+                    status, payload = self._conn.recv()
+                    break
+                except (EOFError, OSError, BrokenPipeError):
+                    logger.warning("embedding process died (attempt %d); restarting it", attempt)
+                    self._stop_locked()
+                    if attempt == 2:
+                        raise
+        if status != "ok":
+            raise RuntimeError(f"embedding process failed: {payload}")
+        return payload.tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+    def _stop_locked(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            try:
+                conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+            conn.close()
+        if proc is not None:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+    def close(self) -> None:
+        """Stop the child process (it starts again on the next call)."""
+        with self._lock:
+            self._stop_locked()

@@ -47,8 +47,10 @@ class ChromaIndex:
             called on first use, so that a Chroma server that is down at start-up only
             delays indexing instead of failing the constructor.
         collection: Collection name.
-        embeddings: Any LangChain `Embeddings`.
+        embeddings: Any LangChain `Embeddings` (queries, and documents unless below).
         text_chars: Characters of an interaction's text that are embedded.
+        document_embeddings: The same model, for the worker's document batches, when it
+            runs elsewhere (e.g. `SubprocessEmbeddings`); default `embeddings`.
     """
 
     def __init__(
@@ -58,11 +60,13 @@ class ChromaIndex:
         embeddings: Embeddings,
         *,
         text_chars: int = 2000,
+        document_embeddings: Embeddings | None = None,
     ) -> None:
         self._client = None if callable(client) else client
         self._client_factory = client if callable(client) else None
         self.collection_name = collection
         self.embeddings = embeddings
+        self.document_embeddings = document_embeddings or embeddings
         self.text_chars = text_chars
         self._collection: Any = None
         self._lock = threading.Lock()
@@ -90,7 +94,7 @@ class ChromaIndex:
             return self._collection
 
     def embed_texts(self, texts: list[str]) -> list[list[float]]:
-        return self.embeddings.embed_documents([t[: self.text_chars] for t in texts])
+        return self.document_embeddings.embed_documents([t[: self.text_chars] for t in texts])
 
     def upsert(self, interactions: Sequence[Interaction]) -> None:
         """Embed and write a batch (idempotent: re-running after a crash is harmless)."""
@@ -210,7 +214,8 @@ class IndexWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def wait_idle(self, timeout: float | None, pending: Callable[[], int] | None = None) -> bool:
+    def wait_idle(self, timeout: float | None, pending: Callable[[], int] | None = None,
+                  *, stop_on_error: bool = False) -> bool:
         """True once nothing is left to write; False if `timeout` passed first.
 
         Args:
@@ -218,14 +223,21 @@ class IndexWorker:
             pending: What to wait for (default: the whole backlog). `recall` passes the
                 count of its own namespace's rows logged before it, so that one user's
                 bulk import does not stall every other user's recall.
+            stop_on_error: Give up as soon as a round fails (Chroma down): `recall`
+                should fail fast, while `flush` waits through the retries.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         # Until the startup reconcile ran, the backlog count does not yet include rows Chroma lost.
-        if not self._reconciled.wait(timeout):
-            return False
+        def give_up() -> bool:
+            return ((deadline is not None and time.monotonic() >= deadline)
+                    or (stop_on_error and self.last_error is not None))
+
+        while not self._reconciled.wait(0.02):
+            if give_up():
+                return False
         left = pending or self.journal.backlog
         while left():
-            if deadline is not None and time.monotonic() >= deadline:
+            if give_up():
                 return False
             self.notify()
             with self._wake:
