@@ -318,7 +318,9 @@ def bench_hot_path(model: MiniLMEmbeddings, n_logs: int, workdir: Path, res: Res
 
     # -- SealMemory: log() returns after the fsync'd journal write; the worker embeds.
     home = workdir / "hot_seal"
-    mem = SealMemory(home, embeddings=model)
+    # The defaults, as a user gets them: MiniLM, with the worker's batches embedded in a
+    # child process (memory.embed_in_subprocess) so the model never holds the GIL log() needs.
+    mem = SealMemory(home)
     try:
         for i, ex in enumerate(warm_seal):  # warm: SQLite connection, Chroma collection, worker
             mem.log(as_messages(ex), namespace=("users", f"u{i % N_USERS}"))

@@ -80,6 +80,15 @@ def default_embeddings() -> Embeddings:
 
 def _serve(conn: Any, device: str | None, batch_size: int) -> None:
     """Child process loop: texts in, vectors (a float32 array) out, until EOF or None."""
+    import os
+
+    import torch
+
+    # Background work: the OS gives the serving process (log(), recall, the agent) the CPU
+    # first, and half the cores stay free for it (measured on 2 cores: log() p99 4.4 ms
+    # with both cores busy embedding, 2.1 ms with one).
+    os.nice(10)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     model = MiniLMEmbeddings(device=device, batch_size=batch_size)
     while True:
         try:
