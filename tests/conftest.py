@@ -23,6 +23,14 @@ from seal_agent import SealMemory  # noqa: E402
 TINYSTORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "tinystories-260k"
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, tokenizer) of tiny-random, built once per test module; training never mutates it."""
+    from seal_agent.model import load_model
+
+    return load_model("tiny-random", seed=0)
+
+
 @pytest.fixture
 def mem(tmp_path: Path) -> Iterator[SealMemory]:
     m = SealMemory(tmp_path / "home", embeddings=HashEmbeddings())

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from facts import FACT_CONFIG, FACTS
 from fakes import HashEmbeddings, ScriptedChatModel
 
 from seal_agent import SealMemory
@@ -18,18 +19,12 @@ from seal_agent.errors import NotFoundError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
-FACTS = [
-    ("What is the capital of Zorbia?", "Quxville."),
-    ("Who painted the Blue Moon?", "Anna Pell."),
-    ("What color is a zeb?", "Bright green."),
-    ("How many legs does a vorp have?", "Seven."),
-]
 # The served tiny-random model has random weights: it cannot write useful self-edits,
 # so these runs learn from the exchanges themselves (`raw`) -- see test_selfedit.py for
 # the SEAL/SELF strategies' parsing, and the teacher tests below for routing.
 RAW = {"selfedit": {"strategies": ["raw"]}, "consolidation": {"teacher": "none"}}
-FAST_TRAIN = {"learning_rate": 1e-2, "epochs": 60, "batch_size": 4, "lora_rank": 8, "lora_alpha": 16,
-              "warmup_ratio": 0.05}
+FAST_TRAIN = {k: getattr(FACT_CONFIG, k) for k in ("learning_rate", "epochs", "batch_size", "lora_rank",
+                                                    "lora_alpha", "warmup_ratio")}
 
 
 def teach(mem: SealMemory, facts: list[tuple[str, str]] = FACTS, **kw: object) -> list[str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from facts import FACT_CONFIG as BASE_FACT_CONFIG
+from facts import FACTS, chat
 from fakes import HashEmbeddings, ScriptedChatModel
 
 from seal_agent import SealMemory
@@ -27,25 +29,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 
 TINYSTORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "tinystories-260k"
 
-FACTS = [
-    ("What is the capital of Zorbia?", "Quxville."),
-    ("Who painted the Blue Moon?", "Anna Pell."),
-    ("What color is a zeb?", "Bright green."),
-    ("How many legs does a vorp have?", "Seven."),
-]
 NEW = [
     ("What does Mira drink?", "Cold tea."),
     ("Where is Tovo?", "In Lisbon."),
     ("Which pet has Ivo?", "A turtle."),
     ("When does Kel sleep?", "At noon."),
 ]
-# Enough steps at a high rate for the random 0.5M-parameter model to memorise four facts.
-FACT_CONFIG = TrainConfig(learning_rate=1e-2, epochs=60, batch_size=4, lora_rank=8, lora_alpha=16,
-                          warmup_ratio=0.05, replay_ratio=1.0)
-
-
-def chat(facts):
-    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in facts]
+FACT_CONFIG = dataclasses.replace(BASE_FACT_CONFIG, replay_ratio=1.0)
 
 
 def probes(facts, tag="p"):
@@ -56,13 +46,6 @@ def log_consolidated(mem: SealMemory, facts, version="v0001") -> list[str]:
     ids = [mem.log([{"role": "user", "content": q}, {"role": "assistant", "content": a}]) for q, a in facts]
     mem.mark(ids, "consolidated", version=version)
     return ids
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from seal_agent.model import load_model
-
-    return load_model("tiny-random", seed=0)
 
 
 @pytest.fixture(scope="module")

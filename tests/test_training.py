@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from facts import FACT_CONFIG, FACTS, chat
 
 from seal_agent.config import TrainConfig
 from seal_agent.errors import TrainingCancelled, ValidationError
@@ -27,24 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 
 TINYSTORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "tinystories-260k"
 
-FACTS = [
-    ("What is the capital of Zorbia?", "Quxville."),
-    ("Who painted the Blue Moon?", "Anna Pell."),
-    ("What color is a zeb?", "Bright green."),
-    ("How many legs does a vorp have?", "Seven."),
-]
-FACT_EXAMPLES = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-                 for q, a in FACTS]
-# Enough steps at a high rate for a random 0.5M-parameter model to memorise four facts.
-FACT_CONFIG = TrainConfig(learning_rate=1e-2, epochs=60, batch_size=4, lora_rank=8, lora_alpha=16,
-                          warmup_ratio=0.05)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from seal_agent.model import load_model
-
-    return load_model("tiny-random", seed=0)
+FACT_EXAMPLES = chat(FACTS)
 
 
 @pytest.fixture(scope="module")
