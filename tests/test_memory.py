@@ -213,6 +213,13 @@ def test_real_minilm_embeddings_find_paraphrases(tmp_path: Path) -> None:
         m.log(ex("I'm learning to play the violin", "Great instrument."))
         got = m.recall("Tell me about my pet", k=1)
         assert "puppy" in got[0].text
+    # recall's fast query path gives the vector the document path gives (truncation included)
+    from seal_agent.memory.embeddings import MiniLMEmbeddings
+
+    emb = MiniLMEmbeddings()
+    for text in ("Tell me about my pet", "word " * 400):
+        q, d = emb.embed_query(text), emb.embed_documents([text])[0]
+        assert max(abs(a - b) for a, b in zip(q, d, strict=True)) < 1e-5
 
 
 # --------------------------------------------------------------- durability
