@@ -365,3 +365,41 @@ def test_config_loads_from_home_and_rejects_unknown_keys(tmp_path: Path) -> None
         SealConfig.load(tmp_path)
     with pytest.raises(ConfigError, match="memory.recall_k=0"):
         MemoryConfig(recall_k=0)
+
+
+def test_embedding_process_is_restarted_after_a_crash() -> None:
+    import os
+    import signal as sig
+
+    from seal_agent.memory.embeddings import MiniLMEmbeddings, SubprocessEmbeddings
+
+    emb = SubprocessEmbeddings()
+    try:
+        first = emb.embed_documents(["a sentence to embed"])
+        pid = emb._proc.pid
+        os.kill(pid, sig.SIGKILL)
+        emb._proc.join(10)
+        again = emb.embed_documents(["a sentence to embed"])  # a new child, same vectors
+        assert emb._proc.pid != pid and emb._fallback is None
+        assert max(abs(a - b) for a, b in zip(first[0], again[0], strict=True)) < 1e-5
+        local = MiniLMEmbeddings().embed_documents(["a sentence to embed"])[0]
+        assert max(abs(a - b) for a, b in zip(first[0], local, strict=True)) < 1e-5
+    finally:
+        emb.close()
+    assert emb._proc is None
+
+
+def test_embedding_falls_back_in_process_when_no_child_can_run(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from seal_agent.memory.embeddings import SubprocessEmbeddings
+
+    def refuse(self: SubprocessEmbeddings) -> None:
+        raise OSError("spawning is not allowed here")
+
+    monkeypatch.setattr(SubprocessEmbeddings, "_start", refuse)
+    emb = SubprocessEmbeddings()
+    caplog.set_level(logging.WARNING, logger="seal_agent")
+    vecs = emb.embed_documents(["one text", "another text"])
+    assert len(vecs) == 2 and len(vecs[0]) == 384
+    assert emb._fallback is not None
+    assert any("in this process" in r.getMessage() for r in caplog.records)

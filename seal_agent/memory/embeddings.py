@@ -132,8 +132,10 @@ class SubprocessEmbeddings(Embeddings):
     process the worker thread only waits on a pipe, which releases the lock.
 
     The child starts on first use (spawned, so it shares no torch thread pools with the
-    parent) and is restarted once if it died. `close` stops it; it also exits when the
-    parent dies (its pipe closes).
+    parent) and is restarted once if it died. If it cannot be run at all (e.g. a
+    platform that forbids spawning), embedding falls back to this process with a
+    warning: slower tail latency, never lost data. `close` stops it; it also exits
+    when the parent dies (its pipe closes).
     """
 
     def __init__(self, *, device: str | None = None, batch_size: int = 64) -> None:
@@ -142,6 +144,7 @@ class SubprocessEmbeddings(Embeddings):
         self._lock = threading.Lock()
         self._proc: Any = None
         self._conn: Any = None
+        self._fallback: MiniLMEmbeddings | None = None
 
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -157,18 +160,23 @@ class SubprocessEmbeddings(Embeddings):
         if not texts:
             return []
         with self._lock:
+            if self._fallback is not None:
+                return self._fallback.embed_documents(texts)
             for attempt in (1, 2):
-                if self._proc is None or not self._proc.is_alive():
-                    self._start()
                 try:
+                    if self._proc is None or not self._proc.is_alive():
+                        self._start()
                     self._conn.send(list(texts))
                     status, payload = self._conn.recv()
                     break
-                except (EOFError, OSError, BrokenPipeError):
-                    logger.warning("embedding process died (attempt %d); restarting it", attempt)
+                except (EOFError, OSError):  # BrokenPipeError is an OSError
                     self._stop_locked()
-                    if attempt == 2:
-                        raise
+                    if attempt == 1:
+                        logger.warning("embedding process died; restarting it")
+                        continue
+                    logger.warning("embedding process cannot run; embedding in this process from now on")
+                    self._fallback = MiniLMEmbeddings(device=self.device, batch_size=self.batch_size)
+                    return self._fallback.embed_documents(texts)
         if status != "ok":
             raise RuntimeError(f"embedding process failed: {payload}")
         return payload.tolist()
