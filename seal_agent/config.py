@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from seal_agent._fs import write_atomic
 from seal_agent.errors import ConfigError
 
 __all__ = [
@@ -507,10 +508,7 @@ class SealConfig:
                     continue  # TOML has no null: an absent key means the default (None)
                 lines.append(f"{key} = {_toml_value(value)}")
             lines.append("")
-        tmp = p.with_suffix(".toml.tmp")
-        tmp.write_text("\n".join(lines), encoding="utf-8")
-        os.replace(tmp, p)
-        return p
+        return write_atomic(p, "\n".join(lines))
 
 
 def _toml_value(value: Any) -> str:

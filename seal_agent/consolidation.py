@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -36,6 +35,7 @@ from filelock import FileLock, Timeout
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
+from seal_agent._fs import write_atomic
 from seal_agent.config import SealConfig
 from seal_agent.errors import NotFoundError, TrainingCancelled
 from seal_agent.memory.records import InteractionStatus, new_interaction_id, parse_namespace
@@ -144,9 +144,7 @@ def _extend_replay(memory: SealMemory, edits: list[dict[str, Any]], run_id: str,
     seen = {i["hash"] for i in items}
     items += [{"example": e["example"], "hash": e["hash"], "run_id": run_id} for e in edits if e["hash"] not in seen]
     items = items[-cap:] if cap else []
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"format_version": CONSOLIDATION_FORMAT_VERSION, "items": items}), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"format_version": CONSOLIDATION_FORMAT_VERSION, "items": items}))
 
 
 # ------------------------------------------------------------------------- the run

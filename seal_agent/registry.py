@@ -44,6 +44,10 @@ from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
+from seal_agent._fs import fsync_dir as _fsync_dir
+from seal_agent._fs import staged_dir
+from seal_agent._fs import write_atomic as _write_atomic
+from seal_agent._fs import write_synced as _write_file
 from seal_agent.errors import AdapterError, NotFoundError, RegistryError, ValidationError
 
 __all__ = [
@@ -310,16 +314,8 @@ class AdapterRegistry:
         out = Path(dest)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ValidationError("dest", str(out), "must not exist or be an empty folder")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            shutil.copytree(v.path, tmp)
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with staged_dir(out) as tmp:
+            shutil.copytree(v.path, tmp, dirs_exist_ok=True)
         return out
 
     # ------------------------------------------------------------------ internals
@@ -441,8 +437,8 @@ class AdapterRegistry:
                 _remove_dir(self.root / name)
             pending.unlink()
         for p in self.root.iterdir():
-            if p.name.startswith(_TMP_PREFIX) or p.name.startswith(f"{_CURRENT}.tmp") \
-                    or p.name.startswith(f"{_PENDING}.tmp"):
+            # temp version folders, and temp files of `write_atomic` (".CURRENT.tmp-...")
+            if p.name.startswith((_TMP_PREFIX, f".{_CURRENT}.tmp-", f".{_PENDING}.tmp-")):
                 logger.info("registry %s: removing leftover %s", self.root, p.name)
                 _remove_dir(p) if p.is_dir() else p.unlink()
         _fsync_dir(self.root)
@@ -540,34 +536,6 @@ def _library_version() -> str:
         return str(__version__)
     except ImportError:
         return "0+unknown"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file, fsync, rename over ``path``, fsync the folder."""
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    _write_file(tmp, text)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _fsync_tree(root: Path) -> None:

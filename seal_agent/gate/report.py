@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seal_agent._fs import write_atomic
 from seal_agent.errors import ValidationError
 
 __all__ = ["REPORT_FORMAT_VERSION", "GateReport", "render_report"]
@@ -115,9 +116,7 @@ class GateReport:
         """Write ``gate_report.json``, ``.md`` and (with matplotlib) ``.png`` into `folder`."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / (JSON_NAME + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, out / JSON_NAME)
+        write_atomic(out / JSON_NAME, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
         (out / MD_NAME).write_text(self.to_markdown(), encoding="utf-8")
         self.plot(out / PNG_NAME)
         return out

@@ -39,13 +39,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from seal_agent._fs import staged_dir
 from seal_agent.errors import AdapterError, ValidationError
 
 __all__ = ["ScaledAdapter", "lora_deltas", "write_scaled_adapter"]
@@ -179,17 +178,9 @@ def write_scaled_adapter(
                       target_modules=leaves)  # scaling = alpha / r = 1: the factors carry everything
     config.update(bias="none", modules_to_save=None, inference_mode=True)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         save_file(tensors, str(tmp / _WEIGHTS), metadata={"format": "pt"})
         (tmp / _CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     error = math.sqrt(err_num / err_den) if err_den > 0 else 0.0
     return ScaledAdapter(path=out, scale=float(scale), rank=rank, truncation_error=error)
 

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from seal_agent._fs import write_atomic
 from seal_agent.errors import ValidationError
 from seal_agent.memory.records import Interaction, join_namespace
 from seal_agent.selfedit.base import Probe, chat_messages, final_answer_index
@@ -220,9 +221,7 @@ class ReplaySuite:
             # Anchors of items that left the reservoir are of no more use.
             "anchors": {k: v for k, v in self.anchors.items() if k in {it.id for it in self.items}},
         }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
         return path
 
     @classmethod

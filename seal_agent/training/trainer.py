@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import resource
-import shutil
 import sys
 import tempfile
 import threading
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from seal_agent._compat import quiet_peft
+from seal_agent._fs import staged_dir
 from seal_agent.config import TrainConfig
 from seal_agent.errors import TrainingCancelled, TrainingError, ValidationError
 from seal_agent.training.data import (
@@ -410,18 +410,10 @@ def _save_adapter(peft_model: Any, out: Path | None) -> Path:
     """Save into a temporary sibling, then rename: ``out`` ends up complete or absent."""
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="seal-adapter-"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:  # `out` is empty or absent (checked before training)
         # save_embedding_layers=False: an adapter is LoRA weights only, never a copy of
         # the (possibly tied) embeddings.
         peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
-        if out.exists():
-            out.rmdir()  # empty (checked before training)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
