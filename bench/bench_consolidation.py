@@ -68,7 +68,7 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     from seal_agent import SealMemory
 
     home = Path(tempfile.mkdtemp(prefix=f"seal-bench-{kind}-"))
-    with SealMemory(home, embeddings=HashEmbeddings()) as mem:
+    with SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random") as mem:
         log_interactions(mem, args.interactions, args.seed)
         counter = TokenCounter()
         overrides: dict[str, Any] = {"train": {"epochs": args.epochs, "batch_size": 8, "lora_rank": 8}}

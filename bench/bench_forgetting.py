@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> None:
     batches = make_batches(args.steps, args.facts, args.seed)
     cfg = TrainConfig(learning_rate=args.lr, epochs=args.epochs, batch_size=args.facts, lora_rank=8, lora_alpha=16,
                       warmup_ratio=0.05, replay_ratio=args.replay_ratio, seed=args.seed)
-    mem = SealMemory(root / "home", embeddings=_WordHashEmbeddings())  # type: ignore[arg-type]
+    mem = SealMemory(root / "home", embeddings=_WordHashEmbeddings(), model="tiny-random")  # type: ignore[arg-type]
     gate = Gate(mem, GateConfig(seed=args.seed))
 
     cur = {"ungated": None, "replay": None, "gated": None}  # adapter folder per arm

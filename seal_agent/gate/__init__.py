@@ -4,13 +4,16 @@
 current one on a persisted replay suite of past tasks, user canaries and this
 consolidation's new-knowledge probes, and returns a `GateReport`. See `gate.py` for
 the flow, `suite.py` for what is replayed, `scorers.py` for how answers are scored,
-`decision.py` for the rule, `scale.py` for scale-back, `report.py` for the reports.
+`decision.py` for the rule, `canary.py` for how canaries are judged (pass/fail, by
+behaviour), `scale.py` for scale-back, `report.py` for the reports. Canaries for the
+built-in model ship in ``canaries/`` (package data).
 
 torch and peft load with this package; import it only where gating happens.
 """
 
 from __future__ import annotations
 
+from seal_agent.gate.canary import CanaryOutcome, answer_contains, canary_outcomes, decide_canaries
 from seal_agent.gate.decision import Decision, decide, paired_bootstrap_ci
 from seal_agent.gate.gate import Gate
 from seal_agent.gate.report import GateReport, render_report
@@ -25,10 +28,11 @@ from seal_agent.gate.scorers import (
     ScorerError,
     ScoringContext,
 )
-from seal_agent.gate.suite import ReplaySuite, SuiteItem, load_canaries
+from seal_agent.gate.suite import ReplaySuite, SuiteItem, load_canaries, shipped_canary_file
 
 __all__ = [
     "CallableScorer",
+    "CanaryOutcome",
     "Decision",
     "ExactScorer",
     "F1Scorer",
@@ -41,10 +45,14 @@ __all__ = [
     "ScorerError",
     "ScoringContext",
     "SuiteItem",
+    "answer_contains",
+    "canary_outcomes",
     "decide",
+    "decide_canaries",
     "load_canaries",
     "lora_deltas",
     "paired_bootstrap_ci",
     "render_report",
+    "shipped_canary_file",
     "write_scaled_adapter",
 ]

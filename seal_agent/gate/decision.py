@@ -7,9 +7,11 @@ For one scorer, given each item's score under the current adapter and the candid
   - the mean delta over past tasks is below ``-max_regression``;
   - more than ``max_flips`` past tasks go from right to wrong (bounded scorers:
     current >= 0.5 and candidate < 0.5; unbounded ``logprob``: delta < -``flip_margin``);
-  - any canary's delta is below minus its tolerance (per line, default
-    ``canary_tolerance``).
-- **no gain** -- reject when there are probes and their mean delta is below ``min_gain``.
+  - any ``logprob`` canary's delta is below minus its tolerance (per line, default
+    ``canary_tolerance``). Greedy and rank canaries are judged pass/fail by
+    `seal_agent.gate.canary`, not here.
+- **no gain** -- reject when there are probes and their mean delta does not exceed
+  ``min_gain``: an update must show a gain on what it was meant to teach.
 
 Anchors: with `references` given (``GateConfig.anchor_past``), a past task is compared
 with max(current score, its anchor) -- the best score it ever had under a committed
@@ -17,11 +19,13 @@ adapter -- so that small regressions, each within the limits, cannot add up acro
 updates. An adapter that passed leaves room for a candidate equal to itself, so
 scale-back (which moves toward the current adapter) can always find a passing update.
 
-With no past tasks the candidate is judged on the gain (and canaries) alone, and the
-metrics say so. Paired bootstrap 95% confidence intervals of the mean deltas are
-reported (resampling items, keeping each item's current/candidate pair together);
-they inform the report, the rule itself uses the point estimates so that it stays
-predictable with the handful of items a young memory has.
+With no past tasks the candidate is judged on the probes and canaries alone
+(`seal_agent.gate.Gate` says what decided, and refuses -- or flags ``unverified`` -- a
+candidate with nothing at all to judge it on). Paired bootstrap 95% confidence
+intervals of the mean deltas are reported (resampling items, keeping each item's
+current/candidate pair together); they inform the report, the rule itself uses the
+point estimates so that it stays predictable with the handful of items a young memory
+has.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from seal_agent.gate.suite import SuiteItem
 
 __all__ = ["Decision", "decide", "paired_bootstrap_ci"]
 
-NO_PAST_NOTE = "no past tasks yet: judged on new-knowledge gain only"
+NO_PAST_NOTE = "no past tasks yet"
+"""How the note that begins a report judged without past tasks starts."""
 _NAMED = 5  # regressed items named in a reason
 
 
@@ -97,6 +102,7 @@ def decide(
     scorer: str,
     bounded: bool,
     references: Sequence[float | None] | None = None,
+    require_gain: bool = True,
 ) -> Decision:
     """Apply the rule to one scorer's paired scores (see the module docstring).
 
@@ -108,12 +114,15 @@ def decide(
         scorer: Scorer name (prefixes the reasons).
         bounded: Scores in [0, 1] with >= 0.5 meaning right (else margin-based flips).
         references: Per item, the anchor of a past task (None: no anchor yet).
+        require_gain: Apply ``min_gain`` to the probes (the deciding scorer, whose units
+            ``min_gain`` is in); otherwise the gain is only reported.
     """
     dec = Decision(scorer=scorer)
     m = dec.metrics
     cur, cand = np.asarray(current, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
     delta = cand - cur
-    by_kind = {k: [i for i, it in enumerate(items) if it.kind == k] for k in ("past", "canary", "probe")}
+    by_kind = {k: [i for i, it in enumerate(items) if it.kind == k and it.check not in ("greedy", "rank")]
+               for k in ("past", "canary", "probe")}
     for kind, idx in by_kind.items():
         m[f"n_{kind}"] = len(idx)
 
@@ -154,9 +163,12 @@ def decide(
             dec.forgetting.append(
                 f"{scorer}: {len(flipped)} past tasks went from right to wrong (limit {config.max_flips}): "
                 f"{named}{more}")
+        if not dec.forgetting:
+            dec.notes.append(f"{scorer}: {len(past)} past tasks: mean change {d.mean():+.3f} (limit "
+                             f"-{config.max_regression:g}), {len(flipped)} went from right to wrong "
+                             f"(limit {config.max_flips})")
     else:
         m["flips"] = 0
-        dec.notes.append(NO_PAST_NOTE)
 
     canaries = by_kind["canary"]
     m["canary_deltas"] = {items[i].id: float(delta[i]) for i in canaries}
@@ -176,9 +188,14 @@ def decide(
         m["probe_mean_candidate"] = float(cand[probes].mean())
         m["probe_gain"] = float(d.mean())
         m["probe_gain_ci"] = paired_bootstrap_ci(d, samples=config.bootstrap_samples, seed=config.seed + 1)
-        if d.mean() < config.min_gain:
-            dec.no_gain.append(f"{scorer}: new-knowledge gain {d.mean():+.3f} on {len(probes)} probes is below "
-                               f"min_gain {config.min_gain:g}")
-    elif not past:
-        dec.notes.append("no new-knowledge probes and no past tasks: nothing to judge the update on")
+        if not require_gain:
+            dec.notes.append(f"{scorer}: new-knowledge gain {d.mean():+.3f} on {len(probes)} probes "
+                             "(reported; min_gain applies to the deciding scorer)")
+        elif not d.mean() > config.min_gain:
+            dec.no_gain.append(f"{scorer}: new-knowledge gain {d.mean():+.3f} on {len(probes)} probes does not "
+                               f"exceed min_gain {config.min_gain:g}: the update did not learn what it was "
+                               "meant to teach")
+        else:
+            dec.notes.append(f"{scorer}: new-knowledge gain {d.mean():+.3f} on {len(probes)} probes "
+                             f"(required > {config.min_gain:g})")
     return dec

@@ -4,20 +4,27 @@ One `Gate.evaluate` call:
 
 1. assembles the items: the lineage's persisted replay suite (built from the
    consolidated interactions on first use) minus the items that the interactions
-   being consolidated now supersede, the canaries, and this consolidation's probes;
-2. loads the candidate (and the current adapter, if any) as named adapters of one
-   `PeftModel` around the given base model, and scores every item under both with
-   every scorer (the configured one, the judge when given, user scorers);
-3. applies the decision rule per scorer (`seal_agent.gate.decision`); a scorer that
-   raises is skipped with a reason and the others decide;
-4. when the candidate fails *only* for forgetting, writes scaled-back adapters
+   being consolidated now supersede, the canaries (``GateConfig.canary_file``, else the
+   set shipped for the served model), and this consolidation's probes;
+2. with nothing at all to judge on, refuses the candidate -- or, with
+   ``GateConfig.allow_unverified``, passes it flagged ``unverified`` -- without loading it;
+3. loads the candidate (and the current adapter, if any) as named adapters of one
+   `PeftModel` around the given base model, and scores every item under both: past
+   tasks, probes and ``logprob`` canaries with every scorer (the configured one, the
+   judge when given, user scorers), greedy/rank canaries pass/fail
+   (`seal_agent.gate.canary`);
+4. applies the decision rule per scorer (`seal_agent.gate.decision`) and the canary
+   rule; a scorer that raises is skipped with a reason and the others decide;
+5. when the candidate fails *only* for forgetting, writes scaled-back adapters
    (`seal_agent.gate.scale`) for each ``GateConfig.scale_back`` factor, largest first,
    scores each, and keeps the first that passes;
-5. returns a `GateReport` (never raises for a bad candidate), and unloads the LoRA
-   layers again so the base model is as it came.
+6. returns a `GateReport` (never raises for a bad candidate) whose reasons say what
+   decided -- how many past tasks, canaries and probes, which ones flipped -- and unloads
+   the LoRA layers again so the base model is as it came.
 
 `Gate.update_suite` runs after a commit: the newly consolidated interactions enter the
-reservoir (and supersede older answers to the same questions).
+reservoir (and supersede older answers to the same questions), and the committed
+report's scores raise the past tasks' and canaries' anchors.
 """
 
 from __future__ import annotations
@@ -35,10 +42,18 @@ from typing import TYPE_CHECKING, Any
 from seal_agent._compat import quiet_peft
 from seal_agent.config import GateConfig
 from seal_agent.errors import TrainingCancelled, ValidationError
-from seal_agent.gate.decision import Decision, decide
+from seal_agent.gate.canary import CanaryOutcome, canary_outcomes, decide_canaries, is_behaviour_canary
+from seal_agent.gate.decision import NO_PAST_NOTE, Decision, decide
 from seal_agent.gate.report import GateReport
 from seal_agent.gate.scorers import JudgeScorer, Scorer, ScoringContext, make_scorer
-from seal_agent.gate.suite import ReplaySuite, SuiteItem, load_canaries, probe_items
+from seal_agent.gate.suite import (
+    ReplaySuite,
+    SuiteItem,
+    canary_anchor_key,
+    load_canaries,
+    probe_items,
+    shipped_canary_file,
+)
 
 if TYPE_CHECKING:
     from seal_agent.memory.records import Interaction
@@ -50,6 +65,8 @@ __all__ = ["Gate"]
 logger = logging.getLogger(__name__)
 
 _Scores = dict[str, "list[float] | str"]  # scorer -> scores, or the reason it failed
+_Decisions = dict[str, "Decision | str"]  # scorer -> decision, or the reason it was skipped
+NOTHING_TO_JUDGE = "nothing to judge the update on: no past tasks, no canaries and no new-knowledge probes"
 
 
 class Gate:
@@ -64,6 +81,9 @@ class Gate:
         scorers: Extra deciding scorers by name: `Scorer` objects or callables
             ``fn(item, generated_text) -> float`` in [0, 1].
         lineage: Adapter lineage (``"global"``); names the suite file.
+        model_name: The served model's name, which picks the shipped canaries when
+            ``config.canary_file`` is None. Default: the evaluated model's
+            ``config.name_or_path``, else ``memory.config.model.name_or_path``.
 
     Raises:
         ValidationError: Bad config type, lineage, ``scorer="judge"`` without a judge,
@@ -78,12 +98,14 @@ class Gate:
         judge: Any = None,
         scorers: Mapping[str, Scorer | Callable[[SuiteItem, str], float]] | None = None,
         lineage: str = "global",
+        model_name: str | None = None,
     ) -> None:
         if not isinstance(config, GateConfig):
             raise ValidationError("config", config, "must be a GateConfig")
         self.memory = memory
         self.config = config
         self.lineage = lineage
+        self.model_name = model_name
         self.suite_path = ReplaySuite.path_for(memory.home, lineage)
         ReplaySuite(lineage, config.replay_size)  # validates the lineage name
         self.scorers: dict[str, Scorer] = {config.scorer: make_scorer(config.scorer, judge=judge)}
@@ -130,18 +152,45 @@ class Gate:
             suite.save(self.suite_path)
         return n
 
-    def canaries(self) -> list[SuiteItem]:
-        """The canary items of ``config.canary_file`` (none when unset).
+    def canary_source(self, model_name: str | None = None) -> Path | None:
+        """The canary file in use: ``config.canary_file``, else the one shipped for the model.
+
+        Args:
+            model_name: The served model (default: ``model_name`` given to the gate, else
+                ``memory.config.model.name_or_path``).
+
+        Returns:
+            None with ``canary_file = "none"``, or when no file is set and none ships for the model.
+        """
+        spec = self.config.canary_file
+        if spec == "none":
+            return None
+        if spec is None:
+            return shipped_canary_file(model_name or self.model_name or self._memory_model_name())
+        path = Path(spec).expanduser()
+        return path if path.is_absolute() else self.memory.home / path
+
+    def canaries(self, model_name: str | None = None) -> list[SuiteItem]:
+        """The canary items of `canary_source` (none when there is no canary file).
 
         Raises:
             ValidationError: The file is missing or malformed (naming line and field).
         """
-        if self.config.canary_file is None:
+        path = self.canary_source(model_name)
+        if path is None:
             return []
-        path = Path(self.config.canary_file).expanduser()
-        if not path.is_absolute():
-            path = self.memory.home / path
-        return load_canaries(path, default_tolerance=self.config.canary_tolerance)
+        return load_canaries(path, default_tolerance=self.config.canary_tolerance,
+                             default_check=self.config.canary_check)
+
+    def _memory_model_name(self) -> str | None:
+        config = getattr(self.memory, "config", None)
+        return getattr(getattr(config, "model", None), "name_or_path", None)
+
+    def _served_name(self, model: Any) -> str | None:
+        if self.model_name is not None:
+            return self.model_name
+        name = getattr(getattr(model, "config", None), "name_or_path", None)
+        return str(name) if name else self._memory_model_name()
 
     # ------------------------------------------------------------------ evaluate
 
@@ -195,17 +244,20 @@ class Gate:
         superseded = suite.superseded_by(self.memory.list(status="new"))
         gone = {item.id for item, _ in superseded}
         past = [it for it in suite.items if it.id not in gone]
-        items = past + self.canaries() + probe_items(probes)
+        served = self._served_name(model)
+        canary_path = self.canary_source(served)
+        canaries = self.canaries(served)
+        behaviour = [c for c in canaries if is_behaviour_canary(c)]  # judged pass/fail
+        items = past + [c for c in canaries if not is_behaviour_canary(c)] + probe_items(probes)  # by the scorers
         self._anchors = suite.anchors if self.config.anchor_past else None
         timings["suite_seconds"] = time.perf_counter() - t
         notes = [f"past task {item.id} ({item.preview!r}) is superseded by the newer interaction {by}: "
                  "dropped from replay (a knowledge update is not forgetting)" for item, by in superseded]
         base_metrics: dict[str, Any] = {"superseded": [{"id": i.id, "superseded_by": by} for i, by in superseded],
-                                        "suite_size": len(suite.items)}
-        if not items:
-            note = "no past tasks, canaries or new-knowledge probes: nothing to judge; passed"
-            return self._report(True, [*notes, note], {**base_metrics, "notes": [note]}, [], 1.0,
-                                Path(candidate_dir), t_start, timings)
+                                        "suite_size": len(suite.items),
+                                        "canary_file": str(canary_path) if canary_path is not None else None}
+        if not items and not behaviour:
+            return self._unjudged(notes, base_metrics, Path(candidate_dir), t_start, timings)
 
         check_cancel("loading adapters")
         t = time.perf_counter()
@@ -221,19 +273,26 @@ class Gate:
             # 2. Scores under the current adapter and the candidate.
             check_cancel("scoring the current adapter")
             t = time.perf_counter()
-            current = self._score(peft, "current" if current_dir is not None else None, tokenizer, items)
+            current, canary_cur = self._score(peft, "current" if current_dir is not None else None, tokenizer,
+                                              items, behaviour)
             timings["score_current_seconds"] = time.perf_counter() - t
             check_cancel("scoring the candidate")
             t = time.perf_counter()
-            full = self._score(peft, "candidate", tokenizer, items)
+            full, canary_full = self._score(peft, "candidate", tokenizer, items, behaviour)
             timings["score_candidate_seconds"] = time.perf_counter() - t
             decisions = self._decide(items, current, full)
-            log("gate: candidate %s", "passes" if _passed(decisions) else "fails")
+            canary_dec = self._decide_canaries(behaviour, canary_cur, canary_full)
+            if not self._judges_anything(items, canary_dec):
+                metrics = {**base_metrics, **({"canaries": canary_dec.metrics} if canary_dec is not None else {})}
+                canary_notes = canary_dec.notes if canary_dec is not None else []
+                return self._unjudged([*notes, *canary_notes], metrics, Path(candidate_dir), t_start, timings)
+            log("gate: candidate %s", "passes" if _passed(decisions, canary_dec) else "fails")
 
             # 3. Scale back when the candidate fails only because it forgot.
             final, final_scores, scale, adapter_dir = decisions, full, 1.0, Path(candidate_dir)
+            final_canary, final_outcomes = canary_dec, canary_full
             attempts: list[dict[str, Any]] = []
-            if _forgot_only(decisions) and self.config.scale_back:
+            if _forgot_only(decisions, canary_dec) and self.config.scale_back:
                 t = time.perf_counter()
                 max_rank = self._max_rank(Path(candidate_dir), current_dir)
                 for i, s in enumerate(self.config.scale_back):
@@ -245,67 +304,83 @@ class Gate:
                     name = f"scaled_{i}"
                     with quiet_peft():
                         peft.load_adapter(str(out), adapter_name=name)
-                    scores = self._score(peft, name, tokenizer, items)
+                    scores, outcomes = self._score(peft, name, tokenizer, items, behaviour)
                     dec = self._decide(items, current, scores)
-                    ok = _passed(dec)
+                    cdec = self._decide_canaries(behaviour, canary_cur, outcomes)
+                    ok = _passed(dec, cdec)
                     attempts.append({"scale": s, "passed": ok, "rank": written["rank"],
                                      "truncation_error": written["truncation_error"],
-                                     "reasons": [r for d in dec.values() if isinstance(d, Decision) for r in d.reasons],
-                                     **_headline(dec)})
+                                     "reasons": _reasons(dec, cdec), **_headline(dec, cdec)})
                     log("gate: scale-back %g %s", s, "passes" if ok else "fails")
                     if ok:
                         final, final_scores, scale, adapter_dir = dec, scores, s, out
+                        final_canary, final_outcomes = cdec, outcomes
                         break
                     shutil.rmtree(out, ignore_errors=True)  # ours, just written, not committable
                 timings["scale_back_seconds"] = time.perf_counter() - t
         finally:
             peft.unload()  # removes the LoRA layers: the caller's base model is as it came
 
-        passed = _passed(final)
+        passed = _passed(final, final_canary)
         reasons = list(notes)
-        full_reasons = [r for d in decisions.values() if isinstance(d, Decision) for r in d.reasons]
+        full_reasons = _reasons(decisions, canary_dec)
         if scale != 1.0:
             reasons += [f"full update rejected: {r}" for r in full_reasons]
-            reasons.append(f"scaled back to {scale:g} of the update: passes")
+            reasons.append(f"scaled back to {scale:g} of the update: passes (a consolidation keeps the full "
+                           "candidate as a staged version, for inspection)")
         elif not passed:
             reasons += full_reasons
             reasons += [f"scale-back {a['scale']:g} also fails: {'; '.join(a['reasons'])}" for a in attempts]
         for name, d in final.items():
             if isinstance(d, str):
                 reasons.append(f"scorer {name} skipped: {d}")
-        if not any(isinstance(d, Decision) for d in final.values()):
+        if items and not any(isinstance(d, Decision) for d in final.values()):
             passed = False
             reasons.append("every scorer failed: cannot judge the candidate")
         primary = self._primary(final)
+        judged = self._judged_on(items, final_canary)
+        reasons.append(judged["text"])
+        final_notes = ([*final[primary].notes] if primary is not None else []) + (  # type: ignore[union-attr]
+            final_canary.notes if final_canary is not None else [])
+        reasons += [n for n in final_notes if n not in reasons]
         metrics = dict(base_metrics)
         if primary is not None:
             metrics.update(final[primary].metrics)  # type: ignore[union-attr]
-            reasons += [n for n in final[primary].notes if n not in reasons]  # type: ignore[union-attr]
-            metrics["notes"] = list(final[primary].notes)  # type: ignore[union-attr]
+        metrics["notes"] = [judged["text"], *final_notes]
+        metrics["judged_on"] = {k: v for k, v in judged.items() if k != "text"}
+        if final_canary is not None:
+            metrics["canaries"] = final_canary.metrics
         metrics["scorers"] = {n: ({"skipped": d} if isinstance(d, str) else
                                   {"passed": d.passed, "reasons": d.reasons, "metrics": d.metrics})
                               for n, d in final.items()}
         if scale != 1.0:
-            metrics["candidate_full"] = _headline(decisions)
+            metrics["candidate_full"] = _headline(decisions, canary_dec)
         metrics["scale_back"] = attempts
         rows = self._rows(items, current, final_scores, final, primary) if primary is not None else []
+        rows += self._canary_rows(behaviour, canary_cur, final_outcomes, final_canary)
         return self._report(passed, reasons, metrics, rows, scale, adapter_dir if passed else None,
                             t_start, timings, scorer=primary or self.config.scorer)
 
     # ------------------------------------------------------------------ helpers
 
-    def _score(self, peft: Any, adapter: str | None, tokenizer: Any, items: list[SuiteItem]) -> _Scores:
-        """Every scorer's scores under one adapter (None: the base model)."""
+    def _score(self, peft: Any, adapter: str | None, tokenizer: Any, items: list[SuiteItem],
+               canaries: list[SuiteItem]) -> tuple[_Scores, list[CanaryOutcome]]:
+        """Every scorer's scores of `items`, and the canaries' outcomes, under one adapter (None: base)."""
         out: _Scores = {}
+        outcomes: list[CanaryOutcome] = []
 
         def run() -> None:
-            ctx = ScoringContext(peft, tokenizer, items, max_new_tokens=self.config.max_new_tokens)
-            for name, scorer in self.scorers.items():
-                try:
-                    out[name] = scorer.score(ctx)
-                except Exception as exc:  # a scorer's failure skips that scorer, never the gate
-                    logger.warning("gate: scorer %s failed (skipped): %s", name, exc)
-                    out[name] = f"{type(exc).__name__}: {exc}"
+            nonlocal outcomes
+            if items:
+                ctx = ScoringContext(peft, tokenizer, items, max_new_tokens=self.config.max_new_tokens)
+                for name, scorer in self.scorers.items():
+                    try:
+                        out[name] = scorer.score(ctx)
+                    except Exception as exc:  # a scorer's failure skips that scorer, never the gate
+                        logger.warning("gate: scorer %s failed (skipped): %s", name, exc)
+                        out[name] = f"{type(exc).__name__}: {exc}"
+            if canaries:
+                outcomes = canary_outcomes(peft, tokenizer, canaries, max_new_tokens=self.config.max_new_tokens)
 
         if adapter is None:
             with peft.disable_adapter():
@@ -313,10 +388,16 @@ class Gate:
         else:
             peft.set_adapter(adapter)
             run()
-        return out
+        return out, outcomes
 
-    def _decide(self, items: list[SuiteItem], current: _Scores, candidate: _Scores) -> dict[str, Decision | str]:
-        out: dict[str, Decision | str] = {}
+    def _decide(self, items: list[SuiteItem], current: _Scores, candidate: _Scores) -> _Decisions:
+        out: _Decisions = {}
+        if not items:
+            return out
+        ran = [n for n in self.scorers if not isinstance(current[n], str) and not isinstance(candidate[n], str)]
+        # The gain is required of the deciding scorer only (min_gain is in its units): a judge or
+        # a user scorer alongside it guards against forgetting and reports its gain.
+        gainer = self.config.scorer if self.config.scorer in ran else next(iter(ran), None)
         for name, scorer in self.scorers.items():
             cur, cand = current[name], candidate[name]
             if isinstance(cur, str) or isinstance(cand, str):
@@ -326,8 +407,53 @@ class Gate:
             if self._anchors is not None:
                 refs = [self._anchors.get(it.id, {}).get(name) if it.kind == "past" else None for it in items]
             out[name] = decide(items, cur, cand, self.config, scorer=name, bounded=scorer.bounded,
-                               references=refs)
+                               references=refs, require_gain=name == gainer)
         return out
+
+    def _decide_canaries(self, canaries: list[SuiteItem], current: list[CanaryOutcome],
+                         candidate: list[CanaryOutcome]) -> Decision | None:
+        if not canaries:
+            return None
+        return decide_canaries(canaries, current, candidate, self.config, anchors=self._anchors)
+
+    @staticmethod
+    def _judges_anything(items: list[SuiteItem], canary: Decision | None) -> bool:
+        """Past tasks, probes, logprob canaries, or canaries that pass under the reference."""
+        return bool(items) or (canary is not None and canary.metrics["n_judged"] > 0)
+
+    def _judged_on(self, items: list[SuiteItem], canary: Decision | None) -> dict[str, Any]:
+        """What the verdict rests on: counts, and a sentence saying so."""
+        n_past = sum(it.kind == "past" for it in items)
+        n_probe = sum(it.kind == "probe" for it in items)
+        n_logprob = sum(it.kind == "canary" for it in items)
+        n_canary = canary.metrics["n_judged"] if canary is not None else 0
+        parts = [f"{n_past} past tasks"] if n_past else []
+        if canary is not None:
+            how = "/".join(canary.metrics["checks"])
+            of = f" of {canary.metrics['n']}" if n_canary != canary.metrics["n"] else ""
+            parts.append(f"{n_canary}{of} canaries ({how} check)")
+        if n_logprob:
+            parts.append(f"{n_logprob} logprob canaries")
+        parts.append(f"{n_probe} new-knowledge probes" if n_probe else "no new-knowledge probes (no gain measured)")
+        text = ("judged on " if n_past else f"{NO_PAST_NOTE}: judged on ") + ", ".join(parts[:-1]) + \
+            (" and " if len(parts) > 1 else "") + parts[-1]
+        return {"text": text, "past": n_past, "canaries": n_canary,
+                "canaries_total": canary.metrics["n"] if canary is not None else 0,
+                "logprob_canaries": n_logprob, "probes": n_probe}
+
+    def _unjudged(self, notes: list[str], metrics: dict[str, Any], candidate_dir: Path, t_start: float,
+                  timings: dict[str, float]) -> GateReport:
+        """No past task, probe or judging canary: refuse, or pass flagged unverified."""
+        metrics = {**metrics, "judged_on": {"past": 0, "canaries": 0, "logprob_canaries": 0, "probes": 0}}
+        if self.config.allow_unverified:
+            note = (f"{NOTHING_TO_JUDGE}: passed UNVERIFIED (gate.allow_unverified = true); nothing shows "
+                    "that this update learned anything or kept what the model knew")
+            return self._report(True, [*notes, note], {**metrics, "notes": [note]}, [], 1.0, candidate_dir,
+                                t_start, timings, unverified=True)
+        note = (f"{NOTHING_TO_JUDGE}: refused (gate.allow_unverified = false). Give the gate something to "
+                "judge: canaries (gate.canary_file), a self-edit strategy that writes probes (self_qa), or "
+                "set gate.allow_unverified = true to commit such updates flagged unverified")
+        return self._report(False, [*notes, note], {**metrics, "notes": [note]}, [], 1.0, None, t_start, timings)
 
     def _primary(self, decisions: Mapping[str, Decision | str]) -> str | None:
         """The configured scorer if it ran, else the first that did."""
@@ -360,32 +486,61 @@ class Gate:
                          "flipped": it.id in flipped})
         return rows
 
+    @staticmethod
+    def _canary_rows(canaries: list[SuiteItem], current: list[CanaryOutcome], candidate: list[CanaryOutcome],
+                     decision: Decision | None) -> list[dict[str, Any]]:
+        """One row per greedy/rank canary: pass (1.0) / fail (0.0), and the answers or margins."""
+        flipped = decision.flipped if decision is not None else set()
+        rows = []
+        for it, c, n in zip(canaries, current, candidate, strict=True):
+            row = {"kind": "canary", "id": it.id, "prompt": it.preview, "expected": it.expected,
+                   "current": float(c.passed), "candidate": float(n.passed),
+                   "delta": float(n.passed) - float(c.passed), "flipped": it.id in flipped,
+                   "check": it.check, "anchor_key": canary_anchor_key(it)}
+            if it.check == "rank":
+                row.update(margin_current=c.margin, margin_candidate=n.margin)
+            else:
+                row.update(answer_current=c.answer, answer_candidate=n.answer)
+            rows.append(row)
+        return rows
+
     def _report(self, passed: bool, reasons: list[str], metrics: dict[str, Any], rows: list[dict[str, Any]],
                 scale: float, adapter_dir: Path | None, t_start: float, timings: dict[str, float],
-                *, scorer: str | None = None) -> GateReport:
+                *, scorer: str | None = None, unverified: bool = False) -> GateReport:
         metrics["timings"] = dict(timings)
         metrics["seconds"] = time.perf_counter() - t_start
         return GateReport(passed=passed, reasons=reasons, metrics=metrics, rows=rows, scale=scale,
                           adapter_dir=adapter_dir, scorer=scorer or self.config.scorer, lineage=self.lineage,
-                          created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                          created_at=datetime.now(UTC).isoformat(timespec="seconds"), unverified=unverified)
 
 
-def _passed(decisions: Mapping[str, Decision | str]) -> bool:
+def _passed(decisions: Mapping[str, Decision | str], canary: Decision | None) -> bool:
+    """Every scorer that ran passed (at least one ran, when there were items to score), and the canaries."""
     ran = [d for d in decisions.values() if isinstance(d, Decision)]
-    return bool(ran) and all(d.passed for d in ran)
+    if decisions and not ran:
+        return False
+    return all(d.passed for d in ran) and (canary is None or canary.passed)
 
 
-def _forgot_only(decisions: Mapping[str, Decision | str]) -> bool:
+def _forgot_only(decisions: Mapping[str, Decision | str], canary: Decision | None) -> bool:
     """Failed, and only for forgetting: scaling back can help (it cannot add gain)."""
-    ran = [d for d in decisions.values() if isinstance(d, Decision)]
+    ran = [d for d in decisions.values() if isinstance(d, Decision)] + ([canary] if canary is not None else [])
     return any(d.forgetting for d in ran) and not any(d.no_gain for d in ran)
 
 
-def _headline(decisions: Mapping[str, Decision | str]) -> dict[str, Any]:
+def _reasons(decisions: Mapping[str, Decision | str], canary: Decision | None) -> list[str]:
+    out = [r for d in decisions.values() if isinstance(d, Decision) for r in d.reasons]
+    return out + (canary.reasons if canary is not None else [])
+
+
+def _headline(decisions: Mapping[str, Decision | str], canary: Decision | None) -> dict[str, Any]:
     keys = ("replay_delta", "flips", "probe_gain", "canary_failed")
-    return {f"{name}.{k}" if i else k: d.metrics.get(k)
-            for i, (name, d) in enumerate((n, d) for n, d in decisions.items() if isinstance(d, Decision))
-            for k in keys if k in d.metrics}
+    out = {f"{name}.{k}" if i else k: d.metrics.get(k)
+           for i, (name, d) in enumerate((n, d) for n, d in decisions.items() if isinstance(d, Decision))
+           for k in keys if k in d.metrics}
+    if canary is not None:
+        out["canary_flips"] = canary.metrics["flipped"]
+    return out
 
 
 def _fresh_dir(path: Path) -> Path:

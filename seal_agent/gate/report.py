@@ -53,6 +53,8 @@ class GateReport:
         scorer: The deciding scorer whose numbers are in ``rows`` and the top-level metrics.
         lineage: Adapter lineage of the replay suite.
         created_at: ISO-8601 UTC time of the verdict.
+        unverified: Passed with nothing to judge it on (no past tasks, canaries or
+            probes; only with ``GateConfig.allow_unverified``).
     """
 
     passed: bool
@@ -64,12 +66,15 @@ class GateReport:
     scorer: str = "logprob"
     lineage: str = "global"
     created_at: str = ""
+    unverified: bool = False
 
     @property
     def verdict(self) -> str:
-        """``"passed"``, ``"passed (scaled to 0.5)"`` or ``"rejected"``."""
+        """``"passed"``, ``"passed (scaled to 0.5)"``, ``"passed (unverified)"`` or ``"rejected"``."""
         if not self.passed:
             return "rejected"
+        if self.unverified:
+            return "passed (unverified)"
         return "passed" if self.scale == 1.0 else f"passed (scaled to {self.scale:g})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +86,7 @@ class GateReport:
             "library_version": __version__,
             "passed": self.passed,
             "verdict": self.verdict,
+            "unverified": self.unverified,
             "reasons": list(self.reasons),
             "scale": self.scale,
             "adapter_dir": str(self.adapter_dir) if self.adapter_dir is not None else None,
@@ -107,7 +113,7 @@ class GateReport:
             scale=float(data.get("scale", 1.0)),
             adapter_dir=Path(data["adapter_dir"]) if data.get("adapter_dir") else None,
             scorer=str(data.get("scorer", "logprob")), lineage=str(data.get("lineage", "global")),
-            created_at=str(data.get("created_at", "")),
+            created_at=str(data.get("created_at", "")), unverified=bool(data.get("unverified", False)),
         )
 
     # ------------------------------------------------------------------ files
@@ -145,6 +151,8 @@ class GateReport:
         lines.append(f"- scorer: `{self.scorer}`, lineage: `{self.lineage}`, at {self.created_at or '-'}")
         if self.adapter_dir is not None:
             lines.append(f"- adapter committed: `{self.adapter_dir}` (scale {self.scale:g})")
+        if self.unverified:
+            lines.append("- **UNVERIFIED**: nothing to judge this update on (gate.allow_unverified)")
         lines += ["", "## Reasons", ""]
         lines += [f"- {r}" for r in self.reasons] or ["- all checks passed"]
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
@@ -154,8 +162,24 @@ class GateReport:
                 lines.append(f"| {key} | {_short(m[key])} |")
         for cid, d in (m.get("canary_deltas") or {}).items():
             lines.append(f"| canary `{cid}` delta | {_short(d)} |")
+        canaries = m.get("canaries")
+        if canaries:
+            lines.append(f"| canaries judged ({'/'.join(canaries['checks'])}) | {canaries['n_judged']} of "
+                         f"{canaries['n']} |")
+            lines.append(f"| canaries flipped (allowed {canaries['allowed_flips']}) | "
+                         f"{', '.join(canaries['flipped']) or 'none'} |")
         for attempt in m.get("scale_back", []):
             lines.append(f"| scale {attempt['scale']:g} | {'passed' if attempt['passed'] else 'failed'} |")
+        flipped = [r for r in self.rows if r.get("kind") == "canary" and r.get("flipped")]
+        if flipped:
+            lines += ["", "## Canaries that went from right to wrong", "",
+                      "| id | prompt | expected | before | after |", "|---|---|---|---|---|"]
+            for r in flipped:
+                before = r.get("answer_current", r.get("margin_current"))
+                after = r.get("answer_candidate", r.get("margin_candidate"))
+                cells = [str(x).replace("|", "\\|").replace("\n", " ") for x in
+                         (r["id"], r.get("prompt", ""), r.get("expected", ""), before, after)]
+                lines.append("| " + " | ".join(cells) + " |")
         rows = sorted(self.rows, key=lambda r: r.get("delta", 0.0))
         if rows:
             lines += ["", f"## Most changed items (of {len(rows)})", "",

@@ -47,6 +47,7 @@ __all__ = [
     "Scorer",
     "ScorerError",
     "ScoringContext",
+    "continuation_logprobs",
     "generate_answers",
     "make_scorer",
     "normalize_answer",
@@ -307,7 +308,6 @@ def generate_answers(model: Any, tokenizer: Any, items: Sequence[SuiteItem], *, 
     return [out[i] for i in range(len(items))]
 
 
-@torch.no_grad()
 def raw_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *,
                  batch_size: int = 16) -> list[float]:
     """Mean log-likelihood per token of each continuation given its plain-text prompt.
@@ -324,29 +324,64 @@ def raw_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *
             raise ValidationError("prompt", prompt, "tokenizes to nothing")
         if not c:
             raise ValidationError("expected", cont, "tokenizes to nothing")
-        rows.append((p + c, len(p)))
+        rows.append((p, c))
+    return continuation_logprobs(model, rows, reduce="mean", batch_size=batch_size)
+
+
+@torch.no_grad()
+def continuation_logprobs(model: Any, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                          reduce: str = "mean", batch_size: int = 16) -> list[float]:
+    """Log-likelihood of each continuation's ids given its prompt's ids, batched.
+
+    Args:
+        model: A causal LM (its active adapter scores).
+        rows: ``(prompt_ids, continuation_ids)`` pairs, both non-empty.
+        reduce: ``"mean"`` (per token) or ``"sum"`` (the continuation's log-probability).
+        batch_size: Rows per forward pass.
+    """
+    if reduce not in ("mean", "sum"):
+        raise ValidationError("reduce", reduce, "must be 'mean' or 'sum'")
+    seqs = [(list(p) + list(c), len(p)) for p, c in rows]
     device = next(model.parameters()).device
     scores: dict[int, float] = {}
     was_training = model.training
     model.eval()
     try:
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]), reverse=True)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]), reverse=True)
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
-            width = len(rows[idx[0]][0])
+            width = len(seqs[idx[0]][0])
             ids = torch.zeros((len(idx), width), dtype=torch.long)  # [B, T], right-padded
             target_mask = torch.zeros((len(idx), width - 1), dtype=torch.bool)  # [B, T-1]
             for r, i in enumerate(idx):
-                seq, n_prompt = rows[i]
+                seq, n_prompt = seqs[i]
                 ids[r, : len(seq)] = torch.tensor(seq)
                 target_mask[r, n_prompt - 1 : len(seq) - 1] = True  # position k predicts token k+1
             ids = ids.to(device)
-            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # [B, T-1, V]
-            logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
-            per_row = (logp * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
+            # Only positions from the shortest prompt's end on predict continuation tokens:
+            # project just those onto the vocabulary (the lm_head dominates for short rows).
+            lo = min(seqs[i][1] for i in idx) - 1
+            logits = _logits_from(model, ids, width - lo)[:, :-1]  # [B, T-1-lo, V]
+            mask = target_mask[:, lo:].to(device)  # [B, T-1-lo]
+            targets = ids[:, lo + 1 :]  # [B, T-1-lo]
+            logp = torch.zeros(mask.shape, dtype=torch.float32, device=device)
+            logp[mask] = torch.log_softmax(logits[mask].float(), -1).gather(
+                -1, targets[mask].unsqueeze(-1)).squeeze(-1)  # [N] log p of each continuation token
+            per_row = logp.sum(1)
+            if reduce == "mean":
+                per_row = per_row / mask.sum(1).clamp(min=1)
             for r, i in enumerate(idx):
                 scores[i] = float(per_row[r])
     finally:
         model.train(was_training)
-    return [scores[i] for i in range(len(rows))]
+    return [scores[i] for i in range(len(seqs))]
 
+
+def _logits_from(model: Any, ids: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last `keep` positions of `ids` ([B, keep, V]); all of them where the
+    model takes no ``logits_to_keep`` (older transformers)."""
+    try:
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(input_ids=ids, use_cache=False).logits
+    return logits[:, -keep:]

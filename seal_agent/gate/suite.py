@@ -9,11 +9,18 @@ Three kinds of `SuiteItem`:
   on the same items, capped at ``GateConfig.replay_size`` by reservoir sampling
   (Algorithm R): every interaction ever offered had the same chance to be in the
   sample, whatever its namespace or age.
-- ``canary``: user-supplied abilities that must never regress, one JSON object per line
-  of ``GateConfig.canary_file``: ``{"prompt": str | [messages], "expected": str}`` plus
-  optional ``"id"``, ``"tolerance"`` (overrides ``canary_tolerance`` for that line) and
+- ``canary``: general abilities that must not regress, one JSON object per line of a
+  canary file (``GateConfig.canary_file``, or the set shipped for the served model:
+  `shipped_canary_file`): ``{"prompt": str | [messages], "expected": str}`` plus optional
+  ``"id"``; ``"check"``: how the line is judged (see `seal_agent.gate.canary`):
+  ``"greedy"`` (the greedy answer contains ``expected`` or one of ``"aliases"``),
+  ``"rank"`` (``expected`` outranks every one of ``"wrong"`` in log-likelihood, after the
+  optional ``"reply_prefix"``) or ``"logprob"`` (the score of the configured scorer may
+  not drop by more than ``"tolerance"``, default ``GateConfig.canary_tolerance``);
   ``"raw": true`` (the prompt is plain text the model continues, no chat template --
-  for base-model abilities such as story continuation).
+  for base-model abilities such as story continuation; raw lines default to
+  ``"logprob"``, a continuation having no short answer to look for). Unknown keys
+  (e.g. ``"category"``) are ignored; lines starting with ``#`` are comments.
 - ``probe``: this consolidation's held-out new-knowledge questions (`Probe`).
 
 Superseded items. When a *newer* interaction in the same namespace asks the same
@@ -44,13 +51,17 @@ from seal_agent.memory.records import Interaction, join_namespace
 from seal_agent.selfedit.base import Probe, chat_messages, final_answer_index
 
 __all__ = [
+    "CANARY_CHECKS",
+    "SHIPPED_CANARIES",
     "SUITE_FORMAT_VERSION",
     "ReplaySuite",
     "SuiteItem",
+    "canary_anchor_key",
     "load_canaries",
     "normalize_text",
     "past_item",
     "probe_items",
+    "shipped_canary_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,6 +70,14 @@ SUITE_FORMAT_VERSION = 1
 """Version of the persisted suite file's layout."""
 
 ItemKind = Literal["past", "canary", "probe"]
+
+CANARY_CHECKS = ("greedy", "rank", "logprob")
+"""How a canary line can be judged (``"check"``); see `seal_agent.gate.canary`."""
+
+SHIPPED_CANARIES = {"smollm2-135m": "smollm2-135m.jsonl"}
+"""Served model name -> canary file shipped in ``seal_agent/gate/canaries/``."""
+
+CANARY_ANCHOR_PREFIX = "canary:"
 
 _LINEAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -78,8 +97,13 @@ class SuiteItem:
         key: Normalised task text: two items with the same namespace and key ask the
             same question (superseded detection).
         created_at: ISO time of the source interaction ("" for canaries and probes).
-        tolerance: Largest allowed score drop for this item (canaries), or None.
+        tolerance: Largest allowed score drop for this item (``logprob`` canaries), or None.
         raw: The prompt is plain text to continue (no chat template).
+        check: How a canary is judged: ``"greedy"``, ``"rank"`` or ``"logprob"`` ("" otherwise).
+        aliases: Other accepted spellings of ``expected`` (``greedy`` canaries).
+        wrong: Plausible wrong answers ``expected`` must outrank (``rank`` canaries).
+        reply_prefix: Start of the reply after which ``expected`` and ``wrong`` are
+            scored (``rank`` canaries); "" scores them as the start of the reply.
     """
 
     kind: ItemKind
@@ -91,6 +115,10 @@ class SuiteItem:
     created_at: str = ""
     tolerance: float | None = None
     raw: bool = False
+    check: str = ""
+    aliases: tuple[str, ...] = ()
+    wrong: tuple[str, ...] = ()
+    reply_prefix: str = ""
 
     @property
     def preview(self) -> str:
@@ -102,12 +130,15 @@ class SuiteItem:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["prompt"] = [dict(m) for m in self.prompt]
+        out["aliases"], out["wrong"] = list(self.aliases), list(self.wrong)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SuiteItem:
         d = dict(data)
         d["prompt"] = tuple(dict(m) for m in d.get("prompt", ()))
+        for key in ("aliases", "wrong"):
+            d[key] = tuple(d.get(key, ()))
         return cls(**d)
 
 
@@ -179,7 +210,9 @@ class ReplaySuite:
         dropped: Ids of items dropped as superseded, with the id that superseded them
             (the most recent 100 kept, for reports).
         anchors: Item id -> scorer -> the best score the item ever had under a committed
-            adapter (see `record_scores`; used when ``GateConfig.anchor_past``).
+            adapter (see `record_scores`; used when ``GateConfig.anchor_past``). Greedy and
+            rank canaries are anchored too, under `canary_anchor_key` -> check -> 1.0 once
+            the canary passed under a committed adapter (or the base model before it).
     """
 
     lineage: str
@@ -218,8 +251,9 @@ class ReplaySuite:
             "watermark": self.watermark,
             "dropped": self.dropped,
             "items": [it.to_dict() for it in self.items],
-            # Anchors of items that left the reservoir are of no more use.
-            "anchors": {k: v for k, v in self.anchors.items() if k in {it.id for it in self.items}},
+            # Anchors of items that left the reservoir are of no more use; canary anchors stay.
+            "anchors": {k: v for k, v in self.anchors.items()
+                        if k in {it.id for it in self.items} or k.startswith(CANARY_ANCHOR_PREFIX)},
         }
         write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
         return path
@@ -300,12 +334,18 @@ class ReplaySuite:
         ids = {it.id for it in self.items}
         n = 0
         for row in rows:
-            if row.get("kind") != "past" or row.get("id") not in ids:
+            if row.get("kind") == "canary" and row.get("anchor_key") and row.get("check") in ("greedy", "rank"):
+                # Pass (1.0) / fail (0.0) of a greedy or rank canary: anchored under its check,
+                # whatever the scorer, so that canaries lost over several updates add up.
+                key, name = str(row["anchor_key"]), str(row["check"])
+            elif row.get("kind") == "past" and row.get("id") in ids:
+                key, name = str(row["id"]), scorer
+            else:
                 continue
             best = max(float(row["current"]), float(row["candidate"]))
-            slot = self.anchors.setdefault(str(row["id"]), {})
-            if best > slot.get(scorer, float("-inf")):
-                slot[scorer] = best
+            slot = self.anchors.setdefault(key, {})
+            if best > slot.get(name, float("-inf")):
+                slot[name] = best
                 n += 1
         return n
 
@@ -349,14 +389,47 @@ class ReplaySuite:
 # --------------------------------------------------------------------------- canaries
 
 
-def load_canaries(path: str | os.PathLike[str], *, default_tolerance: float) -> list[SuiteItem]:
+def shipped_canary_file(model_name: str | None) -> Path | None:
+    """The canary file shipped for a served model (`SHIPPED_CANARIES`), or None."""
+    name = SHIPPED_CANARIES.get(str(model_name)) if model_name is not None else None
+    if name is None:
+        return None
+    from importlib.resources import files
+
+    return Path(str(files("seal_agent.gate") / "canaries" / name))
+
+
+def canary_anchor_key(item: SuiteItem) -> str:
+    """Where a canary's anchor lives: its id and a hash of what it asks and expects.
+
+    Editing a line (prompt, answer or check) gives it a fresh anchor.
+    """
+    import hashlib
+
+    body = json.dumps([item.id, [dict(m) for m in item.prompt], item.expected, item.check, item.raw],
+                      sort_keys=True, ensure_ascii=False)
+    return f"{CANARY_ANCHOR_PREFIX}{item.id}:{hashlib.sha256(body.encode()).hexdigest()[:12]}"
+
+
+def load_canaries(path: str | os.PathLike[str], *, default_tolerance: float,
+                  default_check: str = "greedy") -> list[SuiteItem]:
     """Read a canary JSONL file (blank lines and lines starting with ``#`` are skipped).
+
+    Args:
+        path: The file.
+        default_tolerance: ``tolerance`` of ``logprob`` lines that give none.
+        default_check: ``check`` of chat lines that give none (``GateConfig.canary_check``);
+            a line without ``wrong`` answers falls back from ``"rank"`` to ``"greedy"``.
+            Raw lines default to ``"logprob"``.
 
     Raises:
         ValidationError: The file is missing, or a line is not a JSON object with a
-            non-empty ``prompt`` (string or messages) and ``expected`` string; the
-            error's field names the line and key, e.g. ``canaries.jsonl:3.expected``.
+            non-empty ``prompt`` (string or messages) and ``expected`` string, or has a
+            bad optional field; the error's field names the line and key, e.g.
+            ``canaries.jsonl:3.expected``.
     """
+    from seal_agent.gate.scorers import normalize_answer
+
     p = Path(path)
     if not p.is_file():
         raise ValidationError("gate.canary_file", str(p), "does not exist or is not a file")
@@ -379,6 +452,25 @@ def load_canaries(path: str | os.PathLike[str], *, default_tolerance: float) -> 
         expected = obj.get("expected")
         if not isinstance(expected, str) or not expected.strip():
             raise ValidationError(f"{where}.expected", expected, "must be a non-empty string")
+        aliases = _strings(obj.get("aliases", []), f"{where}.aliases")
+        wrong = _strings(obj.get("wrong", []), f"{where}.wrong")
+        prefix = obj.get("reply_prefix", "")
+        if not isinstance(prefix, str):
+            raise ValidationError(f"{where}.reply_prefix", prefix, "must be a string")
+        check = obj.get("check")
+        if check is None:
+            check = "logprob" if raw else ("greedy" if default_check == "rank" and not wrong else default_check)
+        if check not in CANARY_CHECKS:
+            raise ValidationError(f"{where}.check", check, f"must be one of {list(CANARY_CHECKS)}")
+        if check == "rank" and not wrong:
+            raise ValidationError(f"{where}.wrong", wrong, 'must list wrong answers for "check": "rank"')
+        if check == "greedy":
+            for text in (expected, *aliases):
+                if not normalize_answer(text):
+                    raise ValidationError(f"{where}.expected", text, "has nothing left to look for once "
+                                          "normalised (lowercase, no punctuation or articles)")
+        if any(normalize_answer(w) == normalize_answer(expected) for w in wrong):
+            raise ValidationError(f"{where}.wrong", wrong, "must not contain the expected answer")
         tol = obj.get("tolerance", default_tolerance)
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
             raise ValidationError(f"{where}.tolerance", tol, "must be a number >= 0")
@@ -387,8 +479,15 @@ def load_canaries(path: str | os.PathLike[str], *, default_tolerance: float) -> 
             raise ValidationError(f"{where}.id", cid, "must be a non-empty string, unique in the file")
         seen.add(cid)
         items.append(SuiteItem(kind="canary", id=cid, prompt=prompt, expected=expected,
-                               tolerance=float(tol), raw=raw))
+                               tolerance=float(tol), raw=raw, check=check, aliases=aliases, wrong=wrong,
+                               reply_prefix=prefix))
     return items
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValidationError(where, value, "must be a list of non-empty strings")
+    return tuple(value)
 
 
 def _canary_prompt(prompt: Any, raw: bool, where: str) -> tuple[dict[str, Any], ...]:

@@ -98,7 +98,11 @@ def default_embeddings() -> Embeddings:
 def _serve(conn: Any, device: str | None, batch_size: int) -> None:
     """Child process loop: texts in, vectors (a float32 array) out, until EOF or None."""
     import os
+    import signal
 
+    # The child shares the terminal's process group: a Ctrl-C meant for the app (a chat
+    # answer, `seal-agent schedule`) must not kill it. It still ends when its pipe closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     # Background work: the OS gives the serving process (log(), recall, the agent) the CPU

@@ -11,6 +11,9 @@ in a worker thread under the adapter lock (see `_adapters`), and text comes back
 deltas that never include a partial stop sequence or tool-call tag. `invoke` joins
 the same deltas `stream` yields, so the two agree exactly.
 
+Many prompts at once (self-edits, sampled n times each) go through `generate_batch`
+instead: several prompts per forward pass, on one adapter for the whole batch.
+
 Tools use the Hermes convention: the model writes
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``; `parse_tool_calls` turns
 that into ``AIMessage.tool_calls``, and anything malformed into
@@ -40,8 +43,16 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field, PrivateAttr
 
-from seal_agent.errors import ValidationError
+from seal_agent.errors import TrainingCancelled, ValidationError
 from seal_agent.model._adapters import AdapterHost
+from seal_agent.model._batch import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    CancelFlags,
+    Sample,
+    generate_chunk,
+    plan_chunks,
+)
+from seal_agent.model._batch import find_stop as _find_stop
 from seal_agent.model._hermes import (
     TOOL_CALL_OPEN,
     ParsedOutput,
@@ -370,21 +381,28 @@ class AdaptiveChatModel(BaseChatModel):
         _check_request(request.max_new_tokens, request.temperature, request.top_p)
         return request
 
-    def _encode(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None) -> Any:
+    def _render(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None) -> str:
+        """The prompt text: the chat template applied, ending with the generation prompt."""
         chat = to_chat_dicts(messages, native_tools=self._native_tools)
         if tools and not self._native_tools:
             chat = with_tool_preamble(chat, tools)
         with self._tokenizer_lock:
-            text = self.tokenizer.apply_chat_template(
+            return self.tokenizer.apply_chat_template(
                 chat, tools=tools if self._native_tools else None, add_generation_prompt=True, tokenize=False
             )
+
+    def _encode(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None) -> Any:
+        text = self._render(messages, tools)
+        with self._tokenizer_lock:
             # The template already placed any BOS token; do not add another.
             encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        n = encoded["input_ids"].shape[1]
-        if limit is not None and n >= limit:
-            raise ValidationError("messages", f"{n} tokens", f"prompt must be shorter than the context ({limit})")
+        self._check_context(int(encoded["input_ids"].shape[1]), "messages")
         return encoded
+
+    def _check_context(self, n: int, field: str) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is not None and n >= limit:
+            raise ValidationError(field, f"{n} tokens", f"prompt must be shorter than the context ({limit})")
 
     def _run(self, messages: list[BaseMessage], stop: list[str] | None,
              kwargs: dict[str, Any]) -> Iterator[str | _Final]:
@@ -474,6 +492,230 @@ class AdaptiveChatModel(BaseChatModel):
             config.temperature = config.top_p = config.top_k = None
         return config
 
+    # ----------------------------------------------------------------- batched generation
+
+    def generate_batch(
+        self,
+        prompts: Sequence[Sequence[BaseMessage] | str],
+        *,
+        n: int = 1,
+        temperature: float | None = None,
+        max_new_tokens: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        prefill: str | Sequence[str] | None = None,
+        cancel_event: threading.Event | None = None,
+        progress: bool = False,
+    ) -> list[list[str]]:
+        """Generate completions for many prompts at once, several per forward pass.
+
+        Much faster than one `invoke` per prompt: a decode step reads the weights
+        once for every row of a chunk. Prompts are rendered like `invoke` renders
+        them, sorted by length, padded and run on the KV cache in chunks of at most
+        ``max_batch_tokens`` cache positions (rows x (longest prompt +
+        `max_new_tokens`)); the prefix a chunk's prompts share (template, system
+        prompt, instruction) is prefilled once, and completions that ended leave
+        the batch (see `seal_agent.model._batch`). Greedy output equals `invoke`'s
+        for each prompt (up to float rounding, which batched matrix products may
+        order differently).
+
+        The whole batch runs on one adapter: it follows ``follow()`` once, then holds
+        the adapter lock until its last chunk, so a concurrent `use_adapter` waits
+        for it (and so do concurrent requests).
+
+        Args:
+            prompts: Strings (one user turn each) or message lists, as for `invoke`.
+            n: Completions per prompt; above 1 needs a temperature above 0.
+            temperature: 0 is greedy; defaults to the model's `temperature`.
+            max_new_tokens: Most tokens per completion; defaults to the model's.
+            top_p: Nucleus mass when sampling; defaults to the model's.
+            seed: Seeds the sampling of this call (defaults to the model's `seed`):
+                the same call with the same seed returns the same completions. It
+                runs on a forked RNG, so the caller's global torch RNG is untouched.
+                A prompt's samples depend on the batch it ran in, not only on it.
+            stop: Stop strings, added to the model's `stop`; a completion ends
+                before the first one found in its generated text.
+            max_batch_tokens: Budget of a chunk, ``rows x (longest prompt +
+                max_new_tokens)``: the KV-cache positions it holds. The default
+                (16384) is ~0.75 GB of cache for SmolLM2-135M in fp32 and more rows
+                than a CPU turns into speed; lower it on a small GPU or a large
+                model. A single prompt over the budget still runs, alone.
+            prefill: Text the assistant turn starts with, appended after the
+                generation prompt (e.g. ``"Q:"`` to force a format on a small
+                model); one string for all prompts or one per prompt. Returned
+                completions start with it.
+            cancel_event: When set, generation stops within a token and
+                `TrainingCancelled` is raised (the consolidation's cancellation
+                error); nothing is returned.
+            progress: Show a tqdm bar of finished completions.
+
+        Returns:
+            For each prompt, in order, its `n` completions: text without special
+            tokens, cut before any stop string, starting with the prefill.
+
+        Raises:
+            ValidationError: A bad option (named in the message), e.g. ``n`` above 1
+                with temperature 0, or a prompt longer than the context.
+            TrainingCancelled: `cancel_event` was set.
+        """
+        samples = self._generate_samples(
+            prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens, top_p=top_p, seed=seed,
+            stop=stop, max_batch_tokens=max_batch_tokens, prefill=prefill, cancel=CancelFlags(cancel_event),
+            progress=progress)
+        return [[s.text for s in row] for row in samples]
+
+    async def agenerate_batch(
+        self,
+        prompts: Sequence[Sequence[BaseMessage] | str],
+        *,
+        n: int = 1,
+        temperature: float | None = None,
+        max_new_tokens: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        prefill: str | Sequence[str] | None = None,
+        cancel_event: threading.Event | None = None,
+        progress: bool = False,
+    ) -> list[list[str]]:
+        """Async `generate_batch`: runs in a worker thread, off the event loop.
+
+        Cancelling the awaiting task also stops the generation (within a token),
+        which would otherwise run on in its thread, holding the model.
+        """
+        own = threading.Event()
+        try:
+            samples = await asyncio.to_thread(
+                self._generate_samples, prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                top_p=top_p, seed=seed, stop=stop, max_batch_tokens=max_batch_tokens, prefill=prefill,
+                cancel=CancelFlags(cancel_event, own), progress=progress)
+        except asyncio.CancelledError:
+            own.set()
+            raise
+        return [[s.text for s in row] for row in samples]
+
+    def _generate_samples(
+        self,
+        prompts: Sequence[Sequence[BaseMessage] | str],
+        *,
+        n: int,
+        temperature: float | None,
+        max_new_tokens: int | None,
+        top_p: float | None,
+        seed: int | None,
+        stop: list[str] | None,
+        max_batch_tokens: int,
+        prefill: str | Sequence[str] | None,
+        cancel: CancelFlags,
+        progress: bool,
+    ) -> list[list[Sample]]:
+        """`generate_batch`, returning `Sample`s (text, token count, finish reason)."""
+        import contextlib
+
+        import torch
+        from tqdm.auto import tqdm
+
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise ValidationError("prompts", prompts, "must be a list of prompts (strings or message lists)")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValidationError("n", n, "must be a positive integer")
+        if not isinstance(max_batch_tokens, int) or isinstance(max_batch_tokens, bool) or max_batch_tokens < 1:
+            raise ValidationError("max_batch_tokens", max_batch_tokens, "must be a positive integer")
+        options = {"temperature": temperature, "max_new_tokens": max_new_tokens, "top_p": top_p, "seed": seed}
+        request = self._request(stop, {k: v for k, v in options.items() if v is not None})
+        if n > 1 and request.temperature == 0:
+            raise ValidationError("n", n, "n > 1 needs temperature > 0 (greedy decoding gives n identical completions)")
+        prefills = _prefills(prefill, len(prompts))
+        if not prompts:
+            return []
+        ids = self._encode_batch(prompts, prefills)
+
+        # Row r is completion r % n of prompt r // n.
+        lengths = [len(ids[r // n]) for r in range(len(prompts) * n)]
+        chunks = plan_chunks(lengths, request.max_new_tokens, max_batch_tokens)
+        logger.debug("generate_batch: %d rows in %d chunks", len(lengths), len(chunks))
+        samples: list[list[Any]] = [[None] * n for _ in prompts]
+        config = self._generation_config(request)
+
+        self._maybe_follow()
+        with contextlib.ExitStack() as stack:
+            bar = stack.enter_context(tqdm(total=len(lengths), disable=not progress, desc="generate",
+                                           unit="seq", leave=False))
+            # One pin for every chunk: a swap between chunks would give the batch two adapters.
+            model = stack.enter_context(self._host.pinned())
+            stack.enter_context(torch.inference_mode())
+            if request.temperature > 0 and request.seed is not None:
+                # generate() samples from torch's global RNG: seed a fork of it, so the
+                # caller's RNG stream is the same after this call as before.
+                device = next(model.parameters()).device
+                stack.enter_context(torch.random.fork_rng(devices=_rng_devices(device)))
+                torch.manual_seed(request.seed)
+            for done, chunk in enumerate(chunks):
+                if cancel.is_set():
+                    raise TrainingCancelled(f"generate_batch cancelled after {done} of {len(chunks)} chunks")
+                rows = [ids[r // n] for r in chunk]
+                chunk_samples = self._generate_chunk(model, rows, [prefills[r // n] for r in chunk],
+                                                     request, config, cancel)
+                if cancel.is_set():  # RowEnds stopped every row mid-chunk
+                    raise TrainingCancelled(f"generate_batch cancelled after {done} of {len(chunks)} chunks")
+                for r, sample in zip(chunk, chunk_samples, strict=True):
+                    samples[r // n][r % n] = sample
+                bar.update(len(chunk))
+        return samples
+
+    def _encode_batch(self, prompts: Sequence[Sequence[BaseMessage] | str], prefills: list[str]) -> list[list[int]]:
+        """Token ids of each prompt: chat template, generation prompt, then its prefill."""
+        texts = []
+        for i, prompt in enumerate(prompts):
+            try:
+                messages = self._convert_input(prompt).to_messages()  # what invoke() does
+            except (ValueError, TypeError) as exc:
+                raise ValidationError(f"prompts[{i}]", prompt, f"must be a string or a list of messages ({exc})") from exc
+            texts.append(self._render(messages, None) + prefills[i])
+        with self._tokenizer_lock:
+            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for i, row in enumerate(ids):
+            self._check_context(len(row), f"prompts[{i}]")
+        return ids
+
+    def _generate_chunk(self, model: Any, rows: list[list[int]], prefills: list[str],
+                        request: _Request, config: Any, cancel: CancelFlags) -> list[Sample]:
+        """Generate one chunk of rows (see `generate_chunk`); decode and cut each row."""
+        generated = generate_chunk(model, rows, config, pad_id=self.tokenizer.pad_token_id,
+                                   eos_ids=self._eos_ids, stops=request.stop, tokenizer=self.tokenizer,
+                                   cancel=cancel)
+        samples = []
+        for row, tokens, prefill in zip(rows, generated, prefills, strict=True):
+            if prefill:
+                text = self._decode_continuation(row, tokens)
+            else:  # exactly what _run decodes
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            cut = _find_stop(text, request.stop)
+            if cut is not None:
+                text = text[:cut]
+            # Fewer tokens than the limit: an EOS or a stop string ended the row.
+            at_eos = bool(tokens) and tokens[-1] in self._eos_ids
+            ended = cut is not None or at_eos or len(tokens) < request.max_new_tokens
+            samples.append(Sample(prefill + text, len(tokens), "stop" if ended else "length"))
+        return samples
+
+    def _decode_continuation(self, prompt: list[int], tokens: list[int]) -> str:
+        """Decode `tokens` as they continue `prompt`.
+
+        Decoded alone, a continuation can lose a leading space (SentencePiece drops
+        it at the start of a text), so "Q:" + " What" would come back "Q:What":
+        decode a few prompt tokens with it and keep what they add.
+        """
+        context = prompt[-8:]
+        head = self.tokenizer.decode(context, skip_special_tokens=True)
+        full = self.tokenizer.decode(context + tokens, skip_special_tokens=True)
+        if full.startswith(head):
+            return full[len(head):]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
 
 # --------------------------------------------------------------------- helpers
 
@@ -527,11 +769,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(found)
 
 
-def _find_stop(text: str, stops: list[str]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
 def _safe_prefix(text: str, holds: list[str], tool_mode: bool) -> str:
     """The part of `text` that later tokens cannot change: no partial stop or tag at the end."""
     if tool_mode:
@@ -554,3 +791,23 @@ def _usage(final: _Final) -> dict[str, int]:
             "total_tokens": final.input_tokens + final.output_tokens}
 
 
+def _prefills(prefill: str | Sequence[str] | None, count: int) -> list[str]:
+    """One prefill string per prompt."""
+    if prefill is None:
+        return [""] * count
+    if isinstance(prefill, str):
+        return [prefill] * count
+    if not isinstance(prefill, Sequence) or not all(isinstance(p, str) for p in prefill):
+        raise ValidationError("prefill", prefill, "must be a string or a list of strings, one per prompt")
+    if len(prefill) != count:
+        raise ValidationError("prefill", prefill, f"has {len(prefill)} strings for {count} prompts")
+    return list(prefill)
+
+
+def _rng_devices(device: Any) -> list[int]:
+    """The CUDA devices whose RNG state `fork_rng` must save and restore."""
+    import torch
+
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]

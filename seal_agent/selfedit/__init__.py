@@ -1,7 +1,7 @@
 """Self-edit strategies: how logged interactions become training data, by name.
 
 Built in (one module each): ``implications`` and ``rewrite`` (SEAL), ``self_qa``,
-``critique`` (SELF) and ``raw``. Add your own with `register_self_edit_strategy`::
+``critique`` (SELF), ``statements`` (what the user stated) and ``raw``. Add your own with `register_self_edit_strategy`::
 
     @register_self_edit_strategy("summary")
     class Summary(SelfEditStrategy): ...
@@ -27,6 +27,7 @@ from seal_agent.selfedit.base import (
     passage_text,
     register_self_edit_strategy,
     self_edit_strategies,
+    stated_text,
 )
 
 # Imported for their registration side effect (each module registers its strategy).
@@ -35,6 +36,7 @@ from seal_agent.selfedit.implications import ImplicationsStrategy
 from seal_agent.selfedit.raw import RawStrategy
 from seal_agent.selfedit.rewrite import RewriteStrategy
 from seal_agent.selfedit.self_qa import SelfQAStrategy
+from seal_agent.selfedit.statements import StatementsStrategy
 
 __all__ = [
     "DROP_REASONS",
@@ -49,6 +51,7 @@ __all__ = [
     "SelfEditBatch",
     "SelfEditStrategy",
     "SelfQAStrategy",
+    "StatementsStrategy",
     "agenerate_self_edits",
     "chat_messages",
     "final_answer_index",
@@ -58,4 +61,5 @@ __all__ = [
     "passage_text",
     "register_self_edit_strategy",
     "self_edit_strategies",
+    "stated_text",
 ]

@@ -35,9 +35,9 @@ from langchain_core.messages import BaseMessage
 from tqdm.auto import tqdm
 
 from seal_agent.config import SelfEditConfig
-from seal_agent.errors import NotFoundError, ValidationError
+from seal_agent.errors import NotFoundError, TrainingCancelled, ValidationError
 from seal_agent.memory.records import Interaction, Namespace, join_namespace
-from seal_agent.selfedit._filters import example_hash, rejection
+from seal_agent.selfedit._filters import example_hash, rejection, unsupported_words
 
 __all__ = [
     "FORMAT_VERSION",
@@ -54,11 +54,12 @@ __all__ = [
     "passage_text",
     "register_self_edit_strategy",
     "self_edit_strategies",
+    "stated_text",
 ]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of `SelfEditBatch.to_dict`'s layout (persisted self-edit sets carry it)."""
 
 
@@ -76,6 +77,8 @@ class SelfEdit:
         strategy: Name of the strategy that wrote it.
         interaction_id: The interaction it was derived from.
         hash: sha256 of the canonical example: lineage in adapter manifests, and dedup.
+        model_written: Whether a model wrote it (False for logged text such as the
+            user's own statements); the self-edit yield counts only these.
     """
 
     kind: Literal["document", "chat"]
@@ -83,12 +86,14 @@ class SelfEdit:
     strategy: str
     interaction_id: str
     hash: str
+    model_written: bool = False
 
     @classmethod
-    def of(cls, example: dict[str, Any], *, strategy: str, interaction_id: str) -> SelfEdit:
+    def of(cls, example: dict[str, Any], *, strategy: str, interaction_id: str,
+           model_written: bool = False) -> SelfEdit:
         """Wrap `example`, deriving `kind` and `hash` from it."""
         kind: Literal["document", "chat"] = "chat" if "messages" in example else "document"
-        return cls(kind, example, strategy, interaction_id, example_hash(example))
+        return cls(kind, example, strategy, interaction_id, example_hash(example), model_written)
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,11 @@ class SelfEditBatch:
         probes: Held-out Q/A pairs for the validation gate (never among `edits`).
         dropped: Reason -> count of items (or whole model replies) dropped. Reasons:
             ``empty``, ``degenerate``, ``duplicate``, ``too_long``, ``too_short``,
-            ``over_cap``, ``unparseable``, ``teacher_error``, ``excluded``.
+            ``over_cap``, ``unparseable``, ``truncated`` (cut off by the token budget),
+            ``unsupported`` (states something the exchange does not), ``teacher_error``,
+            ``excluded``.
+        rejected: Every dropped reply or item the model wrote, with its reason, so that
+            anyone can see why: ``{"reason", "strategy", "interaction_id", "text", "detail"}``.
         errors: One line per model failure (``teacher_error``), for reports.
         cancelled: Whether a cancel event stopped the run before every interaction
             was processed.
@@ -129,6 +138,7 @@ class SelfEditBatch:
     edits: list[SelfEdit] = field(default_factory=list)
     probes: list[Probe] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
+    rejected: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     cancelled: bool = False
 
@@ -142,12 +152,31 @@ class SelfEditBatch:
         if n > 0:
             self.dropped[reason] = self.dropped.get(reason, 0) + n
 
+    def reject(self, reason: str, strategy: str, interaction_id: str, text: str, detail: str = "") -> None:
+        """Count one dropped reply or item and keep its text with the reason."""
+        self.drop(reason)
+        self.rejected.append({"reason": reason, "strategy": strategy, "interaction_id": interaction_id,
+                              "text": text, "detail": detail})
+
+    @property
+    def yield_rate(self) -> float | None:
+        """Usable items / distinct items the model wrote (None when it wrote none).
+
+        Duplicates are left out of both counts: sampling several replies repeats good
+        items by design. Whole replies that were unparseable or empty count as one item.
+        """
+        model_rejects = sum(1 for r in self.rejected if r["reason"] not in ("duplicate", "over_cap"))
+        written = sum(1 for e in self.edits if e.model_written) + len(self.probes)
+        total = written + model_rejects
+        return written / total if total else None
+
     def extend(self, other: SelfEditBatch) -> None:
         """Append `other`'s contents (no dedup: `generate_self_edits` does that once, at the end)."""
         self.edits.extend(other.edits)
         self.probes.extend(other.probes)
         for reason, n in other.dropped.items():
             self.drop(reason, n)
+        self.rejected.extend(other.rejected)
         self.errors.extend(other.errors)
         self.cancelled = self.cancelled or other.cancelled
 
@@ -159,10 +188,13 @@ class SelfEditBatch:
             "format_version": FORMAT_VERSION,
             "library_version": __version__,
             "edits": [{"kind": e.kind, "example": e.example, "strategy": e.strategy,
-                       "interaction_id": e.interaction_id, "hash": e.hash} for e in self.edits],
+                       "interaction_id": e.interaction_id, "hash": e.hash,
+                       "model_written": e.model_written} for e in self.edits],
             "probes": [{"question": p.question, "answer": p.answer, "interaction_id": p.interaction_id,
                         "namespace": list(p.namespace), "hash": p.hash} for p in self.probes],
             "dropped": dict(sorted(self.dropped.items())),
+            "yield": self.yield_rate,
+            "rejected": list(self.rejected),
             "errors": list(self.errors),
             "cancelled": self.cancelled,
         }
@@ -196,6 +228,42 @@ def passage_text(interaction: Interaction) -> str:
             label = "User" if m["role"] == "user" else "Assistant"
         parts.append(f"{label}: {content}")
     return "\n".join(parts) or interaction.text
+
+
+# Words that acknowledge without stating anything ("Got it, thanks. I'll remember that.").
+_ACK_WORDS = frozenset("""
+got get thanks thank remember remembered noted note okay ok sure great understood certainly
+absolutely welcome sounds sound good glad happy help anything else keep mind recorded saved
+done perfect alright right will i'll ll that's course of noting cool nice awesome yes wonderful
+""".split())
+
+
+def is_acknowledgement(text: str) -> bool:
+    """Whether `text` only acknowledges (every content word is an acknowledgement word)."""
+    from seal_agent.selfedit._filters import content_words
+
+    words = content_words(text)
+    return all(w in _ACK_WORDS for w in words)
+
+
+def stated_text(interaction: Interaction) -> str:
+    """What the exchange stated, without role labels or acknowledgements.
+
+    The messages' text in order (user turns, tool results, assistant answers), one per
+    line; system prompts and assistant turns that only acknowledge are left out. This is
+    what knowledge is learned from: a user telling the agent facts is the common way an
+    agent is taught, and training on the labelled transcript would also teach the
+    acknowledgement.
+    """
+    parts = []
+    for m in interaction.messages:
+        content = (m.get("content") or "").strip()
+        if m["role"] == "system" or not content:
+            continue
+        if m["role"] == "assistant" and is_acknowledgement(content):
+            continue
+        parts.append(content)
+    return "\n".join(parts)
 
 
 def _tool_call_text(call: Mapping[str, Any]) -> str:
@@ -242,13 +310,14 @@ def _reply_text(reply: Any) -> str:
     raise TypeError(f"the model returned a {type(reply).__name__}, not a message")
 
 
-def _bind(model: Any, config: SelfEditConfig) -> Any:
+def _bind(model: Any, config: SelfEditConfig, sample: int = 0) -> Any:
     """Pass sampling options only to a model that declares them as fields.
 
     An unknown invocation kwarg reaches a hosted model's API and fails there, so
     ``temperature``/``max_new_tokens``/``seed`` are bound only where the model class
     has a field of that name (AdaptiveChatModel has all three; ``max_tokens`` stands in
-    for ``max_new_tokens`` on hosted models).
+    for ``max_new_tokens`` on hosted models). Sample k of several gets seed ``seed + k``:
+    one seed for all would make a seeded model repeat the same reply.
     """
     fields = getattr(type(model), "model_fields", {})
     options: dict[str, Any] = {}
@@ -259,7 +328,7 @@ def _bind(model: Any, config: SelfEditConfig) -> Any:
     elif "max_tokens" in fields:
         options["max_tokens"] = config.max_new_tokens
     if "seed" in fields:
-        options["seed"] = config.seed
+        options["seed"] = config.seed + sample
     return model.bind(**options) if options else model
 
 
@@ -273,10 +342,19 @@ class SelfEditStrategy(ABC):
         name: Registry name; recorded on every `SelfEdit` it produces.
         check_length: Whether ``min_item_chars``/``max_item_chars`` apply to items
             (False for logged text, which was size-checked when logged).
+        grounded: Whether every item must be supported by `source_text` (each content
+            word present there; see `_filters.unsupported_words`). True for restated
+            knowledge, where an added word is an invention; False where the model is
+            meant to say something new (``critique``) or the item is logged text.
+        prefill: Text a local model's reply is made to start with (e.g. ``"Q:"``), so a
+            small model keeps the format; the parser sees it. Hosted models, which
+            follow instructions, are not prefilled.
     """
 
     name: str = ""
     check_length: bool = True
+    grounded: bool = True
+    prefill: str | None = None
 
     def applies_to(self, interaction: Interaction) -> bool:
         """Whether this strategy may learn from `interaction` at all (default: yes)."""
@@ -301,6 +379,10 @@ class SelfEditStrategy(ABC):
         """The text the filters judge (what the model wrote); items are strings by default."""
         return item if isinstance(item, str) else str(item)
 
+    def grounding_text(self, item: Any) -> str:
+        """The part of an item that must be supported by the source (default: all of it)."""
+        return self.item_text(item)
+
     def split_probes(self, candidates: list[Candidate], interaction: Interaction,
                      config: SelfEditConfig) -> tuple[list[Candidate], list[Probe]]:
         """Hold some candidates out of training as probes (default: none)."""
@@ -312,9 +394,17 @@ class SelfEditStrategy(ABC):
 
     # -- the concrete pipeline ------------------------------------------------
 
+    def source_text(self, interaction: Interaction) -> str:
+        """What a grounded item must be supported by: what the exchange stated (see `grounded`).
+
+        Role labels and acknowledgements are left out, so "The assistant will remember
+        that." is not supported by an exchange that only said facts.
+        """
+        return stated_text(interaction)
+
     def generate(self, interaction: Interaction, model: BaseChatModel | None,
                  config: SelfEditConfig) -> SelfEditBatch:
-        """Ask `model` for a self-edit about `interaction`; parse, filter, cap.
+        """Ask `model` for ``config.samples`` self-edits about `interaction`; parse, filter, cap.
 
         Args:
             interaction: The logged exchange to learn from.
@@ -328,34 +418,35 @@ class SelfEditStrategy(ABC):
         Raises:
             ValidationError: The strategy needs a model and `model` is None.
         """
-        if not self.applies_to(interaction):
+        job = self._job(interaction, model)
+        if job is None:
             return SelfEditBatch()
-        prompt = self.build_prompt(interaction)
-        if prompt is None:
+        if job.prompt is None:
             return self._collect(None, interaction, config)
-        if model is None:
-            raise ValidationError("model", None, f"self-edit strategy {self.name!r} needs a chat model")
-        try:
-            text = _reply_text(_bind(model, config).invoke(prompt))
-        except Exception as exc:  # any failure of the teacher is counted, never raised
-            return self._teacher_failed(exc, interaction, config)
-        return self._collect(text, interaction, config)
+        return self._finish(job, _ask(model, [job], config)[0], config)
 
     async def agenerate(self, interaction: Interaction, model: BaseChatModel | None,
                         config: SelfEditConfig) -> SelfEditBatch:
         """Async twin of `generate`."""
-        if not self.applies_to(interaction):
+        job = self._job(interaction, model)
+        if job is None:
             return SelfEditBatch()
-        prompt = self.build_prompt(interaction)
-        if prompt is None:
+        if job.prompt is None:
             return self._collect(None, interaction, config)
-        if model is None:
+        return self._finish(job, (await _aask(model, [job], config))[0], config)
+
+    def _job(self, interaction: Interaction, model: BaseChatModel | None) -> _Job | None:
+        if not self.applies_to(interaction):
+            return None
+        prompt = self.build_prompt(interaction)
+        if prompt is not None and model is None:
             raise ValidationError("model", None, f"self-edit strategy {self.name!r} needs a chat model")
-        try:
-            text = _reply_text(await _bind(model, config).ainvoke(prompt))
-        except Exception as exc:
-            return self._teacher_failed(exc, interaction, config)
-        return self._collect(text, interaction, config)
+        return _Job(self, interaction, prompt)
+
+    def _finish(self, job: _Job, replies: list[_Reply] | Exception, config: SelfEditConfig) -> SelfEditBatch:
+        if isinstance(replies, Exception):
+            return self._teacher_failed(replies, job.interaction, config)
+        return self._collect(replies, job.interaction, config)
 
     def _teacher_failed(self, exc: Exception, interaction: Interaction, config: SelfEditConfig) -> SelfEditBatch:
         message = f"{self.name}: interaction {interaction.id}: {type(exc).__name__}: {exc}"
@@ -365,49 +456,162 @@ class SelfEditStrategy(ABC):
         batch.errors.append(message)
         return batch
 
-    def _collect(self, text: str | None, interaction: Interaction, config: SelfEditConfig,
+    def _collect(self, replies: list[_Reply] | None, interaction: Interaction, config: SelfEditConfig,
                  *, model_items: bool = True) -> SelfEditBatch:
-        """Parse `text` (None: the strategy has no prompt), filter, dedup, cap, split."""
+        """Parse the replies (None: the strategy has no prompt), filter, dedup, cap, split."""
         batch = SelfEditBatch()
         items: list[Any] = []
         if model_items:
-            if text is not None and not text.strip():
-                batch.drop("empty")
-            else:
-                try:
-                    items = self.parse(text or "", interaction)
-                except Exception:  # a parser bug on odd text must not end a consolidation
-                    logger.exception("%s could not parse a reply for %s", self.name, interaction.id)
-                if not items and text is not None:
-                    batch.drop("unparseable")
+            for reply in replies if replies is not None else [_Reply("", False)]:
+                items.extend(self._parse_reply(reply, interaction, batch, replies is not None))
 
         max_chars = config.max_item_chars if self.check_length else None
+        source = self.source_text(interaction) if self.grounded else ""
         kept: list[Candidate] = []
         seen: set[str] = set()
         for item in items:
-            reason = rejection(self.item_text(item), min_chars=config.min_item_chars, max_chars=max_chars)
+            text = self.item_text(item)
+            reason = rejection(text, min_chars=config.min_item_chars, max_chars=max_chars)
+            detail = ""
+            if reason is None and self.grounded:
+                missing = unsupported_words(self.grounding_text(item), source)
+                if missing:
+                    reason, detail = "unsupported", f"not in the exchange: {', '.join(missing)}"
+            example = self.to_example(item, interaction) if reason is None else None
+            digest = example_hash(example) if example is not None else ""
+            if reason is None and digest in seen:
+                reason = "duplicate"
             if reason is not None:
-                batch.drop(reason)
-                continue
-            example = self.to_example(item, interaction)
-            digest = example_hash(example)
-            if digest in seen:
-                batch.drop("duplicate")
+                batch.reject(reason, self.name, interaction.id, text, detail)
                 continue
             seen.add(digest)
             kept.append(Candidate(item, example, digest))
         cap = config.max_items_per_interaction
-        batch.drop("over_cap", len(kept) - cap)
+        for c in kept[cap:]:
+            batch.reject("over_cap", self.name, interaction.id, self.item_text(c.item))
         train, batch.probes = self.split_probes(kept[:cap], interaction, config)
 
-        examples = [c.example for c in train]
+        written = replies is not None
+        batch.edits = [SelfEdit.of(c.example, strategy=self.name, interaction_id=interaction.id,
+                                   model_written=written) for c in train]
         for example in self.extra_examples(interaction):
             if example_hash(example) in seen:
                 batch.drop("duplicate")
             else:
-                examples.append(example)
-        batch.edits = [SelfEdit.of(ex, strategy=self.name, interaction_id=interaction.id) for ex in examples]
+                seen.add(example_hash(example))
+                batch.edits.append(SelfEdit.of(example, strategy=self.name, interaction_id=interaction.id))
         return batch
+
+    def _parse_reply(self, reply: _Reply, interaction: Interaction, batch: SelfEditBatch,
+                     from_model: bool) -> list[Any]:
+        if from_model and not reply.text.strip():
+            batch.reject("empty", self.name, interaction.id, reply.text, "the model wrote nothing")
+            return []
+        try:
+            items = self.parse(reply.text, interaction)
+        except Exception:  # a parser bug on odd text must not end a consolidation
+            logger.exception("%s could not parse a reply for %s", self.name, interaction.id)
+            items = []
+        if from_model and not items:
+            batch.reject("unparseable", self.name, interaction.id, reply.text, "no item in the expected format")
+        elif reply.truncated and items:
+            # The budget ran out mid-item: the last one is cut off ("A: The Kelpwood").
+            batch.reject("truncated", self.name, interaction.id, self.item_text(items[-1]),
+                         "the reply hit max_new_tokens")
+            items = items[:-1]
+        return items
+
+
+class _Reply(NamedTuple):
+    """One sampled reply, and whether generation stopped at the token budget."""
+
+    text: str
+    truncated: bool
+
+
+class _Job(NamedTuple):
+    """One (strategy, interaction) pair to ask the model about."""
+
+    strategy: SelfEditStrategy
+    interaction: Interaction
+    prompt: list[BaseMessage] | None
+
+
+def _sampling(config: SelfEditConfig) -> dict[str, Any]:
+    return {"n": config.samples, "temperature": config.temperature,
+            "max_new_tokens": config.max_new_tokens, "seed": config.seed}
+
+
+def _budget_hit(model: Any, text: str, prefill: str, config: SelfEditConfig) -> bool:
+    """Whether `text` used (nearly) the whole token budget, i.e. was probably cut off."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return False
+    n = len(tokenizer(text[len(prefill):] if text.startswith(prefill) else text,
+                      add_special_tokens=False)["input_ids"])
+    return n >= config.max_new_tokens - 1
+
+
+def _batched_replies(model: Any, jobs: Sequence[_Job], outs: Sequence[Sequence[str]],
+                     config: SelfEditConfig) -> list[list[_Reply]]:
+    return [[_Reply(t, _budget_hit(model, t, job.strategy.prefill or "", config)) for t in texts]
+            for job, texts in zip(jobs, outs, strict=True)]
+
+
+def _ask(model: Any, jobs: Sequence[_Job], config: SelfEditConfig, *,
+         cancel_event: threading.Event | None = None, progress: bool = False) -> list[list[_Reply] | Exception]:
+    """``config.samples`` replies per job. A local `AdaptiveChatModel` answers every job in
+    padded batches (`generate_batch`, with each strategy's `prefill`); any other chat model
+    is invoked once per sample. A failure is returned in place of that job's replies."""
+    if not jobs:
+        return []
+    if hasattr(model, "generate_batch"):
+        try:
+            outs = model.generate_batch([j.prompt for j in jobs], prefill=[j.strategy.prefill or "" for j in jobs],
+                                        cancel_event=cancel_event, progress=progress, **_sampling(config))
+        except TrainingCancelled:  # no job answered: the caller marks the batch cancelled
+            return []
+        except Exception as exc:  # the teacher failing is counted per job, never raised
+            return [exc] * len(jobs)
+        return list(_batched_replies(model, jobs, outs, config))
+    bound = [_bind(model, config, k) for k in range(config.samples)]
+    results: list[list[_Reply] | Exception] = []
+    with tqdm(total=len(jobs), disable=not progress, desc="self-edits", unit="prompt") as bar:
+        for job in jobs:
+            if cancel_event is not None and cancel_event.is_set():
+                break
+            try:
+                results.append([_Reply(_reply_text(b.invoke(job.prompt)), False) for b in bound])
+            except Exception as exc:
+                results.append(exc)
+            bar.update(1)
+    return results
+
+
+async def _aask(model: Any, jobs: Sequence[_Job], config: SelfEditConfig, *,
+                cancel_event: threading.Event | None = None, progress: bool = False) -> list[list[_Reply] | Exception]:
+    """Async twin of `_ask`."""
+    if not jobs:
+        return []
+    if hasattr(model, "agenerate_batch"):
+        try:
+            outs = await model.agenerate_batch([j.prompt for j in jobs], prefill=[j.strategy.prefill or "" for j in jobs],
+                                               cancel_event=cancel_event, progress=progress, **_sampling(config))
+        except TrainingCancelled:
+            return []
+        except Exception as exc:
+            return [exc] * len(jobs)
+        return list(_batched_replies(model, jobs, outs, config))
+    bound = [_bind(model, config, k) for k in range(config.samples)]
+    results: list[list[_Reply] | Exception] = []
+    for job in jobs:
+        if cancel_event is not None and cancel_event.is_set():
+            break
+        try:
+            results.append([_Reply(_reply_text(await b.ainvoke(job.prompt)), False) for b in bound])
+        except Exception as exc:
+            results.append(exc)
+    return results
 
 
 # --------------------------------------------------------------------------- registry
@@ -510,11 +714,44 @@ def _dedup(batch: SelfEditBatch) -> SelfEditBatch:
     edits: dict[str, SelfEdit] = {}
     for e in batch.edits:
         if e.hash in edits or e.hash in probes:
-            batch.drop("duplicate")
+            # Logged text that two strategies add for the same interaction (the stated
+            # text: `implications` and `statements`) is one document by design, not a
+            # dropped self-edit; the same example from another interaction is.
+            first = edits.get(e.hash)
+            if e.model_written or first is None or first.interaction_id != e.interaction_id:
+                batch.drop("duplicate")
         else:
             edits[e.hash] = e
     batch.edits, batch.probes = list(edits.values()), list(probes.values())
     return batch
+
+
+def _jobs(interactions: Iterable[Interaction], model: BaseChatModel | None, config: SelfEditConfig,
+          result: SelfEditBatch) -> list[_Job]:
+    jobs = []
+    for interaction, strategies in _plan(interactions, config, result):
+        for strategy in strategies:
+            job = strategy._job(interaction, model)
+            if job is not None:
+                jobs.append(job)
+    return jobs
+
+
+def _merge_jobs(jobs: list[_Job], asked: list[_Job], replies: list[list[_Reply] | Exception],
+                config: SelfEditConfig, result: SelfEditBatch,
+                cancel_event: threading.Event | None) -> SelfEditBatch:
+    """Collect every job's items in plan order; jobs the model never answered mean a cancel."""
+    answered = {id(j): r for j, r in zip(asked, replies, strict=False)}
+    for job in jobs:
+        if job.prompt is None:
+            result.extend(job.strategy._collect(None, job.interaction, config))
+        elif id(job) in answered:
+            result.extend(job.strategy._finish(job, answered[id(job)], config))
+        else:
+            result.cancelled = True
+    if cancel_event is not None and cancel_event.is_set():
+        result.cancelled = True
+    return _dedup(result)
 
 
 def generate_self_edits(
@@ -550,16 +787,10 @@ def generate_self_edits(
     """
     config = config or SelfEditConfig()
     result = SelfEditBatch()
-    plan = _plan(interactions, config, result)
-    with tqdm(total=len(plan), disable=not progress, desc="self-edits", unit="interaction") as bar:
-        for interaction, strategies in plan:
-            for strategy in strategies:
-                if cancel_event is not None and cancel_event.is_set():
-                    result.cancelled = True
-                    return _dedup(result)
-                result.extend(strategy.generate(interaction, model, config))
-            bar.update(1)
-    return _dedup(result)
+    jobs = _jobs(interactions, model, config, result)
+    asked = [j for j in jobs if j.prompt is not None]
+    replies = _ask(model, asked, config, cancel_event=cancel_event, progress=progress)
+    return _merge_jobs(jobs, asked, replies, config, result, cancel_event)
 
 
 async def agenerate_self_edits(
@@ -574,13 +805,7 @@ async def agenerate_self_edits(
     in order, so the result equals the sync one for a deterministic model)."""
     config = config or SelfEditConfig()
     result = SelfEditBatch()
-    plan = _plan(interactions, config, result)
-    with tqdm(total=len(plan), disable=not progress, desc="self-edits", unit="interaction") as bar:
-        for interaction, strategies in plan:
-            for strategy in strategies:
-                if cancel_event is not None and cancel_event.is_set():
-                    result.cancelled = True
-                    return _dedup(result)
-                result.extend(await strategy.agenerate(interaction, model, config))
-            bar.update(1)
-    return _dedup(result)
+    jobs = _jobs(interactions, model, config, result)
+    asked = [j for j in jobs if j.prompt is not None]
+    replies = await _aask(model, asked, config, cancel_event=cancel_event, progress=progress)
+    return _merge_jobs(jobs, asked, replies, config, result, cancel_event)

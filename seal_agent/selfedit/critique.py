@@ -60,6 +60,7 @@ class CritiqueStrategy(SelfEditStrategy):
     """A chat example: the original context, then the refined answer as the target."""
 
     name = "critique"
+    grounded = False  # the refined answer is meant to say what the exchange did not
 
     def build_prompt(self, interaction: Interaction) -> list[BaseMessage]:
         score = "(no score)" if interaction.feedback is None else f"{interaction.feedback:+.2f}"

@@ -24,6 +24,7 @@ class RawStrategy(SelfEditStrategy):
 
     name = "raw"
     check_length = False  # logged text was size-checked by the memory when it was logged
+    grounded = False  # it is the exchange itself
 
     def applies_to(self, interaction: Interaction) -> bool:
         return interaction.feedback is None or interaction.feedback >= 0

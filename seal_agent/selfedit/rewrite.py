@@ -11,7 +11,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage
 
 from seal_agent.memory.records import Interaction
-from seal_agent.selfedit.base import SelfEditStrategy, passage_text, register_self_edit_strategy
+from seal_agent.selfedit.base import SelfEditStrategy, register_self_edit_strategy, stated_text
 
 __all__ = ["RewriteStrategy"]
 
@@ -34,7 +34,7 @@ class RewriteStrategy(SelfEditStrategy):
     name = "rewrite"
 
     def build_prompt(self, interaction: Interaction) -> list[BaseMessage]:
-        return [HumanMessage(_PROMPT.format(passage=passage_text(interaction)))]
+        return [HumanMessage(_PROMPT.format(passage=stated_text(interaction)))]
 
     def parse(self, text: str, interaction: Interaction) -> list[Any]:
         body = _LABEL.sub("", text, count=1).strip()
@@ -44,4 +44,5 @@ class RewriteStrategy(SelfEditStrategy):
         return {"text": item}
 
     def extra_examples(self, interaction: Interaction) -> list[dict[str, Any]]:
-        return [{"text": passage_text(interaction)}]
+        text = stated_text(interaction)  # no role labels, no acknowledgements (see implications)
+        return [{"text": text}] if text else []

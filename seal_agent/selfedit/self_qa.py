@@ -14,7 +14,7 @@ import random
 import re
 from typing import Any
 
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from seal_agent.config import SelfEditConfig
 from seal_agent.memory.records import Interaction
@@ -22,22 +22,30 @@ from seal_agent.selfedit.base import (
     Candidate,
     Probe,
     SelfEditStrategy,
-    passage_text,
     register_self_edit_strategy,
+    stated_text,
 )
 
 __all__ = ["SelfQAStrategy", "parse_qa_pairs"]
 
-_PROMPT = """Read the passage below and write question-answer pairs about what it says. \
-Each question must be answerable by someone who remembers the passage but cannot see it, \
-so name things explicitly (no "the passage" or "it"). Keep answers short and correct \
-according to the passage. Use exactly this format, with a blank line between pairs:
+# Small models follow a worked example far better than an instruction, and copy an
+# example shown inside the instruction: so the example is a previous turn of the chat
+# (instruction -> answer), and the passage comes as a new turn. Its facts are invented
+# and unrelated to any exchange: an item copied from it is unsupported by the passage,
+# and the grounding check drops it.
+_INSTRUCTION = """Write questions and answers about the facts in the text. Every question names \
+what it asks about (never "it" or "the text"); every answer is one full sentence that repeats \
+the names, so it makes sense on its own.
 
-Q: <question>
-A: <answer>
-
-Passage:
-{passage}"""
+Text: {passage}"""
+_EXAMPLE_PASSAGE = ("The Orbin river flows into Lake Tamsu. Fishermen there catch silver eels, "
+                    "and the lake freezes every January.")
+_EXAMPLE_ANSWER = """Q: Where does the Orbin river flow?
+A: The Orbin river flows into Lake Tamsu.
+Q: What do fishermen catch in Lake Tamsu?
+A: Fishermen in Lake Tamsu catch silver eels.
+Q: When does Lake Tamsu freeze?
+A: Lake Tamsu freezes every January."""
 
 # "Q:", "Q1:", "Question 2:", "A:", "Answer:", with an optional bullet/number and **bold**.
 # A colon is required: "A" alone starts many ordinary sentences.
@@ -90,9 +98,11 @@ class SelfQAStrategy(SelfEditStrategy):
     """Chat examples ``[user: Q, assistant: A]``; a held-out share become probes."""
 
     name = "self_qa"
+    prefill = "Q:"
 
     def build_prompt(self, interaction: Interaction) -> list[BaseMessage]:
-        return [HumanMessage(_PROMPT.format(passage=passage_text(interaction)))]
+        return [HumanMessage(_INSTRUCTION.format(passage=_EXAMPLE_PASSAGE)), AIMessage(_EXAMPLE_ANSWER),
+                HumanMessage(_INSTRUCTION.format(passage=stated_text(interaction)))]
 
     def parse(self, text: str, interaction: Interaction) -> list[Any]:
         return parse_qa_pairs(text)
@@ -101,6 +111,11 @@ class SelfQAStrategy(SelfEditStrategy):
         question, answer = item
         # Both halves are needed; "" makes the filters count the pair as empty.
         return f"{question}\n{answer}" if question and answer else ""
+
+    def grounding_text(self, item: Any) -> str:
+        # The answer carries the knowledge; a question may paraphrase freely ("Who leads
+        # ...?" for "its lead engineer is ..."), which is what makes it useful.
+        return item[1]
 
     def to_example(self, item: Any, interaction: Interaction) -> dict[str, Any]:
         question, answer = item

@@ -89,6 +89,11 @@ class TrainResult:
         stopped_reason: ``"completed"`` (all epochs), ``"max_steps"`` or ``"max_seconds"``.
         examples: New examples trained on.
         replay_examples: Replay examples mixed in.
+        rehearsal_examples: Rehearsal examples mixed into each epoch (see
+            `seal_agent.training.rehearsal`).
+        epoch_losses: Mean loss per label token of each epoch, over every example: unlike
+            the first and last step's loss (single batches of different lengths), the
+            first and last of these compare like with like.
     """
 
     adapter_path: Path
@@ -102,6 +107,8 @@ class TrainResult:
     stopped_reason: StoppedReason
     examples: int
     replay_examples: int
+    rehearsal_examples: int = 0
+    epoch_losses: tuple[float, ...] = ()
 
 
 def train_adapter(
@@ -112,6 +119,7 @@ def train_adapter(
     *,
     init_adapter: str | os.PathLike[str] | None = None,
     replay: Sequence[Mapping[str, Any]] | None = None,
+    rehearsal: Sequence[Mapping[str, Any]] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
     cancel_event: threading.Event | None = None,
     progress: bool = True,
@@ -132,6 +140,9 @@ def train_adapter(
             alpha and target modules win over ``config``'s).
         replay: Older examples; ``round(config.replay_ratio * len(examples))`` of them
             (at most all) are mixed in, chosen deterministically from ``config.seed``.
+        rehearsal: The base model's own answers to general prompts (see
+            `seal_agent.training.rehearsal`); each epoch mixes in a different draw of
+            ``config.rehearsal_size`` of them (at most all), deterministic from ``config.seed``.
         output_dir: Where to save the adapter; must be absent or empty. Default: a new
             temporary folder.
         cancel_event: When set, training stops at the next micro-batch and raises
@@ -158,6 +169,7 @@ def train_adapter(
                               "pass the base model; continue from an adapter with init_adapter=")
     new = validate_examples(examples, field="examples")
     old = validate_examples(list(replay or []), field="replay", allow_empty=True)
+    rehearse = validate_examples(list(rehearsal or []), field="rehearsal", allow_empty=True)
     init_path = _check_init_adapter(init_adapter)
     out_path = _check_output_dir(output_dir)
 
@@ -166,17 +178,23 @@ def train_adapter(
     replay_idx = sample_replay(old, len(new), config.replay_ratio, config.seed)
     old_tok = encode_examples(tokenizer, [old[i] for i in replay_idx], max_seq_len=config.max_seq_len,
                               field="replay") if replay_idx else []
-    data: list[TokenizedExample] = new_tok + old_tok
+    rehearse_tok = encode_examples(tokenizer, rehearse, max_seq_len=config.max_seq_len,
+                                   field="rehearsal") if rehearse and config.rehearsal_size else []
+    data: list[TokenizedExample] = new_tok + old_tok + rehearse_tok
     lengths = [len(x) for x in data]
     # Targets of the shifted loss: label k is predicted from position k-1, so labels[0] never counts.
     n_targets = [sum(1 for t in x.labels[1:] if t != IGNORE_INDEX) for x in data]
-    plan = [
-        step
-        for epoch in range(config.epochs)
-        for step in plan_batches(lengths, batch_size=config.batch_size,
-                                 micro_batch_tokens=config.micro_batch_tokens,
-                                 seed=config.seed * 1_000_003 + epoch)
-    ]
+    plan, epoch_of_step = [], []
+    fixed = len(new_tok) + len(old_tok)
+    for epoch in range(config.epochs):
+        # Each epoch rehearses a different draw of `rehearsal_size` from the pool: the
+        # update is held to more of what the base model knew at the same cost.
+        draw = sample_replay(rehearse_tok, config.rehearsal_size, 1.0, config.seed * 7919 + epoch)
+        active = list(range(fixed)) + [fixed + i for i in draw]
+        steps = plan_batches([lengths[i] for i in active], batch_size=config.batch_size,
+                             micro_batch_tokens=config.micro_batch_tokens, seed=config.seed * 1_000_003 + epoch)
+        plan.extend([[[active[i] for i in mb] for mb in step] for step in steps])
+        epoch_of_step.extend([epoch] * len(steps))
     total_steps = min(len(plan), config.max_steps) if config.max_steps else len(plan)
     pad_id = _pad_id(tokenizer)
 
@@ -200,17 +218,18 @@ def train_adapter(
             result = _train_loop(
                 peft_model, data, n_targets, plan[:total_steps], config,
                 pad_id=pad_id, device=device, cancel_event=cancel_event, progress=progress,
-                planned_steps=len(plan),
+                planned_steps=len(plan), epoch_of_step=epoch_of_step,
+                distill=frozenset(range(fixed, len(data))) if config.rehearsal_loss == "kl" else frozenset(),
             )
-            losses, stopped, tokens, padded, seconds = result
+            losses, epoch_losses, stopped, tokens, padded, seconds = result
             adapter_path = _save_adapter(peft_model, out_path)
         finally:
             for p, flag in flags.items():
                 p.requires_grad_(flag)
     peak = torch.cuda.max_memory_allocated(device) if on_cuda else _peak_rss_bytes()
-    logger.info("trained %d steps on %d examples (+%d replay): loss %.4f -> %.4f, %.0f tok/s, %s",
-                len(losses), len(new_tok), len(old_tok), losses[0], losses[-1],
-                tokens / max(seconds, 1e-9), stopped)
+    logger.info("trained %d steps on %d examples (+%d replay, +%d rehearsal an epoch): epoch loss %s, %.0f tok/s, %s",
+                len(losses), len(new_tok), len(old_tok), min(len(rehearse_tok), config.rehearsal_size),
+                " -> ".join(f"{x:.3f}" for x in epoch_losses), tokens / max(seconds, 1e-9), stopped)
     return TrainResult(
         adapter_path=adapter_path,
         losses=tuple(losses),
@@ -223,6 +242,8 @@ def train_adapter(
         stopped_reason=stopped,
         examples=len(new_tok),
         replay_examples=len(old_tok),
+        rehearsal_examples=min(len(rehearse_tok), config.rehearsal_size),
+        epoch_losses=tuple(epoch_losses),
     )
 
 
@@ -241,8 +262,14 @@ def _train_loop(
     cancel_event: threading.Event | None,
     progress: bool,
     planned_steps: int,
-) -> tuple[list[float], StoppedReason, int, int, float]:
-    """Run the optimizer steps of ``plan``; return (losses, stopped_reason, tokens, padded, seconds)."""
+    epoch_of_step: list[int],
+    distill: frozenset[int] = frozenset(),
+) -> tuple[list[float], list[float], StoppedReason, int, int, float]:
+    """Run the optimizer steps of ``plan``.
+
+    Returns:
+        (step losses, epoch losses, stopped_reason, tokens, padded, seconds).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("LoRA left no trainable parameters; check train.target_modules")
@@ -257,6 +284,7 @@ def _train_loop(
     model.train()
 
     losses: list[float] = []
+    epoch_sums: dict[int, list[float]] = {}  # epoch -> [loss sum, target tokens]
     tokens = padded = 0
     stopped: StoppedReason = "max_steps" if total < planned_steps else "completed"
     bar = tqdm(total=total, disable=not progress, desc="train", unit="step", leave=False)
@@ -273,20 +301,29 @@ def _train_loop(
             for mb in micro_batches:
                 if cancel_event is not None and cancel_event.is_set():
                     raise TrainingCancelled(f"training cancelled at step {step + 1}/{total}; nothing was saved")
-                input_ids, labels, n_real = collate([data[i] for i in mb], pad_id)
-                input_ids, labels = input_ids.to(device), labels.to(device)
-                with autocast:
-                    loss_sum = _loss_sum(model, input_ids, labels, fast)
-                # Dividing by the step's target count (not the micro-batch's) makes the
-                # accumulated gradient the token-mean over the whole step.
-                (loss_sum / step_targets).backward()
-                step_loss += loss_sum.item()
-                tokens += n_real
-                padded += input_ids.numel()
+                # Rehearsal rows under "kl" are distilled from the base model; the rest
+                # (and every row under "ce") get cross-entropy on their labels.
+                groups = ([i for i in mb if i not in distill], [i for i in mb if i in distill])
+                for rows, kl in zip(groups, (False, True), strict=True):
+                    if not rows:
+                        continue
+                    input_ids, labels, n_real = collate([data[i] for i in rows], pad_id)
+                    input_ids, labels = input_ids.to(device), labels.to(device)
+                    with autocast:
+                        loss_sum = (_distill_sum if kl else _loss_sum)(model, input_ids, labels, fast)
+                    # Dividing by the step's target count (not the micro-batch's) makes the
+                    # accumulated gradient the token-mean over the whole step.
+                    (loss_sum / step_targets).backward()
+                    step_loss += loss_sum.item()
+                    tokens += n_real
+                    padded += input_ids.numel()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss = step_loss / step_targets
+            totals = epoch_sums.setdefault(epoch_of_step[step], [0.0, 0.0])
+            totals[0] += step_loss
+            totals[1] += step_targets
             if not math.isfinite(loss):
                 raise TrainingError(f"loss diverged at step {step + 1}: {loss}; try a lower train.learning_rate")
             losses.append(loss)
@@ -297,7 +334,8 @@ def _train_loop(
         bar.close()
     if on_cuda:
         torch.cuda.synchronize(device)
-    return losses, stopped, tokens, padded, time.perf_counter() - start
+    epoch_losses = [total / max(n, 1) for _, (total, n) in sorted(epoch_sums.items())]
+    return losses, epoch_losses, stopped, tokens, padded, time.perf_counter() - start
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -323,22 +361,44 @@ def _fast_loss_supported(peft_model: Any) -> bool:
     return decoder is not None and decoder is not base and isinstance(head, torch.nn.Module)
 
 
-def _loss_sum(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, fast: bool) -> torch.Tensor:
-    """Summed next-token cross-entropy over the labelled positions of a micro-batch.
+def _labelled_logits(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, fast: bool) -> torch.Tensor:
+    """Logits ``[N, V]`` at the N labelled positions (``mask`` is ``[B, T-1]``).
 
-    ``input_ids`` and ``labels`` are ``[B, T]``, right-padded. No attention mask is
-    passed: with right padding and causal attention a real token never attends to the
-    padding after it, and leaving the mask out lets SDPA take its fast causal path.
+    No attention mask is passed: with right padding and causal attention a real token
+    never attends to the padding after it, and leaving the mask out lets SDPA take its
+    fast causal path.
     """
-    target = labels[:, 1:]  # [B, T-1]: position k predicts token k+1
-    mask = target != IGNORE_INDEX  # [B, T-1]
     if fast:
         base = model.get_base_model()
         hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # [B, T, H]
-        logits = base.get_output_embeddings()(hidden[:, :-1][mask])  # [N, V], N = labelled positions
-    else:
-        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1][mask]  # [N, V]
+        return base.get_output_embeddings()(hidden[:, :-1][mask])  # [N, V]
+    return model(input_ids=input_ids, use_cache=False).logits[:, :-1][mask]  # [N, V]
+
+
+def _loss_sum(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, fast: bool) -> torch.Tensor:
+    """Summed next-token cross-entropy over the labelled positions of a micro-batch.
+
+    ``input_ids`` and ``labels`` are ``[B, T]``, right-padded.
+    """
+    target = labels[:, 1:]  # [B, T-1]: position k predicts token k+1
+    mask = target != IGNORE_INDEX  # [B, T-1]
+    logits = _labelled_logits(model, input_ids, mask, fast)
     return F.cross_entropy(logits.float(), target[mask], reduction="sum")
+
+
+def _distill_sum(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, fast: bool) -> torch.Tensor:
+    """Summed KL(base || adapted) of the next-token distributions at the labelled positions.
+
+    For rehearsal rows (the base model's own answers): cross-entropy on the base's greedy
+    text only holds the top token in place, while the KL holds the whole distribution,
+    runner-up tokens included -- the ones whose rise flips a greedy answer elsewhere.
+    The base distribution comes from the same model with its LoRA layers bypassed.
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
+    with torch.no_grad(), model.disable_adapter():
+        reference = F.log_softmax(_labelled_logits(model, input_ids, mask, fast).float(), dim=-1)  # [N, V]
+    adapted = F.log_softmax(_labelled_logits(model, input_ids, mask, fast).float(), dim=-1)
+    return F.kl_div(adapted, reference, log_target=True, reduction="sum")
 
 
 # --------------------------------------------------------------------------- model plumbing
