@@ -353,9 +353,10 @@ def summarize(runs: list[dict[str, Any]], base_canaries: dict[str, Any] | None) 
             for k, v in r.get("timings", {}).items():
                 stages.setdefault(k, []).append(v)
         s["stage_seconds"] = {k: statistics.fmean(v) for k, v in stages.items()}
-        staged = [r["staged"]["eval"]["accuracy"] for r in rs if "staged" in r]
+        staged = [r["staged"] for r in rs if "staged" in r]
         if staged:
-            s["staged_accuracy"] = _spread(staged)
+            s["staged_accuracy"] = _spread([x["eval"]["accuracy"] for x in staged])
+            s["staged_canary_accuracy"] = _spread([x["canaries"]["accuracy"] for x in staged])
         out[arm] = s
     return out
 
@@ -405,7 +406,8 @@ def print_table(summary: dict[str, dict[str, Any]], base_canaries: dict[str, Any
         if "recall_hit_rate" in s:
             extra.append(f"gold passage in top {RECALL_K}: {100 * s['recall_hit_rate']:.0f}%")
         if "staged_accuracy" in s:
-            extra.append(f"rejected candidate's accuracy (not served): {_pct(s['staged_accuracy'])}")
+            extra.append(f"rejected candidates (not served): accuracy {_pct(s['staged_accuracy'])}, "
+                         f"canaries {_pct(s['staged_canary_accuracy'])}")
         stages = ", ".join(f"{k} {v:.0f}" for k, v in s["stage_seconds"].items())
         print(f"  {arm}: seconds by stage: {stages}" + ("; " + "; ".join(extra) if extra else ""))
 
@@ -418,8 +420,13 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(se["dropped"].items())) or "none"
         print(f"  {r['arm']} seed {r['seed']}: self-edits generated {se['generated']}, kept {se['kept']} "
               f"(+{se['probes']} probes), dropped: {dropped}; verdict {r['verdict']}"
-              + (f" ({r['gate_verdict']})" if r.get("gate_verdict") else "")
-              + (f" -- {r['reason']}" if r.get("reason") else ""))
+              + (f" ({r['gate_verdict']})" if r.get("gate_verdict") not in (None, r["verdict"]) else "")
+              + (f" -- {_short(r['reason'])}" if r.get("reason") else ""))
+
+
+def _short(text: str, limit: int = 240) -> str:
+    """A long gate reason, cut (the JSON keeps it whole)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_chart(path: Path, summary: dict[str, dict[str, Any]], title: str) -> bool:

@@ -1,9 +1,10 @@
 """The demo, on the real default model (smollm2-135m), in three parts.
 
-1. Episodic memory: an assistant built with ``create_agent`` and the memory middleware
-   remembers each user across conversations. Everything is real: the graph, Chroma,
-   the embedding model and the LLM (SmolLM2-135M-Instruct on this CPU), which answers
-   from the memories the middleware put in its prompt.
+1. Episodic memory: what users told the assistant on Monday is in the log; on Friday,
+   in new conversations, an assistant built with ``create_agent`` and the memory
+   middleware answers from what it recalls, per user. Everything is real: the graph,
+   Chroma, the embedding model and the LLM (SmolLM2-135M-Instruct on this CPU), which
+   answers from the memories the middleware put in its prompt.
 2. Parametric memory: facts a user told the assistant are consolidated into a LoRA
    adapter of the served model from the model's *own* self-edits (default settings),
    and the model is asked again *with retrieval off*: what it answers now comes from
@@ -95,18 +96,26 @@ class DemoResult:
     seconds: float = 0.0
 
 
-SCRIPT: list[tuple[str, str, str]] = [
+# Monday: what users told the assistant, logged as their conversations were (the user's
+# words and a short acknowledgement). A 135M model's own replies to such statements are
+# unreliable ("Rex is a friendly dog named Max", "I can't remember personal details"),
+# and recalling those would show off the model's guesses, not the memory.
+TOLD_MONDAY: list[tuple[str, str, str]] = [
     # (user, thread, message)
     ("alice", "alice-monday", "My dog is called Rex."),
     ("alice", "alice-monday", "I live in Lyon and I cycle to work."),
     ("bob", "bob-monday", "My dog is called Bolt."),
+]
+# Friday: new conversations; the real LLM answers through create_agent + the middleware.
+SCRIPT: list[tuple[str, str, str]] = [
     ("alice", "alice-friday", "What is the name of my dog?"),
     ("bob", "bob-friday", "What is my dog called?"),
     ("carol", "carol-friday", "What is my dog called?"),
 ]
 
-SYSTEM_PROMPT = ("You are a helpful assistant. When memories from earlier conversations are given, "
-                 "use them to answer the user's question briefly.")
+SYSTEM_PROMPT = ("You are a helpful assistant with a memory. When the user tells you something about "
+                 "themselves, reply only with: Noted. When memories from earlier conversations are given, "
+                 "answer the user's question from them, in one short sentence.")
 
 # What a user tells the assistant in part 2 (invented, so the base model cannot know it),
 # and questions asked afterwards in other words, with the expected short answer.
@@ -163,6 +172,10 @@ def run_demo(home: str | Path | None = None, *, echo: Callable[[str], None] | No
         recorder = PromptRecorder()
         agent = create_agent(chat, tools=[], system_prompt=SYSTEM_PROMPT,
                              middleware=[mem.middleware(k=2, min_score=0.35), recorder])
+        for user, thread, message in TOLD_MONDAY:
+            mem.log([{"role": "user", "content": message}, {"role": "assistant", "content": "Noted."}],
+                    namespace=("users", user), thread_id=thread)
+            say(f"[{user} / {thread}, logged] {message}")
         for user, thread, message in SCRIPT:
             out = agent.invoke(
                 {"messages": [HumanMessage(message)]},

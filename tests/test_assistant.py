@@ -30,7 +30,6 @@ from fakes import HashEmbeddings, ScriptedChatModel
 from seal_agent import SealMemory
 from seal_agent.assistant import ChatApp, _configured_model
 from seal_agent.cli import main as cli_main
-from seal_agent.config import GateConfig, TrainConfig
 
 EXE = Path(sys.executable).parent / "seal-agent"
 
@@ -42,10 +41,10 @@ LEARNING = {
     "train": {"learning_rate": FACT_CONFIG.learning_rate, "epochs": FACT_CONFIG.epochs,
               "batch_size": FACT_CONFIG.batch_size, "lora_rank": FACT_CONFIG.lora_rank,
               "lora_alpha": FACT_CONFIG.lora_alpha, "warmup_ratio": FACT_CONFIG.warmup_ratio,
-              **{name: 0 for name in ("rehearsal_size", "rehearsal_ratio") if hasattr(TrainConfig(), name)}},
+              "rehearsal_size": 0},
     "selfedit": {"strategies": ["raw"]},
     "consolidation": {"teacher": "none"},
-    **({"gate": {"allow_unverified": True}} if hasattr(GateConfig(), "allow_unverified") else {}),
+    "gate": {"allow_unverified": True},
 }
 LEARNING_CONFIG = "\n".join(f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
                             for section, values in LEARNING.items())
