@@ -13,7 +13,7 @@ import tempfile
 from langchain.agents import create_agent
 
 from seal_agent import SealMemory
-from seal_agent.demo import RecallingScriptModel
+from seal_agent.stand_in import RecallingScriptModel
 
 
 def main() -> None:

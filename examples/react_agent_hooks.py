@@ -14,7 +14,7 @@ import warnings
 from langgraph.prebuilt import create_react_agent
 
 from seal_agent import SealMemory
-from seal_agent.demo import RecallingScriptModel
+from seal_agent.stand_in import RecallingScriptModel
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from seal_agent import SealMemory
-from seal_agent.demo import RecallingScriptModel
+from seal_agent.stand_in import RecallingScriptModel
 
 
 def main() -> None:

@@ -225,3 +225,16 @@ def test_kill_9_midway_never_marks_without_commit_and_next_run_completes(home: P
         assert {mem.get(i).consolidated_version for i in ids} == {report.version}
         assert pending_runs(mem) == []
         assert mem.consolidate(progress=False, **RAW).verdict == "skipped"  # and the next one is clean
+
+
+def test_tiny_random_with_defaults_says_clearly_why_nothing_is_committed(home: Path) -> None:
+    """tiny-random has random weights: its self-edits are gibberish (dropped, with reasons),
+    only what the user stated is left to learn, and with no canaries shipped for it and no
+    probes the gate has nothing to judge the update on: it refuses, and says so."""
+    with open_mem(home) as mem:
+        ids = teach(mem, FACTS[:2])
+        report = mem.consolidate(progress=False, selfedit={"max_new_tokens": 24})
+        assert report.verdict == "rejected" and "nothing to judge" in report.reason
+        assert mem.adapters.current is None
+        assert {mem.get(i).status.value for i in ids} == {"new"}  # kept for a later run
+        assert report.counts["self_edits"] >= 2  # the stated facts, at least
