@@ -374,7 +374,7 @@ class GateConfig:
     # the same answer style: 0.2 rejects updates that learned nothing.
     min_gain: float = 0.2
     allow_unverified: bool = False
-    scale_back: list[float] = field(default_factory=lambda: [0.5, 0.25])
+    scale_back: list[float] = field(default_factory=lambda: [0.75, 0.5, 0.25])
     bootstrap_samples: int = 1000
     seed: int = 0
     max_new_tokens: int = 32
