@@ -4,13 +4,17 @@ A *strategy* turns one `Interaction` into training examples in the trainer's for
 (``{"text": ...}`` documents or ``{"messages": [...]}`` chat examples):
 
 1. `SelfEditStrategy.build_prompt` asks the model for a self-edit (None: no model needed);
-2. `SelfEditStrategy.parse` reads items out of the reply (implications, Q/A pairs, ...);
-3. each item is filtered (`_filters.rejection`), turned into an example
+2. `SelfEditStrategy.parse` reads items out of each of the ``SelfEditConfig.samples``
+   replies (implications, Q/A pairs, ...); their items are pooled;
+3. each item is filtered (`_filters.rejection`), checked against what the exchange said
+   (`_filters.unsupported_words`, for `grounded` strategies), turned into an example
    (`SelfEditStrategy.to_example`), deduplicated by hash and capped at
-   ``SelfEditConfig.max_items_per_interaction``;
+   ``SelfEditConfig.max_items_per_interaction``; every dropped item or reply is kept
+   with its reason in `SelfEditBatch.rejected`;
 4. `SelfEditStrategy.split_probes` may hold some items out as `Probe`s for the gate;
 5. `SelfEditStrategy.extra_examples` adds examples that need no model (SEAL keeps the
-   passage itself as one more document). They are not capped: they are logged text.
+   passage itself as one more document: here what was stated, `stated_text`). They are
+   not capped: they are logged text.
 
 Nothing a model does makes `generate` raise: an exception or an unreadable reply is
 counted in `SelfEditBatch.dropped` (``teacher_error``, ``unparseable``) and the run goes on.
@@ -769,17 +773,24 @@ def generate_self_edits(
     ``config.strategies``. Interactions in ``config.exclude_namespaces`` are skipped
     (counted as ``excluded``).
 
+    Every (interaction, strategy) prompt is built first, then the model is asked once:
+    a local `AdaptiveChatModel` writes all ``config.samples`` replies of every prompt in
+    padded batches (`AdaptiveChatModel.generate_batch`, with each strategy's prefill);
+    any other chat model is invoked once per reply.
+
     Args:
         interactions: The interactions to learn from.
         model: The chat model writing self-edits (None works for model-free
             strategies such as ``raw``).
         config: Strategies, filters and sampling; defaults to `SelfEditConfig()`.
         progress: Show a tqdm progress bar.
-        cancel_event: When set, stops before the next model call; the result so far is
-            returned with ``cancelled=True``.
+        cancel_event: When set, generation stops (between model calls, or within a
+            token on the batched path); what was finished is returned with
+            ``cancelled=True``.
 
     Returns:
-        The merged batch, unique by hash, with drop counts and model errors.
+        The merged batch, unique by hash, with drop counts, every dropped reply or item
+        with its reason (`SelfEditBatch.rejected`), and model errors.
 
     Raises:
         NotFoundError: A configured strategy name is not registered.
@@ -801,8 +812,8 @@ async def agenerate_self_edits(
     progress: bool = True,
     cancel_event: threading.Event | None = None,
 ) -> SelfEditBatch:
-    """Async twin of `generate_self_edits` (interactions are processed one at a time,
-    in order, so the result equals the sync one for a deterministic model)."""
+    """Async twin of `generate_self_edits` (same plan and order, so the result equals the
+    sync one for a deterministic model)."""
     config = config or SelfEditConfig()
     result = SelfEditBatch()
     jobs = _jobs(interactions, model, config, result)
