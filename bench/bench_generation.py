@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _machine import machine_header  # bench/, on the path when run as a script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -189,16 +190,7 @@ def main() -> None:
 
     if args.max_batch_tokens is None:
         args.max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    cuda = torch.cuda.is_available()
-    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-    machine = f"{platform.machine()} {platform.system()} {platform.processor() or ''}".strip()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(f"machine: {machine} | device: {device} | load average {load_before[0]:.2f} {load_before[1]:.2f} "
-          f"{load_before[2]:.2f}")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    machine, device, load_before = machine_header(threads=args.threads, extra="")
 
     chat = AdaptiveChatModel.load(args.model)
     prompts = make_prompts(count, args.seed)

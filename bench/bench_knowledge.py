@@ -44,7 +44,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -52,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _machine import machine_header  # bench/, on the path when run as a script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -501,16 +502,7 @@ def main() -> None:
     import seal_agent
 
     transformers.utils.logging.disable_progress_bar()  # a weight-loading bar per arm is noise
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    cuda = torch.cuda.is_available()
-    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-    machine = f"{platform.machine()} {platform.system()} {platform.processor() or ''}".strip()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(f"machine: {machine} | device: {device} | load average {load_before[0]:.2f} {load_before[1]:.2f} "
-          f"{load_before[2]:.2f}")
-    print(f"seal_agent {seal_agent.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    machine, device, load_before = machine_header(threads=args.threads, extra=f"seal_agent {seal_agent.__version__}, ")
     ctx = Context(args, passages)
     print(f"model {MODEL}; split {args.split}: {len(passages)} passages ({', '.join(x['id'] for x in passages)}), "
           f"{len(ctx.questions)} questions; {len(ctx.canaries)} canaries; arms {','.join(arms)}; "
