@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "SealConfig": "seal_agent.config",
     "SealMemory": "seal_agent.seal_memory",
     "SealMemoryMiddleware": "seal_agent.integrations.middleware",
+    "StorageError": "seal_agent.errors",
     "TrainConfig": "seal_agent.config",
     "load_model": "seal_agent.model",
     "train_adapter": "seal_agent.training",
@@ -45,6 +46,7 @@ __all__ = [
     "SealConfig",
     "SealMemory",
     "SealMemoryMiddleware",
+    "StorageError",
     "TrainConfig",
     "__version__",
     "load_model",
@@ -53,6 +55,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from seal_agent.config import MemoryConfig, ModelConfig, SealConfig, TrainConfig
+    from seal_agent.errors import StorageError
     from seal_agent.integrations.middleware import SealMemoryMiddleware
     from seal_agent.integrations.store import ChromaStore
     from seal_agent.memory.records import Interaction, InteractionStatus, Memory

@@ -10,6 +10,7 @@ Errors about bad input name the offending field and value: ``ValidationError("sc
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "NotFoundError",
     "RegistryError",
     "SealAgentError",
+    "StorageError",
     "TrainingCancelled",
     "TrainingError",
     "ValidationError",
@@ -70,6 +72,24 @@ class NotFoundError(SealAgentError, KeyError):
 
 class BackendUnavailableError(SealAgentError, ConnectionError):
     """The vector store (Chroma) cannot be reached or failed."""
+
+
+class StorageError(SealAgentError, OSError):
+    """A file of the memory home is damaged, unreadable, read-only, or its disk is full.
+
+    The message names the file, what is wrong with it, and what to do (restore from a
+    backup, rebuild the index, free space, open read-only). Nothing acknowledged is lost
+    when it is raised: a write that fails this way leaves the journal as it was.
+
+    Attributes:
+        path: The file or folder concerned (None when unknown).
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
+        # OSError's own constructor would read (errno, strerror, filename) from several
+        # arguments; one argument keeps ``str(exc)`` our message.
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
 
 
 class ModelLoadError(SealAgentError, OSError):
