@@ -44,8 +44,11 @@ from seal_agent.memory.records import (
     task_and_outcome,
     utc_now,
     validate_metadata,
+    validate_min_score,
     validate_namespace,
     validate_score,
+    validate_text,
+    validate_thread_id,
 )
 
 if TYPE_CHECKING:
@@ -194,25 +197,30 @@ class SealMemory:
         """Record one exchange; return its id once it is durable (fsync'd).
 
         Embedding and the Chroma write happen in the background. Logging the same
-        messages again in the same namespace and thread returns the existing id.
+        messages again in the same namespace and thread returns the existing id and
+        merges into it what the new call adds: metadata key-wise (new values win) and
+        the feedback, which replaces the stored one when given.
 
         Args:
             messages: LangChain messages or ``{"role", "content"}`` dicts, tool calls and
-                tool results included.
+                tool results included. Content may be a list of LangChain content
+                blocks: non-text blocks (images, files, audio...) are logged as a
+                placeholder such as ``[image]`` plus a description in the message's
+                ``attachments``.
             namespace: Scope, e.g. ``("users", "alice")``.
             thread_id: Conversation thread.
             metadata: JSON-serialisable extras, returned with recalled memories.
             feedback: Optional score in [-1, 1] (same as calling `feedback` afterwards).
 
         Raises:
-            ValidationError: Bad messages, namespace, metadata or score; nothing is written.
+            ValidationError: Bad messages, namespace, metadata or score (lone surrogates,
+                NaN, values JSON cannot hold), naming the field; nothing is written.
         """
         self._check_open()
         mc = self.config.memory
         msgs = normalize_messages(messages, max_messages=mc.max_messages, max_message_chars=mc.max_message_chars)
         ns = validate_namespace(namespace)
-        if thread_id is not None and (not isinstance(thread_id, str) or not thread_id):
-            raise ValidationError("thread_id", thread_id, "must be a non-empty string or None")
+        thread_id = validate_thread_id(thread_id)
         md = validate_metadata(metadata)
         score = None if feedback is None else validate_score(feedback, "feedback")
         task, outcome = task_and_outcome(msgs)
@@ -340,12 +348,12 @@ class SealMemory:
         self._check_open()
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query", query, "must be a non-empty string")
+        validate_text(query, "query")  # a lone surrogate would fail in the embedder, unnamed
         ns = validate_namespace(namespace)
         k = self.config.memory.recall_k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
             raise ValidationError("k", k, "must be an integer in [1, 1000]")
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))):
-            raise ValidationError("min_score", min_score, "must be a number or None")
+        min_score = validate_min_score(min_score)  # finite, in [-1, 1]: NaN would disable the filter
         # Embed first: it also loads the embedding model, which the worker needs too, so
         # the wait below measures indexing, not a cold model load.
         watermark = new_interaction_id()  # ids sort by time: everything logged before this call

@@ -82,7 +82,7 @@ def test_duplicates_are_stored_once_per_thread(mem: SealMemory) -> None:
         ({"messages": EXCHANGE, "namespace": ("users", "")}, "namespace[1]"),
         ({"messages": EXCHANGE, "namespace": ("users/alice",)}, "namespace[0]"),
         ({"messages": EXCHANGE, "namespace": ()}, "namespace"),
-        ({"messages": EXCHANGE, "metadata": {"f": object()}}, "metadata"),
+        ({"messages": EXCHANGE, "metadata": {"f": object()}}, "metadata.f"),
         ({"messages": EXCHANGE, "feedback": 2.0}, "feedback"),
         ({"messages": EXCHANGE, "thread_id": ""}, "thread_id"),
     ],

@@ -9,17 +9,31 @@ Where the namespace and thread come from (the same rules for every piece here an
 3. the ``namespace=`` given when the piece was made (default ``("default",)``).
 
 The thread is ``config["configurable"]["thread_id"]`` when there is one.
+
+Logging a turn never breaks the agent: the model has already answered when the turn is
+logged, so a turn that cannot be logged (content the log refuses, a closed memory, a
+full disk) is reported with a ``logging`` warning giving the reason and the run goes on.
+Non-text content blocks (images, files...) are logged as placeholders such as
+``[image]``; see `seal_agent.memory.records`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 
-from seal_agent.memory.records import Memory, Namespace, parse_namespace, validate_namespace
+from seal_agent.errors import SealAgentError
+from seal_agent.memory.records import (
+    Memory,
+    Namespace,
+    parse_namespace,
+    validate_min_score,
+    validate_namespace,
+)
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
@@ -43,6 +57,8 @@ MEMORY_MESSAGE_ID = "seal-memory-context"
 ``add_messages`` replaces last turn's memories instead of piling new ones on."""
 
 DEFAULT_HEADER = "Relevant memories from earlier conversations (most relevant first):"
+
+logger = logging.getLogger(__name__)
 
 
 def _lookup(obj: Any, key: str) -> Any:
@@ -122,12 +138,27 @@ def _recall_text(mem: SealMemory, messages: Sequence[AnyMessage], ns: Namespace,
     return format_memories(memories, header) if memories else None
 
 
-def _log_turn(mem: SealMemory, messages: Sequence[AnyMessage], ns: Namespace, thread: str | None,
-              metadata: Mapping[str, Any] | None) -> str | None:
+def _log_turn(mem: SealMemory, messages: Sequence[AnyMessage], config: RunnableConfig | None, context: Any,
+              default: Namespace, metadata: Mapping[str, Any] | None) -> str | None:
+    """Log the latest turn in the run's scope; on failure warn and return None, never raise.
+
+    Why swallow: this runs after the model answered, so raising would throw that answer
+    away and crash the user's agent run over a memory problem. Nothing is half-written:
+    `SealMemory.log` validates everything before it writes.
+    """
     turn = last_turn(messages)
     if not any(isinstance(m, HumanMessage) for m in turn):
         return None  # nothing a user asked: not an exchange
-    return mem.log(turn, namespace=ns, thread_id=thread, metadata=dict(metadata or {}))
+    where = "?"
+    try:
+        ns, thread = resolve_scope(config, context, default=default)
+        where = f"namespace={'/'.join(ns)}, thread_id={thread!r}"
+        return mem.log(turn, namespace=ns, thread_id=thread, metadata=dict(metadata or {}))
+    except SealAgentError as exc:
+        logger.warning("seal_agent: turn not logged (%s): %s", where, exc)
+    except Exception as exc:  # an unexpected failure must not end the run either; keep the traceback
+        logger.warning("seal_agent: turn not logged (%s): %s: %s", where, type(exc).__name__, exc, exc_info=True)
+    return None
 
 
 # ------------------------------------------------------------------ StateGraph nodes
@@ -147,7 +178,12 @@ def make_recall_node(
     With ``key="messages"`` (default) it writes one `SystemMessage` with id
     `MEMORY_MESSAGE_ID` (replaced, not appended, on later turns); with another key it
     writes the list of `Memory` records to that state key.
+
+    Raises:
+        ValidationError: `min_score` is not a finite number in [-1, 1] (checked here,
+            not at the first turn).
     """
+    min_score = validate_min_score(min_score)
 
     def recall_node(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
         ns, _ = resolve_scope(config, None, default=namespace)
@@ -164,11 +200,13 @@ def make_recall_node(
 def make_log_node(
     mem: SealMemory, *, namespace: Namespace = ("default",), metadata: Mapping[str, Any] | None = None
 ) -> Callable[..., dict[str, Any]]:
-    """A node logging the latest turn (last human message to the end); changes no state."""
+    """A node logging the latest turn (last human message to the end); changes no state.
+
+    A turn that cannot be logged is reported with a warning, not raised (see `_log_turn`).
+    """
 
     def log_node(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        ns, thread = resolve_scope(config, None, default=namespace)
-        _log_turn(mem, state.get("messages", []), ns, thread, metadata)
+        _log_turn(mem, state.get("messages", []), config, None, namespace, metadata)
         return {}
 
     return log_node
@@ -182,7 +220,8 @@ def make_pre_model_hook(
     min_score: float | None = None, header: str = DEFAULT_HEADER,
 ) -> Callable[..., dict[str, Any]]:
     """``pre_model_hook``: memories go into ``llm_input_messages`` (seen by the model,
-    not stored in the graph state)."""
+    not stored in the graph state). `min_score` is validated here, like `make_recall_node`."""
+    min_score = validate_min_score(min_score)
 
     def pre_model_hook(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
         ns, _ = resolve_scope(config, None, default=namespace)
@@ -203,8 +242,7 @@ def make_post_model_hook(
     def post_model_hook(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
         messages = state.get("messages", [])
         if turn_is_complete(messages):
-            ns, thread = resolve_scope(config, None, default=namespace)
-            _log_turn(mem, messages, ns, thread, metadata)
+            _log_turn(mem, messages, config, None, namespace, metadata)
         return {}
 
     return post_model_hook
@@ -221,8 +259,12 @@ def make_memory_tools(mem: SealMemory, *, namespace: Namespace = ("default",), k
     def save_memory(content: str, config: RunnableConfig) -> str:
         """Save a fact or note worth remembering in later conversations."""
         ns, thread = resolve_scope(config, None, default=namespace)
-        id_ = mem.log([{"role": "assistant", "content": content}], namespace=ns, thread_id=thread,
-                      metadata={"kind": "note"})
+        try:
+            id_ = mem.log([{"role": "assistant", "content": content}], namespace=ns, thread_id=thread,
+                          metadata={"kind": "note"})
+        except SealAgentError as exc:  # tell the model, do not crash the run (see _log_turn)
+            logger.warning("seal_agent: note not saved (namespace=%s): %s", "/".join(ns), exc)
+            return f"could not save the memory: {exc}"
         return f"saved memory {id_}"
 
     @tool

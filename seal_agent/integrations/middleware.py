@@ -3,9 +3,12 @@
 * Before each model call it recalls the top-k memories of the run's namespace for the
   latest user message and adds them to the system prompt as one block. They are seen
   by the model but not stored in the conversation state, so the history does not grow
-  with them. Recall runs once per turn, not once per model call of a tool loop.
+  with them. The model is called several times per turn when tools run; the block is
+  recalled once and reused for those calls as long as the memory has not changed (see
+  `SealMemoryMiddleware._memory_block`), so it is never stale.
 * After the agent finishes a turn it logs the turn (last user message to the final
-  answer, tool calls and results included) with the run's thread id.
+  answer, tool calls and results included) with the run's thread id. A turn that
+  cannot be logged is reported with a ``logging`` warning; the run goes on.
 
 Namespace and thread come from the run's context or config; see
 `seal_agent.integrations.langgraph` for the rules. Typical use::
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,7 @@ from seal_agent.integrations.langgraph import (
     last_user_text,
     resolve_scope,
 )
-from seal_agent.memory.records import Namespace, validate_namespace
+from seal_agent.memory.records import Namespace, validate_min_score, validate_namespace
 
 if TYPE_CHECKING:
     from langgraph.runtime import Runtime
@@ -58,7 +60,8 @@ class SealMemoryMiddleware(AgentMiddleware):
         memory: The `SealMemory` to read and write.
         namespace: Namespace when the run names none.
         k: Memories per prompt; default ``memory.recall_k``.
-        min_score: Leave out memories less similar than this.
+        min_score: Leave out memories less similar than this: a finite number in
+            [-1, 1] (cosine similarity), checked here.
         header: First line of the memory block.
         log: Log turns after the agent finishes (set False for read-only use).
         recall: Recall before model calls (set False for write-only use).
@@ -81,34 +84,48 @@ class SealMemoryMiddleware(AgentMiddleware):
         self.memory = memory
         self.namespace = validate_namespace(namespace)
         self.k = k
-        self.min_score = min_score
+        self.min_score = validate_min_score(min_score)
         self.header = header
         self.log_turns = log
         self.recall_memories = recall
         self.metadata = dict(metadata or {})
-        # (namespace, query) -> block: the model is called several times per turn when
-        # tools run; the memories for one user message do not change meanwhile.
-        self._cache: OrderedDict[tuple[Namespace, str], str | None] = OrderedDict()
+        # (namespace, query) -> block, valid only at journal revision `_cache_revision`.
+        # Why a revision and not a per-turn cache: the journal's revision changes on every
+        # commit by anyone (log, feedback, forget, a tool's save_memory, another process),
+        # so a hit is exactly what recall would return now. A per-turn cache would still
+        # show a memory forgotten mid-turn, and keying by question alone (the old cache)
+        # kept serving "Rex" after "my dog is called Max now" and after `forget`.
+        self._cache: dict[tuple[Namespace, str], str | None] = {}
+        self._cache_revision: int | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ recall
 
     def _memory_block(self, request: ModelRequest) -> str | None:
+        """The memory block for this model call: recalled, or reused from the cache when
+        nothing was committed to the journal since it was recalled."""
         runtime = request.runtime
         ns, _ = resolve_scope(_current_config(), getattr(runtime, "context", None), default=self.namespace)
         query = last_user_text(request.messages)
         if query is None:
             return None
         key = (ns, query)
+        self.memory._check_open()
+        # Read before recalling: a write during the recall leaves the block filed under
+        # the older revision, so the next call recalls again rather than miss the write.
+        revision = self.memory._journal.revision()
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
+            if revision != self._cache_revision:
+                self._cache.clear()
+                self._cache_revision = revision
+            elif key in self._cache:
                 return self._cache[key]
         block = _recall_text(self.memory, request.messages, ns, self.k, self.min_score, self.header)
         with self._lock:
-            self._cache[key] = block
-            while len(self._cache) > 256:
-                self._cache.popitem(last=False)
+            if revision == self._cache_revision:
+                if len(self._cache) >= 256:  # many users between two writes: bound the memory
+                    self._cache.clear()
+                self._cache[key] = block
         return block
 
     def _with_memories(self, request: ModelRequest, block: str | None) -> ModelRequest:
@@ -136,13 +153,13 @@ class SealMemoryMiddleware(AgentMiddleware):
     # --------------------------------------------------------------------- log
 
     def after_agent(self, state: Any, runtime: Runtime) -> dict[str, Any] | None:
-        if self.log_turns:
-            ns, thread = resolve_scope(_current_config(), getattr(runtime, "context", None), default=self.namespace)
-            _log_turn(self.memory, state["messages"], ns, thread, self.metadata)
+        if self.log_turns:  # never raises: see _log_turn
+            _log_turn(self.memory, state["messages"], _current_config(), getattr(runtime, "context", None),
+                      self.namespace, self.metadata)
         return None
 
     async def aafter_agent(self, state: Any, runtime: Runtime) -> dict[str, Any] | None:
         if self.log_turns:
-            ns, thread = resolve_scope(_current_config(), getattr(runtime, "context", None), default=self.namespace)
-            await asyncio.to_thread(_log_turn, self.memory, state["messages"], ns, thread, self.metadata)
+            await asyncio.to_thread(_log_turn, self.memory, state["messages"], _current_config(),
+                                    getattr(runtime, "context", None), self.namespace, self.metadata)
         return None

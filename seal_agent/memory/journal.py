@@ -159,28 +159,60 @@ class Journal:
     # -- writes ----------------------------------------------------------------
 
     def insert(self, it: Interaction) -> tuple[str, bool]:
-        """Store `it` unless a duplicate exists; return (id, inserted)."""
+        """Store `it`, or merge it into its duplicate; return (id, inserted).
+
+        A duplicate (same namespace, thread and messages) is not stored twice, but what
+        the new copy adds is not dropped either: its metadata is merged key-wise into the
+        stored metadata (new values win) and its feedback, when given, replaces the
+        stored feedback and comment. The lookup and the merge are one transaction, so a
+        concurrent writer cannot slip in between.
+        """
         ns = join_namespace(it.namespace)
         thread_key = it.thread_id or ""
         with self._tx() as db:
             row = db.execute(
-                "SELECT id FROM interactions WHERE namespace=? AND thread_key=? AND content_hash=?",
+                "SELECT id, metadata FROM interactions WHERE namespace=? AND thread_key=? AND content_hash=?",
                 (ns, thread_key, it.content_hash),
             ).fetchone()
             if row is not None:
-                return row[0], False
+                id_, stored = row
+                if it.metadata:
+                    merged = {**json.loads(stored), **dict(it.metadata)}
+                    db.execute("UPDATE interactions SET metadata=? WHERE id=?",
+                               (json.dumps(merged, ensure_ascii=False, allow_nan=False), id_))
+                if it.feedback is not None:
+                    db.execute("UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=?",
+                               (it.feedback, it.feedback_comment, id_))
+                return id_, False
             db.execute(
                 "INSERT INTO interactions (id, namespace, thread_id, thread_key, created_at, messages, task,"
                 " outcome, metadata, feedback, feedback_comment, content_hash, status, consolidated_version)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     it.id, ns, it.thread_id, thread_key, iso(it.created_at),
-                    json.dumps(list(it.messages), ensure_ascii=False), it.task, it.outcome,
-                    json.dumps(dict(it.metadata), ensure_ascii=False), it.feedback, it.feedback_comment,
-                    it.content_hash, it.status.value, it.consolidated_version,
+                    json.dumps(list(it.messages), ensure_ascii=False, allow_nan=False), it.task, it.outcome,
+                    json.dumps(dict(it.metadata), ensure_ascii=False, allow_nan=False), it.feedback,
+                    it.feedback_comment, it.content_hash, it.status.value, it.consolidated_version,
                 ),
             )
         return it.id, True
+
+    def revision(self) -> int:
+        """A number that changes whenever anything was committed to the journal since the
+        previous call, by this process or by another (SQLite's ``PRAGMA data_version``).
+
+        Caches of what recall returns (the middleware's) key on it, so they can never
+        serve memories from before a log, feedback or forget. ``data_version`` only
+        counts commits made by *other* connections, so it is read from a connection of
+        its own that never writes.
+        """
+        with self._all_lock:
+            db = getattr(self, "_revision_db", None)
+            if db is None or db not in self._all:  # first call, or reopened after close()
+                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                self._revision_db = db
+                self._all.append(db)
+            return int(db.execute("PRAGMA data_version").fetchone()[0])
 
     def set_feedback(self, id_: str, score: float, comment: str | None) -> bool:
         with self._tx() as db:

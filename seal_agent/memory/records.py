@@ -9,7 +9,18 @@ Messages are stored in one plain shape, whatever came in (LangChain messages or
 role/content dicts)::
 
     {"role": "user" | "assistant" | "system" | "tool", "content": str,
-     "tool_calls": [{"name", "args", "id"}]?, "tool_call_id": str?, "name": str?}
+     "tool_calls": [{"name", "args", "id"}]?, "tool_call_id": str?, "name": str?,
+     "attachments": [{"index", "type", ...}]?}
+
+Content given as a list of LangChain content blocks keeps its text blocks as text; a
+non-text block (image, audio, video, file...) becomes a placeholder such as
+``[image]`` in the text, and what it was (type, mime type, URL or file name, never
+inline bytes) is kept in ``attachments``. Tool-call and reasoning blocks are left out
+of the text: tool calls are kept in ``tool_calls``, and reasoning is not the exchange.
+
+Everything stored must be valid JSON and encodable as UTF-8: strings holding a lone
+surrogate (``"\\ud800"``) and NaN or infinite numbers are refused with a
+`ValidationError` naming the field, before anything is written.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import hashlib
 import itertools
 import json
 import math
+import numbers
 import os
 import threading
 import time
@@ -46,7 +58,10 @@ __all__ = [
     "utc_now",
     "validate_namespace",
     "validate_metadata",
+    "validate_min_score",
     "validate_score",
+    "validate_text",
+    "validate_thread_id",
 ]
 
 Namespace = tuple[str, ...]
@@ -194,6 +209,7 @@ def validate_namespace(namespace: Any, field_name: str = "namespace") -> Namespa
             raise ValidationError(f"{field_name}[{i}]", label, "must be a non-empty string")
         if NAMESPACE_SEP in label:
             raise ValidationError(f"{field_name}[{i}]", label, "must not contain '/'")
+        validate_text(label, f"{field_name}[{i}]")
     return tuple(namespace)
 
 
@@ -212,15 +228,165 @@ def parse_namespace(path: str, field_name: str = "namespace") -> Namespace:
 # ----------------------------------------------------------------------- messages
 
 
-def _text_of(content: Any, field_name: str) -> str:
-    """Message content as text: a string, or LangChain text blocks joined."""
+# -------------------------------------------------------------- text and JSON values
+
+
+def validate_text(value: str, field_name: str) -> str:
+    """Refuse a string that cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``).
+
+    Such strings come from bad decoding (``surrogateescape``) or broken JSON escapes;
+    SQLite, Chroma and JSON files all need UTF-8, so they would fail later with a raw
+    `UnicodeEncodeError`, possibly half-way through a write.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            field_name, value, f"is not valid Unicode text (lone surrogate {value[exc.start]!r} at index {exc.start})"
+        ) from None
+    return value
+
+
+_MAX_JSON_DEPTH = 64
+
+
+def _key_path(base: str, key: str) -> str:
+    return f"{base}.{key}" if key.isidentifier() and key.isascii() else f"{base}[{ascii(key)}]"
+
+
+def _plain_json(value: Any, where: str, depth: int = 0) -> Any:
+    """A plain copy of `value` that ``json.dumps(..., allow_nan=False)`` accepts, or a
+    `ValidationError` naming the first offending path (``metadata.scores[2]``)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(where, value, "must be a finite number (NaN and infinity are not valid JSON)")
+        return float(value)
+    if isinstance(value, str):
+        return validate_text(str.__str__(value), where)
+    if depth >= _MAX_JSON_DEPTH:
+        raise ValidationError(where, value, f"is nested deeper than {_MAX_JSON_DEPTH} levels (or is circular)")
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(where, key, "keys must be strings")
+            validate_text(key, f"{where} key {ascii(key)}")
+            out[str.__str__(key)] = _plain_json(item, _key_path(where, key), depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+    raise ValidationError(where, value, f"must be JSON-serialisable (a {type(value).__name__} is not)")
+
+
+def _json_value(value: Any, where: str) -> Any:
+    plain = _plain_json(value, where)
+    try:  # what the walk cannot see, e.g. an integer too long to print
+        json.dumps(plain, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(where, value, f"must be JSON-serialisable ({exc})") from exc
+    return plain
+
+
+# ----------------------------------------------------------------------- messages
+
+# Non-text LangChain content blocks (standard v1 blocks, OpenAI and Anthropic shapes)
+# and the placeholder that stands for them in the text.
+_PLACEHOLDERS = {
+    "image": "image", "image_url": "image", "input_image": "image",
+    "audio": "audio", "input_audio": "audio",
+    "video": "video",
+    "file": "file", "input_file": "file", "document": "file", "text-plain": "file",
+}
+# Blocks left out of the text: tool calls are kept in ``tool_calls`` already, and a
+# model's reasoning is its scratch work, not part of the exchange.
+_OMITTED = frozenset({
+    "tool_call", "tool_call_chunk", "invalid_tool_call", "tool_use", "function_call",
+    "server_tool_call", "server_tool_call_chunk", "server_tool_result",
+    "reasoning", "thinking", "redacted_thinking",
+})
+_DESCRIBED_FIELDS = ("mime_type", "media_type", "format", "filename", "name", "title", "file_id", "id")
+_MAX_DESCRIBED_CHARS = 2048
+
+
+def _describe_block(block: Mapping[str, Any], index: int, block_type: str) -> dict[str, Any]:
+    """What a non-text block was, without its bytes (an inline image would bloat the log).
+
+    Fields are looked for on the block and on the dicts the provider shapes nest them
+    in (``image_url``, ``source``, ``file``, ``input_audio``).
+    """
+    desc: dict[str, Any] = {"index": index, "type": block_type}
+    image_url = block.get("image_url")
+    if isinstance(image_url, str):  # {"type": "image_url", "image_url": "https://..."}
+        image_url = {"url": image_url}
+    holders = [block] + [h for h in (image_url, block.get("source"), block.get("file"), block.get("input_audio"))
+                         if isinstance(h, Mapping)]
+    for holder in holders:
+        for key in _DESCRIBED_FIELDS:
+            value = holder.get(key)
+            if key not in desc and isinstance(value, str) and value and len(value) <= _MAX_DESCRIBED_CHARS:
+                desc[key] = value
+        url = holder.get("url")
+        if "url" not in desc and isinstance(url, str) and url:
+            if url.startswith("data:"):  # keep the header ("data:image/png;base64"), not the bytes
+                desc["url"] = url.split(",", 1)[0][:_MAX_DESCRIBED_CHARS] + ",..."
+                desc["inline_chars"] = len(url)
+            elif len(url) <= _MAX_DESCRIBED_CHARS:
+                desc["url"] = url
+        for key in ("base64", "data", "file_data"):
+            if "inline_chars" not in desc and isinstance(holder.get(key), str):
+                desc["inline_chars"] = len(holder[key])
+    return desc
+
+
+def _text_of(content: Any, field_name: str) -> tuple[str, list[dict[str, Any]]]:
+    """Message content as text, plus descriptions of its non-text blocks.
+
+    A string is the text. A list of LangChain content blocks: text blocks are joined,
+    each non-text block adds a placeholder (``[image]``) and a description.
+    """
     if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
-        isinstance(b, str) or (isinstance(b, Mapping) and b.get("type") == "text") for b in content
-    ):
-        return "".join(b if isinstance(b, str) else str(b.get("text", "")) for b in content)
-    raise ValidationError(field_name, content, "must be a string (or a list of text blocks)")
+        return validate_text(content, field_name), []
+    if not isinstance(content, list):
+        raise ValidationError(field_name, content, "must be a string or a list of content blocks")
+    pieces: list[str] = []
+    attachments: list[dict[str, Any]] = []
+    spaced = False  # the last piece was a placeholder: the next text starts after a space
+    for j, block in enumerate(content):
+        if isinstance(block, str):
+            text = block
+        elif isinstance(block, Mapping) and isinstance(block.get("type"), str):
+            block_type = block["type"]
+            if block_type == "text":
+                text = block.get("text", "")
+                if not isinstance(text, str):
+                    raise ValidationError(f"{field_name}[{j}].text", text, "must be a string")
+            elif block_type in _OMITTED:
+                continue
+            else:
+                if not block_type or len(block_type) > 64 or not block_type.isprintable():
+                    raise ValidationError(f"{field_name}[{j}].type", block_type, "is not a content block type")
+                validate_text(block_type, f"{field_name}[{j}].type")
+                desc = _describe_block(block, j, block_type)
+                attachments.append(_json_value(desc, f"{field_name}[{j}]"))
+                label = _PLACEHOLDERS.get(block_type, block_type)
+                name = desc.get("filename") or desc.get("title")
+                placeholder = f"[{label}: {name}]" if label == "file" and name else f"[{label}]"
+                if pieces and not pieces[-1][-1:].isspace():
+                    pieces.append(" ")
+                pieces.append(placeholder)
+                spaced = True
+                continue
+        else:
+            raise ValidationError(f"{field_name}[{j}]", block, "must be a string or a content block with a 'type'")
+        if spaced and text and not text[:1].isspace():
+            pieces.append(" ")
+        pieces.append(text)
+        spaced = False
+    return validate_text("".join(pieces), field_name), attachments
 
 
 def _normalize_tool_calls(calls: Any, field_name: str) -> list[dict[str, Any]]:
@@ -228,17 +394,25 @@ def _normalize_tool_calls(calls: Any, field_name: str) -> list[dict[str, Any]]:
         raise ValidationError(field_name, calls, "must be a list of tool calls")
     out = []
     for i, call in enumerate(calls):
+        where = f"{field_name}[{i}]"
         if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
-            raise ValidationError(f"{field_name}[{i}]", call, "must be a dict with a string 'name'")
+            raise ValidationError(where, call, "must be a dict with a string 'name'")
+        validate_text(call["name"], f"{where}.name")
         args = call.get("args", call.get("arguments", {}))
         if isinstance(args, str):  # OpenAI-style JSON-encoded arguments
+            validate_text(args, f"{where}.args")
             try:
                 args = json.loads(args)
             except json.JSONDecodeError as exc:
-                raise ValidationError(f"{field_name}[{i}].args", args, "must be a JSON object") from exc
+                raise ValidationError(f"{where}.args", args, "must be a JSON object") from exc
         if not isinstance(args, Mapping):
-            raise ValidationError(f"{field_name}[{i}].args", args, "must be a dict")
-        out.append({"name": call["name"], "args": dict(args), "id": call.get("id")})
+            raise ValidationError(f"{where}.args", args, "must be a dict")
+        call_id = call.get("id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise ValidationError(f"{where}.id", call_id, "must be a string or None")
+        if call_id is not None:
+            validate_text(call_id, f"{where}.id")
+        out.append({"name": str.__str__(call["name"]), "args": _json_value(args, f"{where}.args"), "id": call_id})
     return out
 
 
@@ -263,11 +437,13 @@ def _normalize_one(message: Any, i: int, max_chars: int) -> dict[str, Any]:
     role = _ROLE_ALIASES.get(role_in) if isinstance(role_in, str) else None
     if role is None:
         raise ValidationError(f"{where}.role", role_in, f"must be one of {sorted(set(_ROLE_ALIASES))}")
-    text = _text_of(content, f"{where}.content")
+    text, attachments = _text_of(content, f"{where}.content")
     if len(text) > max_chars:
         raise ValidationError(f"{where}.content", f"<{len(text)} characters>",
                               f"is longer than memory.max_message_chars={max_chars}")
     out: dict[str, Any] = {"role": role, "content": text}
+    if attachments:
+        out["attachments"] = attachments
     if tool_calls:
         if role != "assistant":
             raise ValidationError(f"{where}.tool_calls", tool_calls, "only assistant messages carry tool calls")
@@ -275,11 +451,11 @@ def _normalize_one(message: Any, i: int, max_chars: int) -> dict[str, Any]:
     if role == "tool":
         if not isinstance(tool_call_id, str) or not tool_call_id:
             raise ValidationError(f"{where}.tool_call_id", tool_call_id, "a tool message needs its tool call's id")
-        out["tool_call_id"] = tool_call_id
+        out["tool_call_id"] = validate_text(tool_call_id, f"{where}.tool_call_id")
     if name is not None:
         if not isinstance(name, str):
             raise ValidationError(f"{where}.name", name, "must be a string")
-        out["name"] = name
+        out["name"] = validate_text(name, f"{where}.name")
     return out
 
 
@@ -340,8 +516,40 @@ def validate_score(score: Any, field_name: str = "score") -> float:
     return float(score)
 
 
+def validate_min_score(value: Any, field_name: str = "min_score") -> float | None:
+    """A recall threshold: None, or a finite number in [-1, 1] (the range of cosine similarity).
+
+    NaN would silently disable the filter (every comparison with it is false) and a
+    value above 1 would silently drop everything, so both are refused.
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or not -1.0 <= float(value) <= 1.0
+    ):
+        raise ValidationError(field_name, value, "must be a finite number in [-1, 1] (cosine similarity) or None")
+    return float(value)
+
+
+def validate_thread_id(thread_id: Any, field_name: str = "thread_id") -> str | None:
+    """A thread id: None or a non-empty string of valid Unicode."""
+    if thread_id is None:
+        return None
+    if not isinstance(thread_id, str) or not thread_id:
+        raise ValidationError(field_name, thread_id, "must be a non-empty string or None")
+    return validate_text(thread_id, field_name)
+
+
 def validate_metadata(metadata: Any) -> dict[str, Any]:
-    """Caller metadata must be a JSON-serialisable dict with string keys."""
+    """Caller metadata: a dict with string keys whose values are valid JSON.
+
+    Returns a plain copy (dicts, lists, str, int, float, bool, None). Raises a
+    `ValidationError` naming the offending key's path (``metadata.score``) for NaN or
+    infinite numbers, lone surrogates and values JSON cannot hold.
+    """
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
@@ -349,11 +557,7 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     for key in metadata:
         if not isinstance(key, str):
             raise ValidationError("metadata", key, "keys must be strings")
-    try:
-        json.dumps(metadata)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError("metadata", metadata, f"must be JSON-serialisable ({exc})") from exc
-    return dict(metadata)
+    return _json_value(metadata, "metadata")
 
 
 def utc_now() -> datetime:
