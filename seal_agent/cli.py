@@ -2,8 +2,16 @@
 
 Human-readable output by default, ``--json`` for scripts. The memory home comes from
 ``--home``, else ``$SEAL_HOME``, else ``./.seal``; ``--chroma-url`` (or
-``$SEAL_CHROMA_URL``) selects a Chroma server. Exit codes: 0 ok, 1 a seal_agent error
-(bad input, unreachable backend), 2 bad usage.
+``$SEAL_CHROMA_URL``) selects a Chroma server. These global options (and ``-v``) may be
+given before or after the subcommand: ``seal-agent --json status`` and ``seal-agent
+status --json`` are the same.
+
+Exit codes: 0 ok; 1 a seal_agent error (bad input, a home that cannot be opened, an
+unreachable backend), always one line ``error: ...`` on stderr (with ``--json``, an
+``{"error", "message"}`` object on stdout) and never a traceback; 2 bad usage (argparse's
+own errors and ours, e.g. ``memories forget`` with neither ``--namespace`` nor ``--ids``),
+with the usage on stderr. Output cut short by a closed pipe (``... | head``) ends quietly
+with status 141, like other Unix tools killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -12,14 +20,20 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from seal_agent.errors import SealAgentError, ValidationError
 
 __all__ = ["main"]
+
+
+class _UsageError(Exception):
+    """Bad usage our own checks found after argparse (exit 2, like argparse's own errors)."""
 
 
 def _memory(args: argparse.Namespace) -> Any:
@@ -54,10 +68,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     ns = parse_namespace(args.namespace, "--namespace")
     with _memory(args) as mem:
         found = mem.recall(args.query, namespace=ns, k=args.k)
-    data = [{"id": m.id, "score": round(m.score, 4), "namespace": "/".join(m.namespace),
+    # A namespace is a list in every JSON output (as in `memories list`), never a path string.
+    data = [{"id": m.id, "score": round(m.score, 4), "namespace": list(m.namespace),
              "created_at": m.created_at.isoformat(), "text": m.text, "metadata": dict(m.metadata)}
             for m in found]
-    text = "\n".join(f"{d['score']:.3f}  {d['id']}  {d['text']!r}" for d in data) or "no memories found"
+    where = "/".join(ns)
+    text = "\n".join([f"namespace {where}:"] + [f"{d['score']:.3f}  {d['id']}  {d['text']!r}" for d in data]
+                     if data else [f"no memories found in namespace {where}"])
     _emit(args, data, text)
     return 0
 
@@ -76,54 +93,50 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _read_import(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Parse and validate every line before anything is written (all or nothing)."""
-    from seal_agent.memory.records import parse_namespace, validate_namespace
+    """Parse every line of a JSONL import: ``(line number, row)``; nothing is written here.
+
+    Only the file format is checked here (JSON objects, a namespace path string turned
+    into a tuple); the fields themselves are validated by `SealMemory.log_many`, the same
+    code as `SealMemory.log`, so an import accepts exactly what `log` accepts.
+    """
+    from seal_agent.memory.records import parse_namespace
 
     if not path.is_file():
         raise ValidationError("FILE", str(path), "no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError("FILE", str(path), f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     rows = []
-    allowed = {"messages", "namespace", "thread_id", "metadata", "feedback"}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValidationError(f"line {n}", line[:60], f"is not JSON ({exc.msg})") from exc
+            raise ValidationError(f"{path}:{n}", line[:60], f"is not JSON ({exc.msg})") from exc
         if not isinstance(row, dict):
-            raise ValidationError(f"line {n}", row, "must be a JSON object")
-        extra = set(row) - allowed
-        if extra:
-            raise ValidationError(f"line {n}.{sorted(extra)[0]}", row[sorted(extra)[0]],
-                                  f"unknown field; known: {sorted(allowed)}")
-        ns = row.get("namespace", ["default"])
-        try:
-            row["namespace"] = parse_namespace(ns) if isinstance(ns, str) else validate_namespace(ns)
-        except ValidationError as exc:
-            raise ValidationError(f"line {n}.{exc.field}", exc.value, exc.reason) from exc
+            raise ValidationError(f"{path}:{n}", row, "must be a JSON object")
+        if isinstance(row.get("namespace"), str):  # the CLI's path form, "users/alice"
+            try:
+                row["namespace"] = parse_namespace(row["namespace"])
+            except ValidationError as exc:
+                raise ValidationError(f"{path}:{n}: {exc.field}", exc.value, exc.reason) from exc
         rows.append((n, row))
     return rows
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from seal_agent.memory.records import normalize_messages, validate_metadata, validate_score
-
-    rows = _read_import(Path(args.file))
+    path = Path(args.file)
+    rows = _read_import(path)
     with _memory(args) as mem:
-        mc = mem.config.memory
-        for n, row in rows:  # validate everything first: a bad line 900 must not leave 899 written
-            try:
-                normalize_messages(row.get("messages"), max_messages=mc.max_messages,
-                                   max_message_chars=mc.max_message_chars)
-                validate_metadata(row.get("metadata"))
-                if row.get("feedback") is not None:
-                    validate_score(row["feedback"], "feedback")
-            except ValidationError as exc:
-                raise ValidationError(f"line {n}.{exc.field}", exc.value, exc.reason) from exc
-        ids = [mem.log(row["messages"], namespace=row["namespace"], thread_id=row.get("thread_id"),
-                       metadata=row.get("metadata"), feedback=row.get("feedback")) for _, row in rows]
+        # One transaction, every row validated first: a bad line 900 leaves nothing written.
+        done = mem.log_many([row for _, row in rows], labels=[f"{path}:{n}" for n, _ in rows])
         mem.flush()
-    _emit(args, {"imported": len(ids), "ids": ids}, f"imported {len(ids)} interactions")
+    new = sum(1 for _, inserted in done if inserted)
+    present = len(done) - new
+    _emit(args, {"imported": new, "already_present": present, "ids": [id_ for id_, _ in done]},
+          f"imported {new} new, {present} already present")
     return 0
 
 
@@ -131,7 +144,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from seal_agent.memory.records import parse_namespace
 
     if not args.namespace and not args.ids:
-        raise ValidationError("--namespace", None, "give --namespace and/or --ids")
+        raise _UsageError("give --namespace and/or --ids")
     ns = parse_namespace(args.namespace, "--namespace") if args.namespace else None
     with _memory(args) as mem:
         n = mem.forget(namespace=ns, ids=args.ids)
@@ -199,6 +212,8 @@ def _print_report(args: argparse.Namespace, report: Any) -> None:
 def cmd_consolidate(args: argparse.Namespace) -> int:
     from seal_agent.consolidation import approve
 
+    if args.dry_run and (args.approve or args.reject):
+        raise _UsageError("--dry-run starts a new run; it cannot go with --approve/--reject")
     with _memory(args) as mem:
         if args.approve or args.reject:
             report = approve(mem, args.approve or args.reject, approve=bool(args.approve), progress=not args.json)
@@ -208,14 +223,51 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _EchoHandler(logging.Handler):
+    """Prints the scheduler's events (started, each run and its outcome, stopped) on stdout.
+
+    Why not only logging: a daemon that prints nothing without ``-v`` looks hung. One line
+    per event, timestamped; with ``--json`` one JSON object per line.
+    """
+
+    def __init__(self, as_json: bool) -> None:
+        super().__init__()
+        self.as_json = as_json
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                message += f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            when = datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="seconds")
+            if self.as_json:
+                line = json.dumps({"time": when, "level": record.levelname.lower(), "message": message})
+            else:
+                line = f"{when}  {message}"
+            print(line, flush=True)  # sys.stdout at emit time (tests capture it)
+        except Exception:  # noqa: BLE001 -- logging's contract: a handler must not raise
+            self.handleError(record)
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     from seal_agent.scheduler import run_forever
 
-    with _memory(args) as mem:
-        overrides = {k: v for k, v in {"cron": args.cron, "interval_minutes": args.interval_minutes,
-                                       "min_new_interactions": args.min_new}.items() if v is not None}
-        cfg = mem.config.with_overrides(schedule=overrides).schedule
-        return run_forever(mem, cfg)
+    logger = logging.getLogger("seal_agent.scheduler")
+    handler = _EchoHandler(args.json)
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
+    logger.propagate = False  # printed once, here, not again by -v's stderr handler
+    try:
+        with _memory(args) as mem:
+            overrides = {k: v for k, v in {"cron": args.cron, "interval_minutes": args.interval_minutes,
+                                           "min_new_interactions": args.min_new}.items() if v is not None}
+            cfg = mem.config.with_overrides(schedule=overrides).schedule
+            return run_forever(mem, cfg)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -226,110 +278,171 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_gate_report(args: argparse.Namespace) -> int:
     from seal_agent.gate.report import GateReport, render_report
+    from seal_agent.registry import AdapterRegistry
 
-    path = Path(args.home) / "gate" / "reports" / args.version
+    reports = Path(args.home) / "gate" / "reports"
+    try:  # accepts the short vNNNN form too
+        version = AdapterRegistry(Path(args.home) / "adapters").get(args.version)
+    except SealAgentError:
+        version = None
+    path = reports / (version.version if version is not None else args.version)
     if not path.is_dir():
-        from seal_agent.registry import AdapterRegistry
-
-        try:  # accept the short vNNNN form
-            path = Path(args.home) / "gate" / "reports" / AdapterRegistry(Path(args.home) / "adapters").get(
-                args.version).version
-        except SealAgentError:
-            raise ValidationError("VERSION", args.version, "has no gate report") from None
+        raise ValidationError("VERSION", args.version, "has no gate report")
+    # The gate judged the run's candidate folder; once committed, the registry version is what counts.
+    committed = version.version if version is not None and version.verdict == "committed" else None
     if args.json:
-        print(json.dumps(GateReport.load(path).to_dict(), indent=2, default=str))
+        print(json.dumps({**GateReport.load(path).to_dict(), "committed_version": committed}, indent=2, default=str))
     else:
-        print(render_report(path))
+        print(render_report(path, version=committed))
     return 0
 
 
 # ------------------------------------------------------------------------- parser
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--home``, ``--chroma-url``, ``--json``, ``-v``: on the top parser (with defaults) and
+    on every subcommand (``defaults=False``: SUPPRESS, so an option given before the
+    subcommand is not reset by the subcommand's parser when it is absent after it)."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--home", default=default(os.environ.get("SEAL_HOME", "./.seal")),
+                        help="memory home (default: $SEAL_HOME or ./.seal)")
+    parser.add_argument("--chroma-url", default=default(os.environ.get("SEAL_CHROMA_URL")),
+                        help="Chroma server, e.g. http://localhost:8000 (default: embedded)")
+    parser.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
+    parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more logging (-vv for debug)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; global options work before and after the subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     p = argparse.ArgumentParser(prog="seal-agent", description="Long-term memory for LangGraph agents.")
-    p.add_argument("--home", default=os.environ.get("SEAL_HOME", "./.seal"),
-                   help="memory home (default: $SEAL_HOME or ./.seal)")
-    p.add_argument("--chroma-url", default=os.environ.get("SEAL_CHROMA_URL"),
-                   help="Chroma server, e.g. http://localhost:8000 (default: embedded)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    _global_options(p, defaults=True)
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("status", help="counts by namespace and status, home, backend").set_defaults(fn=cmd_status)
+    def command(parent: Any, name: str, fn: Any = None, **kwargs: Any) -> argparse.ArgumentParser:
+        leaf = parent.add_parser(name, parents=[common], **kwargs)
+        if fn is not None:
+            leaf.set_defaults(fn=fn, usage_parser=leaf)
+        return leaf
 
-    mem = sub.add_parser("memories", help="search, list, import, forget episodic memories")
+    command(sub, "status", cmd_status, help="counts by namespace and status, home, backend")
+
+    mem = command(sub, "memories", help="search, list, import, forget episodic memories")
     msub = mem.add_subparsers(dest="memories_command", required=True)
-    s = msub.add_parser("search", help="recall memories for a query")
+    s = command(msub, "search", cmd_search, help="recall memories of one namespace for a query")
     s.add_argument("query")
-    s.add_argument("--namespace", default="default", help="namespace path, e.g. users/alice")
-    s.add_argument("-k", type=int, default=5)
-    s.set_defaults(fn=cmd_search)
-    ls = msub.add_parser("list", help="list interactions in logging order")
-    ls.add_argument("--namespace")
+    s.add_argument("--namespace", required=True, help="namespace path to search, e.g. users/alice (required)")
+    s.add_argument("-k", type=_positive_int, default=5, help="how many memories (default: 5)")
+    ls = command(msub, "list", cmd_list, help="list interactions in logging order")
+    ls.add_argument("--namespace", help="only this namespace path (default: all)")
     ls.add_argument("--status", choices=["new", "consolidated", "excluded"])
-    ls.add_argument("--limit", type=int)
-    ls.set_defaults(fn=cmd_list)
-    im = msub.add_parser("import", help="import interactions from JSONL (messages, namespace, thread_id, "
-                                        "metadata, feedback per line)")
+    ls.add_argument("--limit", type=_positive_int)
+    im = command(msub, "import", cmd_import, help="import interactions from JSONL (messages, namespace, "
+                                                  "thread_id, metadata, feedback per line); all or nothing")
     im.add_argument("file")
-    im.set_defaults(fn=cmd_import)
-    fg = msub.add_parser("forget", help="delete interactions")
+    fg = command(msub, "forget", cmd_forget, help="delete interactions")
     fg.add_argument("--namespace")
     fg.add_argument("--ids", nargs="+")
-    fg.set_defaults(fn=cmd_forget)
 
-    demo = sub.add_parser("demo", help="run the offline demo assistant")
+    demo = command(sub, "demo", cmd_demo, help="run the offline demo assistant")
     demo.add_argument("--demo-home", help="memory home for the demo (default: a fresh temp dir)")
     demo.add_argument("--episodic-only", action="store_true", help="skip part 2 (consolidation into weights)")
-    demo.set_defaults(fn=cmd_demo)
 
-    ad = sub.add_parser("adapters", help="list, show, roll back or export adapter versions")
+    ad = command(sub, "adapters", help="list, show, roll back or export adapter versions")
     asub = ad.add_subparsers(dest="adapters_command", required=True)
-    asub.add_parser("list", help="every version; * marks CURRENT").set_defaults(fn=cmd_adapters)
-    sh = asub.add_parser("show", help="a version's manifest")
+    command(asub, "list", cmd_adapters, help="every version; * marks CURRENT")
+    sh = command(asub, "show", cmd_adapters, help="a version's manifest")
     sh.add_argument("version")
-    sh.set_defaults(fn=cmd_adapters)
-    rb = asub.add_parser("rollback", help="make an earlier committed version CURRENT")
+    rb = command(asub, "rollback", cmd_adapters, help="make an earlier committed version CURRENT")
     rb.add_argument("version")
-    rb.set_defaults(fn=cmd_adapters)
-    ex = asub.add_parser("export", help="copy a version (a PEFT adapter folder + manifest) to DIR")
+    ex = command(asub, "export", cmd_adapters, help="copy a version (a PEFT adapter folder + manifest) to DIR")
     ex.add_argument("version")
     ex.add_argument("dest")
-    ex.set_defaults(fn=cmd_adapters)
 
-    co = sub.add_parser("consolidate", help="learn from new interactions now (self-edits, LoRA, gate)")
+    co = command(sub, "consolidate", cmd_consolidate, help="learn from new interactions now (self-edits, LoRA, gate)")
     co.add_argument("--dry-run", action="store_true", help="generate self-edits, stop before training")
-    co.add_argument("--approve", metavar="RUN", help="commit a run paused for approval")
-    co.add_argument("--reject", metavar="RUN", help="reject a run paused for approval")
-    co.set_defaults(fn=cmd_consolidate)
+    decide = co.add_mutually_exclusive_group()
+    decide.add_argument("--approve", metavar="RUN", help="commit a run paused for approval")
+    decide.add_argument("--reject", metavar="RUN", help="reject a run paused for approval")
 
-    sc = sub.add_parser("schedule", help="run consolidations on a schedule until SIGINT/SIGTERM")
+    sc = command(sub, "schedule", cmd_schedule, help="run consolidations on a schedule until SIGINT/SIGTERM; "
+                                                     "prints each run and its outcome")
     sc.add_argument("--cron", help="crontab expression, e.g. '0 3 * * *'")
-    sc.add_argument("--interval-minutes", type=float)
-    sc.add_argument("--min-new", type=int, help="run once this many new interactions wait")
-    sc.set_defaults(fn=cmd_schedule)
+    sc.add_argument("--interval-minutes", type=_positive_float)
+    sc.add_argument("--min-new", type=_positive_int, help="run once this many new interactions wait")
 
-    ch = sub.add_parser("chat", help="talk to the assistant: streamed answers, recalled memories, /commands")
+    ch = command(sub, "chat", cmd_chat, help="talk to the assistant: streamed answers, recalled memories, /commands")
     ch.add_argument("--user", help="whose memories: namespace users/NAME (default: the OS user name, or 'me')")
     ch.add_argument("--model", help="served model (default: [model] name_or_path in config.toml, else smollm2-135m)")
     ch.add_argument("--no-retrieval", action="store_true", help="start with recall off (/retrieval on|off)")
-    ch.add_argument("--schedule-every", type=float, metavar="MINUTES", help="consolidate every N minutes meanwhile")
-    ch.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: model.max_new_tokens)")
+    ch.add_argument("--schedule-every", type=_positive_float, metavar="MINUTES",
+                    help="consolidate every N minutes meanwhile")
+    ch.add_argument("--max-new-tokens", type=_positive_int, help="longest answer in tokens (default: model.max_new_tokens)")
     ch.add_argument("--system", help="system prompt ('' for none)")
-    ch.add_argument("-k", type=int, help="memories recalled per message (default: 3)")
-    ch.set_defaults(fn=cmd_chat)
+    ch.add_argument("-k", type=_positive_int, help="memories recalled per message (default: 3)")
 
-    ga = sub.add_parser("gate", help="validation gate reports")
+    ga = command(sub, "gate", help="validation gate reports")
     gsub = ga.add_subparsers(dest="gate_command", required=True)
-    gr = gsub.add_parser("report", help="print the gate report of a version")
+    gr = command(gsub, "report", cmd_gate_report, help="print the gate report of a version")
     gr.add_argument("version")
-    gr.set_defaults(fn=cmd_gate_report)
     return p
 
 
+def _exit_code(exc: SystemExit) -> int:
+    """argparse's SystemExit as a status: 0 for --help, 2 for bad usage."""
+    code = exc.code
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 2
+
+
+def _one_line_os_error(exc: OSError, home: str) -> str:
+    """An OSError (a home that cannot be created or written, ...) as one line naming the path."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return f"cannot use home {home}: {reason}"
+    where, root = Path(os.fsdecode(exc.filename)).absolute(), Path(home).absolute()
+    if where == root:
+        return f"cannot use home {home}: {reason}"
+    if root in where.parents:
+        return f"cannot use home {home}: {reason}: {exc.filename}"
+    return f"{exc.filename}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command; return the exit status (0 ok, 1 error, 2 bad usage, 141 closed pipe)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or bad usage (argparse printed the usage and the error)
+        return _exit_code(exc)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # Third-party progress bars and chatter are noise in a CLI.
@@ -339,13 +452,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     # shares the cores (torch is not imported yet: seal_agent imports it lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        return int(args.fn(args) or 0)
-    except SealAgentError as exc:
-        if args.json:
-            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return 1
+        try:
+            code = int(args.fn(args) or 0)
+        except _UsageError as exc:
+            usage = getattr(args, "usage_parser", parser)
+            usage.print_usage(sys.stderr)
+            print(f"{usage.prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except SealAgentError as exc:
+            _error(args, type(exc).__name__, str(exc))
+            return 1
+        except OSError as exc:  # e.g. a --home that cannot be created or written: one line, no traceback
+            if isinstance(exc, BrokenPipeError):
+                raise
+            _error(args, type(exc).__name__, _one_line_os_error(exc, args.home))
+            return 1
+        except sqlite3.Error as exc:  # the journal cannot be opened or written
+            _error(args, type(exc).__name__, f"home {args.home}: {exc}")
+            return 1
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`... | head`): the standard recipe from Python's signal docs --
+        # point stdout at devnull so the final flush at exit cannot fail again, and stop quietly.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout has no file descriptor (captured in tests)
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+
+
+def _error(args: argparse.Namespace, kind: str, message: str) -> None:
+    if args.json:
+        print(json.dumps({"error": kind, "message": message}))
+    else:
+        print(f"error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -334,7 +334,7 @@ class _Run:
             version = self.memory.adapters.commit(adapter_dir, self._manifest(state, state.get("scale", 1.0)),
                                                   full_candidate=state["candidate_dir"] if scaled else None)
         _extend_replay(self.memory, state["edits"], state["run_id"], self.config.consolidation.replay_buffer_size)
-        self._save_gate_report(state, version)
+        self._save_gate_report(state, version, committed=True)
         self._update_suite(state)
         return {"verdict": "committed", "version": version, "reason": None,
                 "timings": _merge(state, "timings", {"commit": time.perf_counter() - t0})}
@@ -355,13 +355,19 @@ class _Run:
         shutil.rmtree(_run_dir(self.memory, state["run_id"]) / "candidate", ignore_errors=True)
         return {}
 
-    def _save_gate_report(self, state: _State, version: str) -> None:
+    def _save_gate_report(self, state: _State, version: str, *, committed: bool = False) -> None:
         src = _run_dir(self.memory, state["run_id"]) / "gate"
         dest = self.memory.home / "gate" / "reports" / version
         if src.is_dir():
             dest.mkdir(parents=True, exist_ok=True)
             for f in src.glob("gate_report.*"):
                 shutil.copy2(f, dest / f.name)
+            if committed and (dest / "gate_report.json").is_file():
+                from seal_agent.gate.report import GateReport
+
+                # The gate wrote its summary before the commit: name the registry version, not the run's folder.
+                (dest / "gate_report.md").write_text(GateReport.load(dest).to_markdown(version=version),
+                                                     encoding="utf-8")
 
     def _update_suite(self, state: _State) -> None:
         from seal_agent.gate import Gate

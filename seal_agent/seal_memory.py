@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,6 +217,27 @@ class SealMemory:
                 NaN, values JSON cannot hold), naming the field; nothing is written.
         """
         self._check_open()
+        interaction = self._new_interaction(messages, namespace=namespace, thread_id=thread_id,
+                                            metadata=metadata, feedback=feedback)
+        id_, inserted = self._journal.insert(interaction)
+        if inserted:
+            self._worker.notify()
+        return id_
+
+    def _new_interaction(
+        self,
+        messages: Any,
+        *,
+        namespace: Any = DEFAULT_NAMESPACE,
+        thread_id: Any = None,
+        metadata: Any = None,
+        feedback: Any = None,
+    ) -> Interaction:
+        """Validate one exchange and build its record; writes nothing.
+
+        The single place where `log` and `log_many` check their input, so an import
+        accepts exactly what `log` accepts.
+        """
         mc = self.config.memory
         msgs = normalize_messages(messages, max_messages=mc.max_messages, max_message_chars=mc.max_message_chars)
         ns = validate_namespace(namespace)
@@ -224,15 +245,59 @@ class SealMemory:
         md = validate_metadata(metadata)
         score = None if feedback is None else validate_score(feedback, "feedback")
         task, outcome = task_and_outcome(msgs)
-        interaction = Interaction(
+        return Interaction(
             id=new_interaction_id(), namespace=ns, thread_id=thread_id, created_at=utc_now(),
             messages=tuple(msgs), task=task, outcome=outcome, metadata=md, feedback=score,
             content_hash=content_hash(msgs),
         )
-        id_, inserted = self._journal.insert(interaction)
-        if inserted:
+
+    def log_many(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        labels: Sequence[str] | None = None,
+    ) -> list[tuple[str, bool]]:
+        """Record several exchanges in one fsync'd transaction: all of them or none.
+
+        Every row is validated exactly as `log` validates its arguments before anything
+        is written, so a bad row 900 leaves nothing behind (what ``seal-agent memories
+        import`` needs).
+
+        Args:
+            rows: One mapping of `log`'s arguments per exchange: ``messages`` and
+                optionally ``namespace``, ``thread_id``, ``metadata``, ``feedback``.
+            labels: How errors name each row (e.g. ``"in.jsonl:3"``); default ``rows[i]``.
+
+        Returns:
+            ``(id, inserted)`` per row; ``inserted`` is False for an exchange already
+            stored (its existing id is returned), like `log`'s de-duplication.
+
+        Raises:
+            ValidationError: A bad row; the field names the row, e.g.
+                ``in.jsonl:3: thread_id``. Nothing is written.
+        """
+        self._check_open()
+        allowed = {"messages", "namespace", "thread_id", "metadata", "feedback"}
+        items = []
+        for i, row in enumerate(rows):
+            label = labels[i] if labels is not None else f"rows[{i}]"
+            try:
+                if not isinstance(row, Mapping):
+                    raise ValidationError("row", row, f"must be a mapping of {sorted(allowed)}")
+                extra = sorted(set(row) - allowed)
+                if extra:
+                    raise ValidationError(str(extra[0]), row[extra[0]], f"unknown field; known: {sorted(allowed)}")
+                if "messages" not in row:
+                    raise ValidationError("messages", None, "is required")
+                items.append(self._new_interaction(
+                    row["messages"], namespace=row.get("namespace", DEFAULT_NAMESPACE),
+                    thread_id=row.get("thread_id"), metadata=row.get("metadata"), feedback=row.get("feedback")))
+            except ValidationError as exc:
+                raise ValidationError(f"{label}: {exc.field}", exc.value, exc.reason) from exc
+        done = self._journal.insert_many(items)
+        if any(inserted for _, inserted in done):
             self._worker.notify()
-        return id_
+        return done
 
     async def alog(self, messages: Sequence[Any], **kwargs: Any) -> str:
         """Async `log` (the fsync runs in a thread so the event loop is not blocked)."""

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from seal_agent.cli import main
+from seal_agent import SealMemory
+from seal_agent.cli import build_parser, main
+from seal_agent.errors import ValidationError
 
 
 def run(capsys: pytest.CaptureFixture[str], home: Path, *argv: str) -> tuple[int, str, str]:
@@ -34,12 +44,12 @@ ROWS = [
 def test_import_search_status_forget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "home"
     code, out, _ = run(capsys, home, "memories", "import", str(write_jsonl(tmp_path / "in.jsonl", ROWS)))
-    assert code == 0 and "imported 3" in out
+    assert code == 0 and "imported 3 new, 0 already present" in out
 
     code, out, _ = run(capsys, home, "--json", "memories", "search", "favourite food", "--namespace", "users/ann")
     hits = json.loads(out)
     assert code == 0 and hits[0]["text"].startswith("User: I love sushi")
-    assert {h["namespace"] for h in hits} == {"users/ann"}  # never bob's pizza
+    assert {tuple(h["namespace"]) for h in hits} == {("users", "ann")}  # never bob's pizza
     assert hits[0]["metadata"]["feedback"] == 0.5 and hits[0]["metadata"]["src"] == "import"
 
     code, out, _ = run(capsys, home, "--json", "status")
@@ -57,11 +67,11 @@ def test_import_search_status_forget(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     ("bad_line", "expected"),
     [
-        ({"messages": [{"role": "wizard", "content": "x"}]}, "line 2.messages[0].role='wizard'"),
-        ({"messages": []}, "line 2.messages=[]"),
-        ({"messages": ROWS[0]["messages"], "namespace": "a//b"}, "line 2.namespace"),
-        ({"messages": ROWS[0]["messages"], "feedback": 3}, "line 2.feedback=3"),
-        ({"messages": ROWS[0]["messages"], "colour": "red"}, "line 2.colour"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "bad.jsonl:2: messages[0].role='wizard'"),
+        ({"messages": []}, "bad.jsonl:2: messages=[]"),
+        ({"messages": ROWS[0]["messages"], "namespace": "a//b"}, "bad.jsonl:2: namespace[1]=''"),
+        ({"messages": ROWS[0]["messages"], "feedback": 3}, "bad.jsonl:2: feedback=3"),
+        ({"messages": ROWS[0]["messages"], "colour": "red"}, "bad.jsonl:2: colour='red'"),
     ],
 )
 def test_import_is_all_or_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str], bad_line: dict,
@@ -77,7 +87,7 @@ def test_import_is_all_or_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_import_not_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "x.jsonl").write_text("{nope\n")
     code, _, err = run(capsys, tmp_path / "h", "memories", "import", str(tmp_path / "x.jsonl"))
-    assert code == 1 and "line 1" in err and "not JSON" in err
+    assert code == 1 and "x.jsonl:1=" in err and "not JSON" in err
     code, _, err = run(capsys, tmp_path / "h", "memories", "import", str(tmp_path / "missing.jsonl"))
     assert code == 1 and "no such file" in err
 
@@ -119,3 +129,174 @@ def test_adapters_list_shows_unverified_and_the_full_candidate(tmp_path: Path,
     assert code == 0 and "UNVERIFIED" in lines[0] and "UNVERIFIED" not in lines[1] + lines[2]
     assert f"full candidate of {v3}" in lines[1] and f"full candidate: {v2}" in lines[2]
     assert lines[2].startswith(f"* {v3}")
+
+
+# ------------------------------------------------------------------ issue 9, item 13
+
+
+def test_item13_bad_thread_id_on_line_3_writes_nothing_and_names_file_line_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    bad = {"messages": ROWS[2]["messages"], "namespace": "users/bob", "thread_id": 7}
+    path = write_jsonl(tmp_path / "in.jsonl", [ROWS[0], ROWS[1], bad])
+    code, _, err = run(capsys, home, "memories", "import", str(path))
+    assert code == 1 and f"{path}:3: thread_id=7: must be a non-empty string" in err
+    code, out, _ = run(capsys, home, "--json", "memories", "list")
+    assert code == 0 and json.loads(out) == []  # lines 1-2 were not written either
+
+
+def test_item13_reimport_says_how_many_were_new(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    path = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
+    code, out, _ = run(capsys, home, "--json", "memories", "import", str(path))
+    first = json.loads(out)
+    assert code == 0 and (first["imported"], first["already_present"]) == (2, 0)
+    code, out, _ = run(capsys, home, "memories", "import", str(path))
+    assert code == 0 and "imported 0 new, 2 already present" in out
+    code, out, _ = run(capsys, home, "--json", "memories", "import", str(path))
+    again = json.loads(out)
+    assert (again["imported"], again["already_present"]) == (0, 2) and again["ids"] == first["ids"]
+
+
+def test_item13_log_many_is_one_transaction(mem: SealMemory) -> None:
+    """A failure while writing row 2 (here a clashing id) leaves row 1 unwritten too."""
+    ok = mem._new_interaction(ROWS[0]["messages"], namespace=("users", "ann"))
+    clash = dataclasses.replace(mem._new_interaction(ROWS[1]["messages"]), id=ok.id)
+    with pytest.raises(sqlite3.IntegrityError):
+        mem._journal.insert_many([ok, clash])
+    assert mem.list() == []
+    with pytest.raises(ValidationError) as err:
+        mem.log_many([{"messages": ROWS[0]["messages"]}, {"messages": ROWS[1]["messages"], "thread_id": ""}])
+    assert err.value.field == "rows[1]: thread_id" and mem.list() == []
+    assert [inserted for _, inserted in mem.log_many([ROWS[1], ROWS[1]])] == [True, False]
+    assert len(mem.list()) == 1
+
+
+# ------------------------------------------------------------------ issue 9, item 19
+
+
+def test_item19_global_options_work_after_the_subcommand(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    code = main(["status", "--json", "--home", str(home)])
+    st = json.loads(capsys.readouterr().out)
+    assert code == 0 and st["interactions"] == 0 and Path(st["home"]).resolve() == home.resolve()
+    parser = build_parser()
+    args = parser.parse_args(["--home", "A", "memories", "search", "q", "--namespace", "n", "--json", "-v",
+                              "--chroma-url", "http://x:1"])
+    assert (args.home, args.json, args.verbose, args.chroma_url) == ("A", True, 1, "http://x:1")
+    args = parser.parse_args(["--json", "--home", "A", "adapters", "list"])  # before: not reset by the subcommand
+    assert (args.home, args.json) == ("A", True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required: command"),
+        (["memories", "forget"], "give --namespace and/or --ids"),
+        (["memories", "search", "food"], "required: --namespace"),  # never silently `default`
+        (["memories", "search", "food", "--namespace", "a", "-k", "0"], "-k: must be at least 1"),
+        (["consolidate", "--approve", "r1", "--reject", "r1"], "not allowed with"),
+        (["consolidate", "--dry-run", "--approve", "r1"], "--dry-run"),
+        (["schedule", "--interval-minutes", "-1"], "must be a positive number"),
+    ],
+)
+def test_item19_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                    message: str) -> None:
+    code, out, err = run(capsys, tmp_path / "home", *argv)
+    assert code == 2 and message in err and "usage: seal-agent" in err and out == ""
+
+
+def test_item19_unwritable_home_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    home = tmp_path / "file" / "home"  # cannot be created, even by root
+    for argv in (["status"], ["adapters", "list"]):
+        code, out, err = run(capsys, home, *argv)
+        assert code == 1 and out == "" and err.count("\n") == 1 and err.startswith("error: ")
+        assert str(home) in err and "Not a directory" in err
+    code, out, _ = run(capsys, home, "--json", "status")
+    assert code == 1 and str(home) in json.loads(out)["message"]
+
+
+def test_item19_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`seal-agent --json ... | head`: a reader that went away is no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    proc = subprocess.run([sys.executable, "-m", "seal_agent.cli", "--home", str(tmp_path / "h"), "--json",
+                           "adapters", "list"], stdout=write_end, stderr=subprocess.PIPE, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    os.close(write_end)
+    err = proc.stderr.decode()
+    assert proc.returncode == 141 and "BrokenPipe" not in err and "Traceback" not in err, err
+
+
+def test_item19_search_and_list_namespaces_are_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    assert run(capsys, home, "memories", "import", str(write_jsonl(tmp_path / "in.jsonl", ROWS[:1])))[0] == 0
+    _, out, _ = run(capsys, home, "--json", "memories", "search", "sushi", "--namespace", "users/ann")
+    _, listed, _ = run(capsys, home, "memories", "list", "--json")
+    assert json.loads(out)[0]["namespace"] == json.loads(listed)[0]["namespace"] == ["users", "ann"]
+    _, text, _ = run(capsys, home, "memories", "search", "sushi", "--namespace", "users/ann")
+    assert text.startswith("namespace users/ann:")  # says which namespace it searched
+    _, text, _ = run(capsys, home, "memories", "search", "sushi", "--namespace", "users/bob")
+    assert text.strip() == "no memories found in namespace users/bob"
+
+
+def test_item19_schedule_prints_what_it_does_without_v(tmp_path: Path) -> None:
+    """Started, each run's outcome, stopped: on stdout, with no -v."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seal_agent.cli", "--home", str(tmp_path / "h"), "schedule", "--interval-minutes",
+         "0.02"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("finished" in line for line in lines) and time.monotonic() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    text = "".join(lines)
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    assert "consolidation scheduler started" in text and "interval next at" in text
+    assert "consolidation (interval trigger) finished: verdict=skipped" in text and "nothing new" in text
+    assert "stopped" in text.splitlines()[-1]
+
+
+def test_item19_gate_report_names_the_registry_version(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from seal_agent.gate.report import GateReport
+    from seal_agent.registry import AdapterRegistry
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    candidate = tmp_path / "home" / "runs" / "r1" / "candidate"
+    get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, target_modules="all-linear")).save_pretrained(
+        str(candidate))
+    home = tmp_path / "home"
+    version = AdapterRegistry(home / "adapters").commit(candidate, {})
+    report = GateReport(passed=True, adapter_dir=candidate, scale=0.5)
+    report.save(home / "gate" / "reports" / version)
+    assert f"adapter to commit: `{candidate}`" in report.to_markdown()  # before the commit: the candidate
+
+    code, out, _ = run(capsys, home, "gate", "report", version.split("-")[0])
+    assert code == 0 and f"adapter committed: version `{version}` (scale 0.5)" in out and str(candidate) not in out
+    code, out, _ = run(capsys, home, "gate", "report", version, "--json")
+    assert code == 0 and json.loads(out)["committed_version"] == version

@@ -144,13 +144,21 @@ class GateReport:
             raise ValidationError("report", str(path), f"cannot be read: {exc}") from exc
         return cls.from_dict(data)
 
-    def to_markdown(self, *, top: int = 10) -> str:
-        """The Markdown summary: verdict, reasons, metrics, most changed items."""
+    def to_markdown(self, *, top: int = 10, version: str | None = None) -> str:
+        """The Markdown summary: verdict, reasons, metrics, most changed items.
+
+        Args:
+            top: How many most-changed items to list.
+            version: The registry version the adapter was committed as; without it the
+                report can only name the run's candidate folder, which is deleted after
+                the commit, so the line says "to commit" instead.
+        """
         m = self.metrics
         lines = [f"# Gate report: {self.verdict.upper()}", ""]
         lines.append(f"- scorer: `{self.scorer}`, lineage: `{self.lineage}`, at {self.created_at or '-'}")
         if self.adapter_dir is not None:
-            lines.append(f"- adapter committed: `{self.adapter_dir}` (scale {self.scale:g})")
+            lines.append(f"- adapter committed: version `{version}` (scale {self.scale:g})" if version else
+                         f"- adapter to commit: `{self.adapter_dir}` (scale {self.scale:g})")
         if self.unverified:
             lines.append("- **UNVERIFIED**: nothing to judge this update on (gate.allow_unverified)")
         lines += ["", "## Reasons", ""]
@@ -228,14 +236,16 @@ class GateReport:
         return out
 
 
-def render_report(path: str | os.PathLike[str]) -> str:
+def render_report(path: str | os.PathLike[str], *, version: str | None = None) -> str:
     """The Markdown summary of the report saved in `path` (a folder or the JSON file).
+
+    `version`: the registry version the adapter was committed as (see `GateReport.to_markdown`).
 
     Raises:
         ValidationError: No readable gate report there.
     """
     report = GateReport.load(path)
-    text = report.to_markdown()
+    text = report.to_markdown(version=version)
     png = (Path(path) if Path(path).is_dir() else Path(path).parent) / PNG_NAME
     if png.is_file():
         text += f"\nPlot: {png}\n"

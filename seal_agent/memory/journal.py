@@ -214,6 +214,50 @@ class Journal:
                 self._all.append(db)
             return int(db.execute("PRAGMA data_version").fetchone()[0])
 
+    def insert_many(self, items: Sequence[Interaction]) -> list[tuple[str, bool]]:
+        """Store several interactions in ONE transaction (all or none); ``(id, inserted)`` each.
+
+        Why a separate method rather than a loop over `insert`: a bulk import must not
+        leave its first rows written when a later one fails (disk full, a crash), and one
+        fsync'd commit is also much faster than one per row. Each item is handled exactly
+        like `insert` handles it (keep the two in step): a duplicate -- of a stored row or
+        of an earlier item in `items` -- is merged into the stored row and returns its id
+        with ``inserted=False``.
+        """
+        out: list[tuple[str, bool]] = []
+        with self._tx() as db:
+            for it in items:
+                ns = join_namespace(it.namespace)
+                thread_key = it.thread_id or ""
+                row = db.execute(
+                    "SELECT id, metadata FROM interactions WHERE namespace=? AND thread_key=? AND content_hash=?",
+                    (ns, thread_key, it.content_hash),
+                ).fetchone()
+                if row is not None:
+                    id_, stored = row
+                    if it.metadata:
+                        merged = {**json.loads(stored), **dict(it.metadata)}
+                        db.execute("UPDATE interactions SET metadata=? WHERE id=?",
+                                   (json.dumps(merged, ensure_ascii=False, allow_nan=False), id_))
+                    if it.feedback is not None:
+                        db.execute("UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=?",
+                                   (it.feedback, it.feedback_comment, id_))
+                    out.append((id_, False))
+                    continue
+                db.execute(
+                    "INSERT INTO interactions (id, namespace, thread_id, thread_key, created_at, messages, task,"
+                    " outcome, metadata, feedback, feedback_comment, content_hash, status, consolidated_version)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        it.id, ns, it.thread_id, thread_key, iso(it.created_at),
+                        json.dumps(list(it.messages), ensure_ascii=False, allow_nan=False), it.task, it.outcome,
+                        json.dumps(dict(it.metadata), ensure_ascii=False, allow_nan=False), it.feedback,
+                        it.feedback_comment, it.content_hash, it.status.value, it.consolidated_version,
+                    ),
+                )
+                out.append((it.id, True))
+        return out
+
     def set_feedback(self, id_: str, score: float, comment: str | None) -> bool:
         with self._tx() as db:
             cur = db.execute(
