@@ -300,3 +300,19 @@ def test_item19_gate_report_names_the_registry_version(tmp_path: Path,
     assert code == 0 and f"adapter committed: version `{version}` (scale 0.5)" in out and str(candidate) not in out
     code, out, _ = run(capsys, home, "gate", "report", version, "--json")
     assert code == 0 and json.loads(out)["committed_version"] == version
+
+
+def test_item19_stored_gate_report_of_a_committed_run_names_the_version(mem: SealMemory) -> None:
+    """The gate writes gate_report.md before the commit; the copy stored with the version is rewritten."""
+    from seal_agent.consolidation import _Run, _run_dir
+    from seal_agent.gate.report import GateReport
+
+    candidate = _run_dir(mem, "r1") / "candidate"
+    GateReport(passed=True, adapter_dir=candidate).save(_run_dir(mem, "r1") / "gate")
+    run_ = _Run(mem, mem.config, teacher=None, cancel_event=None, progress=False)
+    run_._save_gate_report({"run_id": "r1"}, "v0007-abc", committed=True)
+    run_._save_gate_report({"run_id": "r1"}, "v0008-def")  # e.g. approved by the gate, rejected by a person
+    reports = mem.home / "gate" / "reports"
+    committed = (reports / "v0007-abc" / "gate_report.md").read_text()
+    assert "adapter committed: version `v0007-abc` (scale 1)" in committed and str(candidate) not in committed
+    assert "adapter to commit:" in (reports / "v0008-def" / "gate_report.md").read_text()
