@@ -169,13 +169,17 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     reg = AdapterRegistry(Path(args.home) / "adapters")
     action = args.adapters_command
     if action == "list":
-        versions = reg.list()
+        versions = reg.list(verify=True)  # weights checked against the size and sha256 committed
+        serving = reg.serving()
         data = [{"version": v.version, "verdict": v.verdict, "current": v.is_current, "parent": v.parent,
                  "created_at": v.created_at, "scale": v.scale, "unverified": v.unverified,
-                 "full_candidate": v.full_candidate, "full_candidate_of": v.full_candidate_of} for v in versions]
+                 "full_candidate": v.full_candidate, "full_candidate_of": v.full_candidate_of,
+                 "problem": v.problem, "serving": v.version == serving.version} for v in versions]
 
         def flags(d: dict[str, Any]) -> str:
-            out = ["  UNVERIFIED"] if d["unverified"] else []
+            out = [f"  BROKEN: {d['problem']}"] if d["problem"] else []
+            if d["unverified"]:
+                out.append("  UNVERIFIED")
             if d["full_candidate"]:
                 out.append(f"  full candidate: {d['full_candidate']}")
             if d["full_candidate_of"]:
@@ -212,6 +216,9 @@ def _print_report(args: argparse.Namespace, report: Any) -> None:
 def cmd_consolidate(args: argparse.Namespace) -> int:
     from seal_agent.consolidation import approve
 
+        if serving.problem:
+            text += (f"\nCURRENT ({serving.current or 'unreadable'}) cannot be served: {serving.problem}\n"
+                     f"a chat model serves {serving.version or 'the base model'} instead")
     if args.dry_run and (args.approve or args.reject):
         raise _UsageError("--dry-run starts a new run; it cannot go with --approve/--reject")
     with _memory(args) as mem:

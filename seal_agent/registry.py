@@ -24,6 +24,14 @@ may outlive it.
 A manifest says ``"unverified": true`` when the adapter was committed with nothing to
 judge it on (the gate's report says so, or the caller did).
 
+Damaged versions: a manifest (format 2) records the size and sha256 of the weights file
+(``"weights"``), so a version whose ``adapter_model.safetensors`` was deleted, cut short
+or altered is detected (`AdapterRegistry.verify`; ``seal-agent adapters list`` shows it
+as BROKEN). Manifests of format 1 carry no digest: their weights are checked against the
+safetensors header (missing or cut-short files are still caught). Serving follows
+`AdapterRegistry.serving`: CURRENT when it is intact, else the newest intact committed
+version in its lineage (or the base model), with a warning saying so.
+
 Crash safety of `AdapterRegistry.commit` (``kill -9`` at any instant):
 
 1. the adapter is copied into ``.tmp-<version>/`` with its manifest, and fsync'd;
@@ -43,17 +51,21 @@ names a complete version.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import struct
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from filelock import FileLock, Timeout
 
@@ -69,15 +81,20 @@ __all__ = [
     "MANIFEST_FORMAT_VERSION",
     "AdapterRegistry",
     "AdapterVersion",
+    "Serving",
+    "check_weights",
     "validate_adapter_dir",
+    "weights_digest",
 ]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILENAME = "manifest.json"
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 2
+"""2: the manifest records the weights' size and sha256 (``"weights"``); 1 did not (still read)."""
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 """Files every version must hold (besides ``manifest.json``)."""
+WEIGHTS_FILENAME = "adapter_model.safetensors"
 
 Verdict = Literal["committed", "rejected", "staged"]
 
@@ -127,6 +144,10 @@ class AdapterVersion:
     manifest: dict[str, Any]
     verdict: Verdict
     is_current: bool = False
+    problem: str | None = None
+    """What is wrong with its files (missing, cut-short or altered weights); None when
+    they are intact or were not checked (`AdapterRegistry.list` with ``verify=True``
+    checks them)."""
 
     @property
     def parent(self) -> str | None:
@@ -165,6 +186,22 @@ class AdapterVersion:
         return self.manifest.get("full_candidate_of")
 
 
+class Serving(NamedTuple):
+    """What a served model should load, from `AdapterRegistry.serving`.
+
+    Attributes:
+        version: The version to serve; None for the base model.
+        current: What CURRENT names (None before the first commit or when CURRENT is
+            unreadable).
+        problem: Why `version` is not CURRENT (CURRENT's weights are damaged, or CURRENT
+            itself is); None when CURRENT is served.
+    """
+
+    version: str | None
+    current: str | None
+    problem: str | None
+
+
 class AdapterRegistry:
     """Versioned LoRA adapters under one folder, with an atomically replaced CURRENT.
 
@@ -201,12 +238,16 @@ class AdapterRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep_staged = keep_staged
         self._base_hash = base_model_hash
+        self._warned: set[tuple[Any, ...]] = set()  # `serving` fallbacks already logged
+        self._warn_lock = threading.Lock()
         self._lock = FileLock(str(self.root / _LOCK), timeout=lock_timeout)
         try:  # repair only when no other process is mid-commit
             with self._lock.acquire(timeout=0):
                 self._recover()
         except Timeout:
             logger.debug("registry %s is locked by another process; skipping recovery", self.root)
+        except OSError as exc:  # a read-only home: nothing to repair from here, reading still works
+            logger.debug("registry %s: cannot take the lock (%s); skipping recovery", self.root, exc)
 
     def __repr__(self) -> str:
         return f"AdapterRegistry({str(self.root)!r}, current={self.current!r})"
@@ -215,16 +256,39 @@ class AdapterRegistry:
 
     @property
     def current(self) -> str | None:
-        """The serving version's name, or None before the first commit."""
+        """The serving version's name, or None before the first commit.
+
+        Raises:
+            RegistryError: CURRENT is unreadable or garbage, or names no complete version;
+                the message names the file and how to set it again.
+        """
+        path = self.root / _CURRENT
         try:
-            name = (self.root / _CURRENT).read_text(encoding="utf-8").strip()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
-        if not name:
+        except OSError as exc:
+            raise RegistryError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            name = None
+        if name == "":
             return None
+        if name is None or not _VERSION_RE.match(name):
+            raise RegistryError(f"{path} is damaged: it holds {raw[:40]!r}, not a version name. Set it again "
+                                "with `seal-agent adapters rollback <version>` (versions: `seal-agent adapters "
+                                "list`); until then the newest intact committed version is served")
         if not (self.root / name / MANIFEST_FILENAME).is_file():
             raise RegistryError(f"CURRENT names {name!r}, which is not a complete version in {self.root}")
         return name
+
+    def _current_or_none(self) -> str | None:
+        """CURRENT, or None when it is damaged (so that `list`, `get` and `rollback` still work)."""
+        try:
+            return self.current
+        except RegistryError:
+            return None
 
     @property
     def base_model_hash(self) -> str | None:
@@ -234,10 +298,18 @@ class AdapterRegistry:
         cur = self.current
         return self.get(cur).base_model_hash if cur else None
 
-    def list(self) -> list[AdapterVersion]:
-        """Every stored version, committed and staged, oldest first."""
-        cur = self.current
-        return [self._read(name, cur) for name in self._version_names()]
+    def list(self, *, verify: bool = False) -> list[AdapterVersion]:
+        """Every stored version, committed and staged, oldest first.
+
+        Args:
+            verify: Also check each version's files (sets `AdapterVersion.problem`); reads
+                every weights file once per change (digests are cached by size and mtime).
+        """
+        cur = self._current_or_none()
+        out = [self._read(name, cur) for name in self._version_names()]
+        if verify:
+            out = [dataclasses.replace(v, problem=check_weights(v.path, v.manifest)) for v in out]
+        return out
 
     def get(self, version: str) -> AdapterVersion:
         """One version, by full name or by its ``vNNNN`` prefix.
@@ -245,7 +317,66 @@ class AdapterRegistry:
         Raises:
             NotFoundError: No such version.
         """
-        return self._read(self._resolve(version), self.current)
+        return self._read(self._resolve(version), self._current_or_none())
+
+    def verify(self, version: str) -> str | None:
+        """What is wrong with a version's files, or None when they are intact.
+
+        Checks that the adapter files exist and that the weights have the size and
+        sha256 the manifest recorded at commit (format-1 manifests: that the file holds
+        all the data its safetensors header announces).
+
+        Raises:
+            NotFoundError: No such version.
+        """
+        v = self.get(version)
+        return check_weights(v.path, v.manifest)
+
+    def serving(self) -> Serving:
+        """The version a model should serve: CURRENT if its files are intact, else the
+        newest intact committed version in CURRENT's lineage (its parents), else the base
+        model -- with a warning, logged once per CURRENT and problem.
+
+        `SealMemory.chat_model` follows this before every request (cheap: a stat per
+        version; a weights file is hashed again only when it changed).
+        """
+        try:
+            cur = self.current
+        except RegistryError as exc:  # CURRENT itself is garbage: take the newest intact committed
+            candidates = list(reversed(self._version_names()))
+            problem, cur = str(exc), None
+        else:
+            if cur is None:
+                return Serving(None, None, None)
+            problem = self.verify(cur)
+            if problem is None:
+                return Serving(cur, cur, None)
+            candidates = []
+            seen = {cur}
+            parent = self.get(cur).parent
+            while parent and parent not in seen:  # the lineage, newest first
+                seen.add(parent)
+                candidates.append(parent)
+                try:
+                    parent = self.get(parent).parent
+                except NotFoundError:
+                    break
+        fallback = None
+        for name in candidates:
+            try:
+                v = self.get(name)
+            except NotFoundError:
+                continue
+            if v.verdict == "committed" and check_weights(v.path, v.manifest) is None:
+                fallback = v.version
+                break
+        key = (cur, problem, fallback)
+        with self._warn_lock:
+            if key not in self._warned:
+                self._warned.add(key)
+                logger.warning("adapter %s cannot be served (%s); serving %s instead", cur or "CURRENT", problem,
+                               fallback or "the base model")
+        return Serving(fallback, cur, problem)
 
     def check_compatible(self, version: str, base_model_hash: str | None) -> None:
         """Refuse to serve ``version`` on a base model with another hash.
@@ -322,13 +453,17 @@ class AdapterRegistry:
         Raises:
             NotFoundError: No such version.
             RegistryError: The version was never committed (staged or rejected).
-            AdapterError: It was trained on another base model than the registry's.
+            AdapterError: It was trained on another base model than the registry's, or
+                its weights are missing or damaged.
         """
         with self._locked():
             v = self.get(version)
             if v.verdict != "committed":
                 raise RegistryError(f"cannot roll back to {v.version}: its verdict is {v.verdict!r}, "
                                     "only committed versions can be served")
+            problem = check_weights(v.path, v.manifest)
+            if problem is not None:
+                raise AdapterError(f"cannot roll back to {v.version}: {problem}")
             if self._base_hash is not None:
                 self.check_compatible(v.version, self._base_hash)
             self._write_current(v.version)
@@ -392,6 +527,8 @@ class AdapterRegistry:
                     tmp = self.root / f"{_TMP_PREFIX}{vname}"
                     tmps.append(tmp)
                     shutil.copytree(folder, tmp)
+                    # digest of the stored copy: what `verify` and serving compare against
+                    body = {**body, "weights": weights_digest(tmp)}
                     _write_file(tmp / MANIFEST_FILENAME, json.dumps(body, indent=2, sort_keys=True) + "\n")
                     _fsync_tree(tmp)
             except BaseException:
@@ -493,7 +630,7 @@ class AdapterRegistry:
         if pending.exists():
             names = pending.read_text(encoding="utf-8").split()  # the committed version first
             try:
-                current = (self.root / _CURRENT).read_text(encoding="utf-8").strip()
+                current = (self.root / _CURRENT).read_bytes().decode("utf-8", errors="replace").strip()
             except FileNotFoundError:
                 current = None
             if names and names[0] != current:
@@ -558,6 +695,86 @@ def validate_adapter_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not any("lora_" in k for k in keys):
         raise AdapterError(f"{p / 'adapter_model.safetensors'} holds no LoRA weights")
     return cfg
+
+
+_digests: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> sha256
+_digests_lock = threading.Lock()
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file, cached while its size, mtime and inode stay the same."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    with _digests_lock:
+        hit = _digests.get(key)
+    if hit is not None:
+        return hit
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    with _digests_lock:
+        if len(_digests) > 4096:
+            _digests.clear()
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def weights_digest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"file", "size", "sha256"}`` of an adapter folder's weights, as a manifest records them."""
+    path = Path(folder) / WEIGHTS_FILENAME
+    return {"file": WEIGHTS_FILENAME, "size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def check_weights(folder: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> str | None:
+    """What is wrong with an adapter folder's files, or None when they look intact.
+
+    With a manifest that records the weights' digest (format 2), the size and sha256
+    must match. Otherwise (format 1, or a bare PEFT folder) the safetensors header must
+    be readable and the file must hold all the data it announces -- cheap, and enough
+    to catch a deleted or cut-short file.
+
+    Args:
+        folder: The adapter folder.
+        manifest: Its parsed ``manifest.json``, if any.
+    """
+    p = Path(folder)
+    for name in ADAPTER_FILES:
+        if not (p / name).is_file():
+            return f"{p / name} is missing"
+    weights = p / WEIGHTS_FILENAME
+    record = (manifest or {}).get("weights")
+    try:
+        size = weights.stat().st_size
+        if isinstance(record, Mapping) and isinstance(record.get("sha256"), str):
+            if size != record.get("size"):
+                return (f"{weights} has {size} bytes, but {record.get('size')} were committed "
+                        "(cut short or replaced)")
+            if _sha256(weights) != record["sha256"]:
+                return f"{weights} does not match the sha256 recorded at commit (damaged or replaced)"
+            return None
+        return _safetensors_problem(weights, size)
+    except OSError as exc:
+        return f"cannot read {weights}: {exc.strerror or exc}"
+
+
+def _safetensors_problem(path: Path, size: int) -> str | None:
+    """A cut-short or garbage safetensors file, from its header alone (no tensor is read)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{path} is cut short ({size} bytes)"
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000 or 8 + n > size:
+            return f"{path} is cut short or not a safetensors file ({size} bytes; header of {n} bytes)"
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{path} is not a safetensors file (unreadable header)"
+    if 8 + n + end > size:
+        return f"{path} is cut short ({size} bytes of the {8 + n + end} its header announces)"
+    return None
 
 
 def _check_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any]:

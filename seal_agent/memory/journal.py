@@ -20,19 +20,25 @@ Columns worth knowing:
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import stat
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from seal_agent.errors import StorageError
 from seal_agent.memory.records import Interaction, InteractionStatus, Namespace, iso, join_namespace, utc_now
 
 __all__ = ["Journal", "JOURNAL_FORMAT_VERSION"]
 
 JOURNAL_FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,6 +79,139 @@ _COLUMNS = (
 
 
 def _row_to_interaction(row: Sequence[Any]) -> Interaction:
+# SQLite primary result codes that mean the file or its disk is at fault, not the caller.
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT = 3, 8, 10, 11
+_SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 13, 14, 26
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _damaged(path: Path, what: str) -> StorageError:
+    return StorageError(
+        f"the journal {path} is damaged: {what}. It is the store of truth (the Chroma index cannot "
+        f"rebuild it): restore it from a backup, or salvage what is readable with "
+        f"`sqlite3 {path} .recover | sqlite3 recovered.sqlite3` and put that file in its place", path=path)
+
+
+def _storage_error(exc: sqlite3.Error, path: Path) -> StorageError | None:
+    """The `StorageError` an SQLite error about the file or its disk stands for; None for
+    any other error (a constraint, a lock held too long, a bug), which stays as it is."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary is None:  # e.g. sqlite3.connect() on a folder: no code attached
+        text = str(exc).lower()
+        primary = (_SQLITE_CANTOPEN if "unable to open" in text else _SQLITE_FULL if "is full" in text
+                   else _SQLITE_NOTADB if "not a database" in text else _SQLITE_CORRUPT if "malformed" in text
+                   else None)
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return _damaged(path, str(exc))
+    if primary == _SQLITE_FULL:
+        return StorageError(
+            f"cannot write to the journal {path}: disk full ({exc}). The write was rolled back and "
+            "everything acknowledged before it is kept; free some space and retry", path=path)
+    if primary in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM):
+        return StorageError(
+            f"cannot open or write the journal {path}: its folder or file is read-only or not accessible "
+            f"({exc}). To recall only, open the home with SealMemory(home, read_only=True); to log, make "
+            f"{path.parent} writable", path=path)
+    if primary == _SQLITE_IOERR:
+        return StorageError(f"I/O error on the journal {path} ({exc}); check the disk, then retry", path=path)
+    return None
+
+
+def _check_file(path: Path) -> None:
+    """Refuse a journal file that cannot be an SQLite database, before SQLite opens it.
+
+    No file yet, or a 0-byte one, is a new journal. Cheap: reads the 100-byte header only. A file cut short is caught by comparing its size with the page
+    count in the header -- only when no write-ahead log is present, since a checkpoint
+    interrupted by a crash may legitimately leave the file short until the log is replayed.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot read the journal {path}: {exc.strerror or exc}", path=path) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise StorageError(f"the journal {path} is a folder, not a file; move it away or restore the journal "
+                           "from a backup", path=path)
+    if st.st_size == 0:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError as exc:
+        raise StorageError(f"cannot read the journal {path}: {exc.strerror or exc}", path=path) from exc
+    if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+        raise _damaged(path, "it is not an SQLite database (its header is garbage)")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    header_valid = head[24:28] == head[92:96]  # the in-header size is trusted only then
+    wal = path.with_name(path.name + "-wal")
+    wal_size = wal.stat().st_size if wal.exists() else 0
+    if header_valid and wal_size == 0 and pages and st.st_size < pages * page_size:
+        raise _damaged(path, f"it is cut short ({st.st_size} bytes of the {pages * page_size} its header "
+                             "announces)")
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose storage faults come out as `StorageError` naming the journal."""
+
+    def _fail(self, exc: sqlite3.Error) -> BaseException:
+        return _storage_error(exc, self.connection.seal_path) or exc  # type: ignore[attr-defined]
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> _Cursor:
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        try:
+            return super().fetchmany(self.arraysize if size is None else size)
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+
+class _Connection(sqlite3.Connection):
+    """Routes every statement through `_Cursor` (``Connection.execute`` would bypass it)."""
+
+    seal_path: Path
+
+    def cursor(self, factory: Any = _Cursor) -> Any:  # type: ignore[override]
+        return super().cursor(factory)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:  # type: ignore[override]
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any:  # type: ignore[override]
+        return self.cursor().executemany(sql, parameters)
+
+
     (id_, ns, thread_id, created_at, messages, task, outcome, metadata, feedback,
      comment, chash, status, version) = row
     return Interaction(
@@ -100,18 +239,32 @@ class Journal:
     generous busy timeout so that several processes on one home also work.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
-        with self._tx() as db:
-            # executescript() would commit on its own; run the statements inside our transaction
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(JOURNAL_FORMAT_VERSION),))
-        version = int(self._db().execute("SELECT value FROM meta WHERE key='format_version'").fetchone()[0])
+        _check_file(self.path)
+        if read_only:
+            names = {r[0] for r in self._db().execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"meta", "interactions", "forgotten"} <= names:
+                raise StorageError(f"{self.path} is not a seal_agent journal (it lacks the tables "
+                                   "'meta', 'interactions' and 'forgotten')", path=self.path)
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create the folder of the journal {self.path}: {exc.strerror or exc}",
+                                   path=self.path.parent) from exc
+            with self._tx() as db:
+                # executescript() would commit on its own; run the statements inside our transaction
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)",
+                           (str(JOURNAL_FORMAT_VERSION),))
+        row = self._db().execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
+        version = int(row[0]) if row else JOURNAL_FORMAT_VERSION
         if version > JOURNAL_FORMAT_VERSION:
             from seal_agent.errors import SealAgentError
 
@@ -123,11 +276,46 @@ class Journal:
     # -- connections -----------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection whose errors about the file itself (damaged, disk full,
+        read-only) come out as `StorageError` naming the journal (see `_Connection`)."""
+        kwargs: dict[str, Any] = dict(timeout=30.0, isolation_level=None, check_same_thread=False,
+                                      factory=_Connection)
+        if not self.read_only:
+            return self._tag(sqlite3.connect(self.path, **kwargs))
+        # mode=ro still needs the WAL's shared-memory file, which a read-only folder cannot
+        # hold once the last writer closed; then nothing can change the file under us, so
+        # immutable=1 (no locking, no WAL) reads it correctly.
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        db = None
+        try:
+            db = self._tag(sqlite3.connect(uri + "?mode=ro", uri=True, **kwargs))
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except (sqlite3.Error, StorageError) as exc:
+            if db is not None:
+                db.close()
+            if not self.path.is_file():
+                raise StorageError(f"there is no journal at {self.path} to open read-only",
+                                   path=self.path) from exc
+        return self._tag(sqlite3.connect(uri + "?immutable=1", uri=True, **kwargs))
+
+    def _tag(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        db.seal_path = self.path  # type: ignore[attr-defined]  # named by the errors of `_Cursor`
+        return db
+
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # fsync on every commit: an ack is durable
+            try:
+                db = self._connect()
+            except sqlite3.Error as exc:  # before the connection exists: not translated by it
+                err = _storage_error(exc, self.path)
+                if err is None:
+                    raise
+                raise err from exc
+            if not self.read_only:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # fsync on every commit: an ack is durable
             db.execute("PRAGMA foreign_keys=ON")
             self._local.db = db
             with self._all_lock:
@@ -136,15 +324,28 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One immediate transaction: all of it is committed (and fsync'd) or none."""
+        """One immediate transaction: all of it is committed (and fsync'd) or none.
+
+        A failure (disk full, a bad row) rolls it back and leaves the connection usable:
+        after some errors SQLite has already rolled back itself, so ROLLBACK is only
+        sent while a transaction is still open.
+        """
+        if self.read_only:
+            raise StorageError(f"this memory opened its journal {self.path} read-only; it cannot be written. "
+                               "Open the home without read_only (it must be writable) to log, give feedback, "
+                               "forget or consolidate", path=self.path)
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
         except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("COMMIT")
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except (sqlite3.Error, StorageError):
+                    logger.warning("rollback on the journal %s failed", self.path, exc_info=True)
             raise
-        db.execute("COMMIT")
 
     def close(self) -> None:
         with self._all_lock:
@@ -388,3 +589,9 @@ class Journal:
 
     def forgotten_ids(self) -> set[str]:
         return {r[0] for r in self._db().execute("SELECT id FROM forgotten")}
+    def is_empty(self) -> bool:
+        """No interaction and no forgotten one: a new journal (or one that lost its content)."""
+        db = self._db()
+        return (db.execute("SELECT 1 FROM interactions LIMIT 1").fetchone() is None
+                and db.execute("SELECT 1 FROM forgotten LIMIT 1").fetchone() is None)
+

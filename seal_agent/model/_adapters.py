@@ -136,7 +136,8 @@ class AdapterHost:
         return config, weights
 
     def _check_manifest(self, path: Path) -> None:
-        """Refuse an adapter whose registry manifest names another base model."""
+        """Refuse an adapter whose registry manifest names another base model, or whose
+        weights are not the ones the manifest recorded."""
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
             return
@@ -150,6 +151,13 @@ class AdapterHost:
                 f"adapter {path} was trained on another base model "
                 f"(base hash {expected[:12]}..., serving {self.base_hash[:12]}...)"
             )
+        # A registry version: its weights must be the ones committed (size and sha256), so
+        # a deleted, cut-short or altered file is refused by name before PEFT reads it.
+        from seal_agent.registry import check_weights
+
+        problem = check_weights(path, manifest if isinstance(manifest, dict) else None)
+        if problem is not None:
+            raise AdapterError(f"adapter {path} is damaged: {problem}")
 
     def _inject(self, name: str, config: Any, weights: dict[str, Any], path: Path) -> None:
         """Add adapter `name` to the model and load its weights; undo on failure."""
