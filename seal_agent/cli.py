@@ -188,6 +188,9 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
         text = "\n".join(f"{'*' if d['current'] else ' '} {d['version']}  {d['verdict']:9}  parent={d['parent']}"
                          f"  scale={d['scale']}{flags(d)}" for d in data) or "no adapters yet"
+        if serving.problem:
+            text += (f"\nCURRENT ({serving.current or 'unreadable'}) cannot be served: {serving.problem}\n"
+                     f"a chat model serves {serving.version or 'the base model'} instead")
         _emit(args, data, text)
     elif action == "show":
         v = reg.get(args.version)
@@ -216,9 +219,6 @@ def _print_report(args: argparse.Namespace, report: Any) -> None:
 def cmd_consolidate(args: argparse.Namespace) -> int:
     from seal_agent.consolidation import approve
 
-        if serving.problem:
-            text += (f"\nCURRENT ({serving.current or 'unreadable'}) cannot be served: {serving.problem}\n"
-                     f"a chat model serves {serving.version or 'the base model'} instead")
     if args.dry_run and (args.approve or args.reject):
         raise _UsageError("--dry-run starts a new run; it cannot go with --approve/--reject")
     with _memory(args) as mem:

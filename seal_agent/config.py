@@ -550,10 +550,23 @@ class SealConfig:
                 unreadable; the message names the file and what to do.
         """
         p = Path(path)
-        if p.is_dir():
+        if p.is_dir() and p.name != CONFIG_FILENAME:
             p = p / CONFIG_FILENAME
         if not p.exists():
             return cls()
+        if p.is_dir():  # e.g. a stray `mkdir config.toml`: never silently fall back to defaults
+            raise ConfigError(str(p), "<folder>", "is a folder, not a TOML file; remove it or put the settings "
+                                                   "in a file of that name")
+        try:
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(str(p), "<file>", f"cannot be read ({exc.strerror or exc}); check its permissions") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(str(p), "<file>",
+                              f"is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+                              "save it as UTF-8 TOML or restore it from a backup") from exc
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -563,7 +576,7 @@ class SealConfig:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write as TOML (atomically: a crash never leaves half a file)."""
         p = Path(path)
-        if p.is_dir() and p.name != CONFIG_FILENAME:
+        if p.is_dir():
             p = p / CONFIG_FILENAME
         lines: list[str] = []
         for name, values in self.to_dict().items():
@@ -579,19 +592,6 @@ class SealConfig:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-        if p.is_dir():  # e.g. a stray `mkdir config.toml`: never silently fall back to defaults
-            raise ConfigError(str(p), "<folder>", "is a folder, not a TOML file; remove it or put the settings "
-                                                   "in a file of that name")
-        try:
-            raw = p.read_bytes()
-        except OSError as exc:
-            raise ConfigError(str(p), "<file>", f"cannot be read ({exc.strerror or exc}); check its permissions") from exc
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(str(p), "<file>",
-                              f"is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
-                              "save it as UTF-8 TOML or restore it from a backup") from exc
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):

@@ -78,7 +78,6 @@ _COLUMNS = (
 )
 
 
-def _row_to_interaction(row: Sequence[Any]) -> Interaction:
 # SQLite primary result codes that mean the file or its disk is at fault, not the caller.
 _SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT = 3, 8, 10, 11
 _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 13, 14, 26
@@ -212,6 +211,7 @@ class _Connection(sqlite3.Connection):
         return self.cursor().executemany(sql, parameters)
 
 
+def _row_to_interaction(row: Sequence[Any]) -> Interaction:
     (id_, ns, thread_id, created_at, messages, task, outcome, metadata, feedback,
      comment, chash, status, version) = row
     return Interaction(
@@ -275,7 +275,6 @@ class Journal:
 
     # -- connections -----------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
     def _connect(self) -> sqlite3.Connection:
         """A new connection whose errors about the file itself (damaged, disk full,
         read-only) come out as `StorageError` naming the journal (see `_Connection`)."""
@@ -304,6 +303,7 @@ class Journal:
         db.seal_path = self.path  # type: ignore[attr-defined]  # named by the errors of `_Cursor`
         return db
 
+    def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
             try:
@@ -338,8 +338,8 @@ class Journal:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
-        except BaseException:
             db.execute("COMMIT")
+        except BaseException:
             if db.in_transaction:
                 try:
                     db.execute("ROLLBACK")
@@ -587,11 +587,11 @@ class Journal:
     def count(self) -> int:
         return int(self._db().execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
 
-    def forgotten_ids(self) -> set[str]:
-        return {r[0] for r in self._db().execute("SELECT id FROM forgotten")}
     def is_empty(self) -> bool:
         """No interaction and no forgotten one: a new journal (or one that lost its content)."""
         db = self._db()
         return (db.execute("SELECT 1 FROM interactions LIMIT 1").fetchone() is None
                 and db.execute("SELECT 1 FROM forgotten LIMIT 1").fetchone() is None)
 
+    def forgotten_ids(self) -> set[str]:
+        return {r[0] for r in self._db().execute("SELECT id FROM forgotten")}
