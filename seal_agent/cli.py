@@ -58,6 +58,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines.append(f"  {ns}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     if st["last_index_error"]:
         lines.append(f"last indexing error: {st['last_index_error']}")
+    # Consolidation, from the record in the home: what a scheduler in another process did.
+    cons = st.get("consolidation") or {}
+    last = cons.get("last")
+    if cons.get("error"):
+        lines.append(f"consolidation: status unreadable ({cons['error']})")
+    elif last is None and not cons.get("pending"):
+        lines.append("consolidation: never run")
+    else:
+        if last is not None:
+            what = last["outcome"] + (f" -> {last['version']}" if last.get("version") else "")
+            lines.append(f"consolidation: last run {last['run_id']} {what} at {last['at']}"
+                         + (f" ({last['reason']})" if last.get("reason") else ""))
+        lines.append(f"  consecutive failures: {cons.get('consecutive_failures', 0)}")
+        lines.append(f"  last success: {cons.get('last_success_at') or 'never'}"
+                     + (f"; last commit: {cons['last_committed_version']} at {cons['last_commit_at']}"
+                        if cons.get("last_commit_at") else ""))
+        for run in cons.get("pending", []):
+            lines.append(f"  unfinished run {run['run_id']}: {run['attempts']} of {cons.get('max_attempts')} attempts"
+                         + (f", last error: {run['last_error']}" if run.get("last_error") else ""))
+        if cons.get("consecutive_failures") and cons.get("abandoned"):
+            gone = cons["abandoned"][-1]
+            lines.append(f"  abandoned {gone['run_id']} at {gone['at']}: {gone['reason']}")
     _emit(args, st, "\n".join(lines))
     return 0
 

@@ -424,8 +424,16 @@ class ConsolidationConfig:
         replay_buffer_size: Training examples of committed runs kept for replay.
         require_approval: Pause before commit until ``seal-agent consolidate --approve RUN``.
         teacher: Who writes self-edits: ``"served"`` (the served model itself, as in SEAL)
-            or ``"none"`` (only strategies that need no model run, e.g. ``raw``). A
-            LangChain chat model can also be passed to `SealMemory.consolidate(teacher=...)`.
+            or ``"none"``: no model writes anything; only the configured strategies that
+            need no model run (``raw``, ``statements``), the others are skipped and
+            counted (``skipped_needs_teacher``), and ``raw`` is used when none of the
+            configured ones can run. A LangChain chat model can also be passed to
+            `SealMemory.consolidate(teacher=...)`.
+        max_attempts: How many times one run is tried (its first try, then resumptions
+            from its checkpoint after it raised or its process died) before it is
+            abandoned: its interactions stay ``new``, the reason is recorded (see
+            `seal_agent.consolidation.consolidation_status`), and the next
+            consolidation starts a fresh run instead of resuming it.
     """
 
     adapter_scope: str = "global"
@@ -434,6 +442,7 @@ class ConsolidationConfig:
     replay_buffer_size: int = 2000
     require_approval: bool = False
     teacher: str = "served"
+    max_attempts: int = 3
 
     def __post_init__(self) -> None:
         s = "consolidation"
@@ -445,6 +454,7 @@ class ConsolidationConfig:
         _check(isinstance(self.require_approval, bool), s, "require_approval", self.require_approval,
                "must be true or false")
         _check(self.teacher in ("served", "none"), s, "teacher", self.teacher, "must be 'served' or 'none'")
+        _positive_int(s, "max_attempts", self.max_attempts)
 
 
 @dataclass

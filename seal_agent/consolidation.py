@@ -17,6 +17,18 @@ finds its own version by ``lineage.run_id`` instead of committing twice).
 
 State holds only JSON-friendly data (ids, examples, paths, metrics). Live objects
 (the model, the memory, the teacher) live in `_Run`, rebuilt when a run resumes.
+
+Never wedged. Resuming is what makes a run survive a crash, and also what would make a
+run that fails for good (bad data, a bug) fail again on every call, the scheduler's
+included. So every start or resumption of a run counts as an attempt, in
+``home/consolidation/status.json``; after ``consolidation.max_attempts`` attempts the
+run is abandoned: its interactions stay ``new``, the reason is kept (``status.json`` and
+``runs/<run>/ABANDONED.json``), and the next call starts a fresh run. Data that can
+never be trained on cannot make runs fail in the first place: self-edits longer than
+``train.max_seq_len`` tokens are cut (documents) or dropped (chat examples), counted and
+named in the report (`ConsolidationReport.too_long`), and an interaction left with no
+self-edit that fits is marked ``excluded`` (kept for recall, never trained on), so it
+cannot come back. `consolidation_status` reads that record for ``seal-agent status``.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
@@ -37,7 +50,7 @@ from langgraph.types import Command, interrupt
 
 from seal_agent._fs import write_atomic
 from seal_agent.config import SealConfig
-from seal_agent.errors import NotFoundError, TrainingCancelled
+from seal_agent.errors import ConsolidationError, NotFoundError, TrainingCancelled
 from seal_agent.memory.records import InteractionStatus, new_interaction_id, parse_namespace
 
 if TYPE_CHECKING:
@@ -45,7 +58,8 @@ if TYPE_CHECKING:
 
     from seal_agent.seal_memory import SealMemory
 
-__all__ = ["CONSOLIDATION_FORMAT_VERSION", "ConsolidationReport", "approve", "consolidate", "pending_runs"]
+__all__ = ["CONSOLIDATION_FORMAT_VERSION", "ConsolidationReport", "approve", "consolidate", "consolidation_status",
+           "pending_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +85,12 @@ class ConsolidationReport:
         train: Training metrics (steps, final loss, tokens/s, ...).
         dry_run: Whether this was a dry run (self-edits only).
         self_edits: The training examples written (dry runs only, for inspection).
+        too_long: Self-edits longer than ``train.max_seq_len`` tokens, one dict each:
+            ``interaction_id``, ``strategy``, ``tokens``, ``action`` (``truncated``: a
+            document cut to fit; ``dropped``: a chat example left out). An interaction
+            with nothing left that fits is marked ``excluded`` (``counts["excluded_too_long"]``).
+        abandoned: Runs this call gave up on before starting a fresh one (they had used
+            ``consolidation.max_attempts``): ``run_id``, ``attempts``, ``reason``.
     """
 
     run_id: str
@@ -83,6 +103,8 @@ class ConsolidationReport:
     train: dict[str, Any] | None = None
     dry_run: bool = False
     self_edits: list[dict[str, Any]] = field(default_factory=list)
+    too_long: list[dict[str, Any]] = field(default_factory=list)
+    abandoned: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": CONSOLIDATION_FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -105,6 +127,7 @@ class _State(TypedDict, total=False):
     version: str | None
     counts: dict[str, int]
     timings: dict[str, float]
+    too_long: list[dict[str, Any]]
 
 
 # ------------------------------------------------------------------------- paths
@@ -145,6 +168,48 @@ def _extend_replay(memory: SealMemory, edits: list[dict[str, Any]], run_id: str,
     items += [{"example": e["example"], "hash": e["hash"], "run_id": run_id} for e in edits if e["hash"] not in seen]
     items = items[-cap:] if cap else []
     write_atomic(path, json.dumps({"format_version": CONSOLIDATION_FORMAT_VERSION, "items": items}))
+
+
+# ----------------------------------------------------------------- teacher = "none"
+
+
+def _model_free(config: Any, interactions: list[Any]) -> tuple[Any, list[Any], dict[str, Any]]:
+    """What ``consolidation.teacher = "none"`` runs: the configured strategies that need no model.
+
+    A strategy needs a model when it builds a prompt for one of the interactions it
+    applies to. Those are skipped (and counted) rather than failing the run; when none
+    of the configured strategies is left, ``raw`` (the exchange itself) is used, which
+    is what "raw only" promises. Interactions with negative feedback go only to
+    ``negative_strategy`` (never ``raw``: it would teach the rejected answer); when that
+    one needs a model they are left out of this run and stay ``new``.
+
+    Returns:
+        ``(selfedit config, interactions to self-edit, {"count": skipped (interaction,
+        strategy) pairs, "left_new": ids of interactions left out})``.
+    """
+    from seal_agent.selfedit import get_self_edit_strategy
+
+    def needs_model(name: str, items: list[Any]) -> bool:
+        strategy = get_self_edit_strategy(name)
+        return any(strategy.applies_to(it) and strategy.build_prompt(it) is not None for it in items)
+
+    positive = [it for it in interactions if it.feedback is None or it.feedback >= 0]
+    negative = [it for it in interactions if it.feedback is not None and it.feedback < 0]
+    names = list(dict.fromkeys(config.strategies))
+    free = [n for n in names if not positive or not needs_model(n, positive)]
+    count = (len(names) - len(free)) * len(positive)
+    if len(free) < len(names):
+        logger.info("consolidation.teacher='none': skipping self-edit strategies that need a model: %s%s",
+                    ", ".join(n for n in names if n not in free), "" if free else "; using 'raw'")
+    left_new: list[str] = []
+    if negative and needs_model(config.negative_strategy, negative):
+        left_new = [it.id for it in negative]
+        count += len(negative)
+        logger.info("consolidation.teacher='none': %d interactions with negative feedback left new "
+                    "(strategy %r needs a model)", len(negative), config.negative_strategy)
+        interactions = positive
+    config = dataclasses.replace(config, strategies=free or ["raw"])
+    return config, interactions, {"count": count, "left_new": left_new}
 
 
 # ------------------------------------------------------------------------- the run
@@ -216,9 +281,13 @@ class _Run:
         t0 = time.perf_counter()
         interactions = [self.memory.get(i) for i in state["interaction_ids"]]
         teacher = self.teacher
+        selfedit_config = self.config.selfedit
+        skipped: dict[str, Any] = {}
         if teacher is None and self.config.consolidation.teacher == "served":
             teacher = self.memory.chat_model()
-        batch = generate_self_edits(interactions, teacher, self.config.selfedit,
+        elif teacher is None:  # teacher = "none": only what needs no model
+            selfedit_config, interactions, skipped = _model_free(selfedit_config, interactions)
+        batch = generate_self_edits(interactions, teacher, selfedit_config,
                                     progress=self.progress, cancel_event=self.cancel_event)
         run_dir = _run_dir(self.memory, state["run_id"])
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -228,11 +297,15 @@ class _Run:
         probes = [dataclasses.asdict(p) for p in batch.probes]
         counts = {"self_edits": len(edits), "probes": len(probes),
                   **{f"dropped_{k}": v for k, v in batch.dropped.items()}}
+        if skipped.get("count"):
+            counts["skipped_needs_teacher"] = skipped["count"]
         out: dict[str, Any] = {
             "edits": edits, "probes": probes,
             "counts": _merge(state, "counts", counts),
             "timings": _merge(state, "timings", {"self_edit": time.perf_counter() - t0}),
         }
+        if skipped.get("left_new"):  # never learned from here: kept `new` for a run with a teacher
+            out["interaction_ids"] = [i for i in state["interaction_ids"] if i not in set(skipped["left_new"])]
         if batch.cancelled or self._cancelled():
             out.update(verdict="skipped", reason="cancelled")
         elif not edits:
@@ -246,18 +319,22 @@ class _Run:
 
         t0 = time.perf_counter()
         model, tokenizer = self.base_model()
+        fitted = self._fit(tokenizer, state)
+        if not fitted["edits"]:
+            return fitted
+        edits = fitted["edits"]
         parent = self.memory.adapters.current
         init = self.memory.adapters.get(parent).path if parent else None
-        replay = load_replay(self.memory)
+        replay = self._fit_pool(tokenizer, load_replay(self.memory), len(edits), "replay", fitted)
         out_dir = _run_dir(self.memory, state["run_id"]) / "candidate"
         shutil.rmtree(out_dir, ignore_errors=True)  # a resumed run retrains from scratch
         try:
-            rehearsal = self._rehearsal()
-            result = train_adapter(model, tokenizer, [e["example"] for e in state["edits"]], self.config.train,
+            rehearsal = self._fit_pool(tokenizer, self._rehearsal(), None, "rehearsal", fitted)
+            result = train_adapter(model, tokenizer, [e["example"] for e in edits], self.config.train,
                                    init_adapter=init, replay=replay, rehearsal=rehearsal, output_dir=out_dir,
                                    cancel_event=self.cancel_event, progress=self.progress)
         except TrainingCancelled:
-            return {"verdict": "skipped", "reason": "cancelled"}
+            return {**fitted, "verdict": "skipped", "reason": "cancelled"}
         metrics = {
             "steps": result.steps,
             # Mean loss over the first and the last epoch: comparable, unlike two single batches.
@@ -270,10 +347,87 @@ class _Run:
             "peak_memory_bytes": result.peak_memory_bytes,
         }
         return {
+            **fitted,
             "candidate_dir": str(result.adapter_path), "parent": parent, "train": metrics,
-            "counts": _merge(state, "counts", {"replay": result.replay_examples}),
+            "counts": {**fitted["counts"], "replay": result.replay_examples},
             "timings": _merge(state, "timings", {"train": time.perf_counter() - t0}),
         }
+
+    def _fit(self, tokenizer: Any, state: _State) -> dict[str, Any]:
+        """Make the run's self-edits fit ``train.max_seq_len`` (see `fit_examples`); a state update.
+
+        Without this, one long exchange (a 25,000-character message is within
+        ``memory.max_message_chars``) made `train_adapter` reject the whole set, and since
+        a failed run is resumed, every later consolidation failed the same way. Cut and
+        dropped items are counted and named (report ``too_long`` and a warning); an
+        interaction with no self-edit left that fits is marked ``excluded`` and taken
+        out of the run, so it is neither marked consolidated nor collected again.
+        """
+        from seal_agent.selfedit._filters import example_hash
+        from seal_agent.training.data import fit_examples
+
+        limit = self.config.train.max_seq_len
+        edits = state["edits"]
+        fit = fit_examples(tokenizer, [e["example"] for e in edits], max_seq_len=limit)
+        kept = []
+        for i, example in zip(fit.kept, fit.examples, strict=True):
+            e = edits[i]
+            kept.append(e if example == e["example"] else {**e, "example": example, "hash": example_hash(example)})
+        too_long = [{"interaction_id": edits[i]["interaction_id"], "strategy": edits[i]["strategy"], "tokens": n,
+                     "action": "truncated"} for i, n in fit.truncated]
+        too_long += [{"interaction_id": edits[i]["interaction_id"], "strategy": edits[i]["strategy"], "tokens": n,
+                      "action": "dropped"} for i, n, why in fit.dropped if why == "too_long"]
+        counts: dict[str, int] = {}
+        for item in too_long:
+            logger.warning("interaction %s: self-edit (%s) of %d tokens is longer than train.max_seq_len=%d: %s",
+                           item["interaction_id"], item["strategy"], item["tokens"], limit, item["action"])
+            key = f"too_long_{item['action']}"
+            counts[key] = counts.get(key, 0) + 1
+        for i, _tokens, why in fit.dropped:
+            if why != "too_long":
+                logger.warning("interaction %s: self-edit (%s) cannot be trained on (%s): dropped",
+                               edits[i]["interaction_id"], edits[i]["strategy"], why)
+                key = "dropped_invalid" if why.startswith("invalid") else f"dropped_{why}"
+                counts[key] = counts.get(key, 0) + 1
+        left = {e["interaction_id"] for e in kept}
+        unfit = list(dict.fromkeys(t["interaction_id"] for t in too_long if t["interaction_id"] not in left))
+        ids = state["interaction_ids"]
+        if unfit:
+            logger.warning("no self-edit of interaction(s) %s fits train.max_seq_len=%d: marked excluded "
+                           "(kept for recall, never trained on)", ", ".join(unfit), limit)
+            self.memory.mark(unfit, InteractionStatus.EXCLUDED)
+            counts["excluded_too_long"] = len(unfit)
+            ids = [i for i in ids if i not in set(unfit)]
+        out: dict[str, Any] = {"edits": kept, "interaction_ids": ids, "too_long": too_long,
+                               "counts": _merge(state, "counts", counts)}
+        if not kept:
+            names = ", ".join(unfit) or "none"
+            out.update(verdict="skipped",
+                       reason=f"no self-edit fits train.max_seq_len={limit} (interactions excluded: {names})")
+        return out
+
+    def _fit_pool(self, tokenizer: Any, pool: list[dict[str, Any]], n_new: int | None, name: str,
+                  update: dict[str, Any]) -> list[dict[str, Any]]:
+        """Replay or rehearsal examples that fit ``train.max_seq_len`` (older data may not,
+        e.g. after the limit was lowered); what was left out is counted in `update`.
+
+        For replay (`n_new` given) only the examples `train_adapter` would draw are
+        checked: the same `sample_replay` draw, so the run trains on what it would have.
+        """
+        from seal_agent.training.data import fit_examples, sample_replay
+
+        if not pool:
+            return pool
+        tc = self.config.train
+        if n_new is not None:
+            pool = [pool[i] for i in sample_replay(pool, n_new, tc.replay_ratio, tc.seed)]
+        fit = fit_examples(tokenizer, pool, max_seq_len=tc.max_seq_len)
+        if fit.dropped or fit.truncated:
+            logger.warning("%d %s examples longer than train.max_seq_len=%d or unusable: %d cut, %d left out",
+                           len(fit.dropped) + len(fit.truncated), name, tc.max_seq_len, len(fit.truncated),
+                           len(fit.dropped))
+            update["counts"] = {**update["counts"], f"{name}_unfit": len(fit.dropped) + len(fit.truncated)}
+        return fit.examples
 
     def gate(self, state: _State) -> dict[str, Any]:
         from seal_agent.gate import Gate
@@ -372,7 +526,10 @@ class _Run:
     def _update_suite(self, state: _State) -> None:
         from seal_agent.gate import Gate
 
-        interactions = [self.memory.get(i) for i in state["interaction_ids"]]
+        # A cut self-edit means the exchange itself is longer than training allows: the
+        # gate would have to score it in full later, so it is not kept as a past task.
+        cut = {t["interaction_id"] for t in state.get("too_long", [])}
+        interactions = [self.memory.get(i) for i in state["interaction_ids"] if i not in cut]
         Gate(self.memory, self.config.gate).update_suite(interactions, report=state.get("gate"))
 
     # -- graph ---------------------------------------------------------------
@@ -434,6 +591,7 @@ def _report(memory: SealMemory, graph: Any, run_id: str) -> ConsolidationReport:
         counts=dict(s.get("counts", {})), timings=dict(s.get("timings", {})), train=s.get("train"),
         dry_run=bool(s.get("dry_run")),
         self_edits=[e["example"] for e in s.get("edits", [])] if s.get("dry_run") else [],
+        too_long=list(s.get("too_long", [])),
     )
 
 
@@ -445,6 +603,149 @@ def pending_runs(memory: SealMemory) -> list[str]:
     """Runs started but not finished (killed midway, or awaiting approval)."""
     path = _active_file(memory)
     return [path.read_text().strip()] if path.exists() and path.read_text().strip() else []
+
+
+# ------------------------------------------------------------------ run bookkeeping
+#
+# home/consolidation/status.json, written only under the consolidation lock:
+#   runs: {run_id: {attempts, errors}} of the unfinished run (attempts are counted when a
+#         run starts, so a process that dies mid-run counts too);
+#   last, history: how the latest runs ended; consecutive_failures; last_success_at,
+#         last_failure_at, last_commit_at, last_committed_version; abandoned: given-up runs.
+
+STATUS_FORMAT_VERSION = 1
+_KEEP = 20  # entries kept in history / abandoned
+_KEEP_ERRORS = 5  # errors kept per unfinished run
+
+
+def _status_path(memory: SealMemory) -> Path:
+    return _root(memory) / "status.json"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _load_book(memory: SealMemory) -> dict[str, Any]:
+    path = _status_path(memory)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # a damaged record must not stop consolidation
+        logger.warning("unreadable consolidation status %s (%s); starting a new record", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_book(memory: SealMemory, book: dict[str, Any]) -> None:
+    book["format_version"] = STATUS_FORMAT_VERSION
+    try:
+        write_atomic(_status_path(memory), json.dumps(book, indent=1, default=str))
+    except OSError:  # the record is for humans: failing to write it (disk full) must not fail the run
+        logger.warning("could not write the consolidation status %s", _status_path(memory), exc_info=True)
+
+
+def _run_entry(book: dict[str, Any], run_id: str) -> dict[str, Any]:
+    runs = book.setdefault("runs", {})
+    entry = runs.get(run_id)
+    if not isinstance(entry, dict):
+        entry = runs[run_id] = {"attempts": 0, "errors": []}
+    return entry
+
+
+def _finish(memory: SealMemory, book: dict[str, Any], run_id: str, outcome: str, *, reason: str | None = None,
+            version: str | None = None, attempts: int | None = None) -> None:
+    """Record how a run ended (``failed`` and ``abandoned`` count as failures)."""
+    now = _now()
+    last = {"run_id": run_id, "outcome": outcome, "reason": reason, "version": version, "at": now,
+            "attempts": attempts}
+    book["last"] = last
+    book["history"] = [*book.get("history", []), last][-_KEEP:]
+    if outcome in ("failed", "abandoned"):
+        book["consecutive_failures"] = int(book.get("consecutive_failures", 0)) + 1
+        book["last_failure_at"] = now
+    else:
+        book["consecutive_failures"] = 0
+        if outcome != "pending_approval":
+            book["last_success_at"] = now
+        if outcome == "committed":
+            book["last_commit_at"] = now
+            book["last_committed_version"] = version
+    _save_book(memory, book)
+
+
+def _abandon(memory: SealMemory, graph: Any, book: dict[str, Any], run_id: str, reason: str) -> dict[str, Any]:
+    """Give up on an unfinished run: the next call starts a fresh one. Nothing was marked
+    consolidated (that happens only after commit), so its interactions stay ``new``."""
+    entry = book.get("runs", {}).pop(run_id, None) or {}
+    try:
+        ids = list(graph.get_state({"configurable": {"thread_id": run_id}}).values.get("interaction_ids", []))
+    except Exception:  # the checkpoint itself may be what is broken
+        ids = []
+    record = {"run_id": run_id, "attempts": entry.get("attempts", 0), "reason": reason, "at": _now(),
+              "interactions": len(ids), "errors": entry.get("errors", [])}
+    run_dir = _run_dir(memory, run_id)
+    try:
+        write_atomic(run_dir / "ABANDONED.json", json.dumps({**record, "interaction_ids": ids}, indent=1))
+    except OSError:
+        logger.warning("could not write %s", run_dir / "ABANDONED.json", exc_info=True)
+    shutil.rmtree(run_dir / "candidate", ignore_errors=True)
+    book["abandoned"] = [*book.get("abandoned", []), {k: v for k, v in record.items() if k != "errors"}][-_KEEP:]
+    _active_file(memory).unlink(missing_ok=True)
+    logger.warning("consolidation %s abandoned after %d attempts (%s); its %d interactions stay new and the "
+                   "next consolidation starts a fresh run", run_id, record["attempts"], reason, len(ids))
+    _finish(memory, book, run_id, "abandoned", reason=reason, attempts=record["attempts"])
+    return record
+
+
+def _failed_node(graph: Any, run_id: str) -> str | None:
+    try:
+        nxt = graph.get_state({"configurable": {"thread_id": run_id}}).next
+    except Exception:
+        return None
+    return ",".join(nxt) or None
+
+
+def consolidation_status(memory: SealMemory) -> dict[str, Any]:
+    """How background consolidation is doing, from the record in ``home/consolidation``.
+
+    Read from disk on every call, so any process (``seal-agent status``) sees what another
+    one (the ``seal-agent schedule`` daemon) did. Never raises: a damaged record is
+    reported under ``error``.
+
+    Returns:
+        ``last`` (``run_id``, ``outcome``: committed / rejected / skipped /
+        pending_approval / failed / abandoned, ``reason``, ``version``, ``at``,
+        ``attempts``; None before any run), ``consecutive_failures``,
+        ``last_success_at`` (a run that ended without error), ``last_failure_at``,
+        ``last_commit_at``, ``last_committed_version``, ``pending`` (the unfinished run,
+        with ``attempts`` and ``last_error``), ``max_attempts``, ``abandoned`` (the
+        latest given-up runs).
+    """
+    try:
+        book = _load_book(memory)
+        runs = book.get("runs", {}) if isinstance(book.get("runs"), dict) else {}
+        pending = []
+        for rid in pending_runs(memory):
+            entry = runs.get(rid) or {}
+            errors = entry.get("errors") or []
+            pending.append({"run_id": rid, "attempts": int(entry.get("attempts", 0)),
+                            "last_error": errors[-1]["error"] if errors else None})
+        return {
+            "last": book.get("last"),
+            "consecutive_failures": int(book.get("consecutive_failures", 0)),
+            "last_success_at": book.get("last_success_at"),
+            "last_failure_at": book.get("last_failure_at"),
+            "last_commit_at": book.get("last_commit_at"),
+            "last_committed_version": book.get("last_committed_version"),
+            "pending": pending,
+            "max_attempts": memory.config.consolidation.max_attempts,
+            "abandoned": list(book.get("abandoned", []))[-5:],
+        }
+    except Exception as exc:  # status must always answer
+        logger.warning("could not read the consolidation status of %s", memory.home, exc_info=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def consolidate(
@@ -461,8 +762,17 @@ def consolidate(
     """Run (or resume) one consolidation on `memory`; see `SealMemory.consolidate`.
 
     Only one consolidation runs per memory home at a time, across processes: a second
-    caller gets verdict "skipped" at once. An unfinished run (its process was killed)
-    is resumed from its last checkpoint before anything new starts.
+    caller gets verdict "skipped" at once. An unfinished run (its process was killed,
+    or it raised) is resumed from its last checkpoint before anything new starts, up to
+    ``consolidation.max_attempts`` attempts in all; then it is abandoned (named in the
+    report's ``abandoned``) and a fresh run starts. Every outcome is recorded for
+    `consolidation_status`.
+
+    Raises:
+        ConsolidationError: The run raised; the message names the run, the node, the
+            attempt and whether the run will be resumed or was abandoned (the original
+            exception is its ``__cause__``).
+        NotFoundError: `run_id` is not a pending run.
     """
     config = config or memory.config
     lock = FileLock(str(memory.home / "consolidation.lock"))
@@ -485,6 +795,17 @@ def consolidate(
             snap = graph.get_state({"configurable": {"thread_id": rid}}) if active else None
             if snap is not None and snap.interrupts and resume is None:
                 return _report(memory, graph, rid)  # still waiting for a human
+            book = _load_book(memory)
+            max_attempts = config.consolidation.max_attempts
+            abandoned: list[dict[str, Any]] = []
+            unfinished = snap is not None and (bool(snap.next) or not snap.values)
+            tried = int(_run_entry(book, rid).get("attempts", 0)) if unfinished else 0
+            if unfinished and resume is None and tried >= max_attempts:
+                errors = _run_entry(book, rid).get("errors") or []
+                why = (f"failed {tried} times; last: {errors[-1]['error']}" if errors else
+                       f"interrupted {tried} times (the process running it stopped: killed, out of memory?)")
+                abandoned.append(_abandon(memory, graph, book, rid, why))
+                rid, snap = f"run-{new_interaction_id()}", None
             if snap is not None and snap.next:
                 logger.info("resuming unfinished consolidation %s at %s", rid, list(snap.next))
                 inp = Command(resume=resume) if snap.interrupts else None
@@ -494,10 +815,21 @@ def consolidate(
                 # Killed before its first checkpoint, or a new run: start from the top.
                 _active_file(memory).write_text(rid)
                 inp = {"run_id": rid, "dry_run": dry_run, "counts": {}, "timings": {}}
-            graph.invoke(inp, {"configurable": {"thread_id": rid}})
-            report = _report(memory, graph, rid)
+            book["runs"] = {k: v for k, v in book.get("runs", {}).items() if k == rid}  # drop stale entries
+            entry = _run_entry(book, rid)
+            entry["attempts"] = attempt = int(entry.get("attempts", 0)) + 1
+            _save_book(memory, book)  # before running: a process that dies mid-run still used an attempt
+            try:
+                graph.invoke(inp, {"configurable": {"thread_id": rid}})
+                report = _report(memory, graph, rid)
+            except Exception as exc:
+                raise _failed(memory, graph, book, rid, attempt, max_attempts, exc) from exc
+            report.abandoned = abandoned
             if report.verdict != "pending_approval":
                 _active_file(memory).unlink(missing_ok=True)
+                book.get("runs", {}).pop(rid, None)
+            _finish(memory, book, rid, report.verdict, reason=report.reason, version=report.version,
+                    attempts=attempt)
             logger.info("consolidation %s: %s%s", rid, report.verdict,
                         f" ({report.reason})" if report.reason else f" -> {report.version}")
             return report
@@ -505,6 +837,26 @@ def consolidate(
             checkpointer.conn.close()
     finally:
         lock.release()
+
+
+def _failed(memory: SealMemory, graph: Any, book: dict[str, Any], run_id: str, attempt: int, max_attempts: int,
+            exc: Exception) -> ConsolidationError:
+    """Record a run that raised; abandon it when it has used its attempts. Returns the error to raise."""
+    node = _failed_node(graph, run_id)
+    where = f" in {node}" if node else ""
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    entry = _run_entry(book, run_id)
+    entry["errors"] = [*entry.get("errors", []), {"at": _now(), "node": node, "error": error}][-_KEEP_ERRORS:]
+    if attempt >= max_attempts:
+        _abandon(memory, graph, book, run_id, f"failed {attempt} times; last{where}: {error}")
+        then = ("abandoned: its interactions stay new and the next consolidation starts a fresh run; "
+                "see seal-agent status")
+    else:
+        _finish(memory, book, run_id, "failed", reason=f"{error} (at {node})" if node else error, attempts=attempt)
+        then = "the next consolidation resumes it"
+    message = f"consolidation {run_id} failed{where} (attempt {attempt} of {max_attempts}): {error}; {then}"
+    logger.warning("%s", message)
+    return ConsolidationError(message)
 
 
 def approve(memory: SealMemory, run_id: str, *, approve: bool = True, progress: bool = True) -> ConsolidationReport:

@@ -31,6 +31,13 @@ several homes can share one database without firing each other's jobs. APSchedul
 does not coordinate several *processes* on one job store: if you share one, each
 process fires the jobs, and the file lock in `consolidate` lets only one of them run.
 
+Failures. A run that raises is logged and recorded (`RunRecord`, outcome ``error``) and
+the scheduler keeps firing. `SealMemory.consolidate` resumes a failed run at most
+``consolidation.max_attempts`` times in all, then abandons it and starts afresh, so a
+run that can never succeed does not make every later fire fail. `history` lives in this
+process only; the persisted record that ``seal-agent status`` shows from any process is
+`seal_agent.consolidation.consolidation_status`.
+
 Serving. Nothing is pushed to the served model after a committed run: an
 `AdaptiveChatModel` (``mem.chat_model()``) checks the registry's CURRENT before each
 request and hot-swaps to the new adapter by itself.

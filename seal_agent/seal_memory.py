@@ -445,7 +445,10 @@ class SealMemory:
         return await asyncio.to_thread(self.recall, query, **kwargs)
 
     def status(self) -> dict[str, Any]:
-        """Counts by namespace and status, where things live, and the indexing backlog."""
+        """Counts by namespace and status, where things live, the indexing backlog, and how
+        consolidation is doing (``consolidation``: see `seal_agent.consolidation.consolidation_status`)."""
+        from seal_agent.consolidation import consolidation_status
+
         self._check_open()
         err = self._worker.last_error
         return {
@@ -456,6 +459,9 @@ class SealMemory:
             "by_namespace": self._journal.counts(),
             "backlog": self._journal.backlog(),
             "last_index_error": str(err) if err else None,
+            # the last consolidation's outcome, failures in a row, last success: read from
+            # home/consolidation, so a CLI process sees what the scheduler daemon did
+            "consolidation": consolidation_status(self),
         }
 
     # ------------------------------------------------------- parametric memory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from facts import FACT_CONFIG, FACTS
 from fakes import HashEmbeddings, ScriptedChatModel
 
 from seal_agent import SealMemory
-from seal_agent.consolidation import approve, pending_runs
-from seal_agent.errors import NotFoundError
+from seal_agent.consolidation import _Run, approve, consolidation_status, load_replay, pending_runs
+from seal_agent.errors import ConsolidationError, NotFoundError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -238,3 +239,189 @@ def test_tiny_random_with_defaults_says_clearly_why_nothing_is_committed(home: P
         assert mem.adapters.current is None
         assert {mem.get(i).status.value for i in ids} == {"new"}  # kept for a later run
         assert report.counts["self_edits"] >= 2  # the stated facts, at least
+
+
+# ------------------------------------------------- never wedged (issue 9, items 5-7)
+
+def _long_text(n_chars: int) -> str:
+    """Deterministic prose-like text with no repeated phrases (the degeneracy filter would drop a loop)."""
+    rng = random.Random(5)
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < n_chars:
+        words.append("".join(rng.choice("abcdefghiklmnoprstuvwy") for _ in range(rng.randint(3, 9))))
+        if rng.random() < 0.1:
+            words[-1] += "."
+    return " ".join(words)[:n_chars].rstrip() + "."
+
+
+# Within memory.max_message_chars (32,000) and far beyond train.max_seq_len (1,024 tokens).
+LONG = _long_text(25_000)
+
+
+def _log_long(mem: SealMemory) -> str:
+    return mem.log([{"role": "user", "content": LONG}, {"role": "assistant", "content": "That is a long story."}])
+
+
+def test_item5_overlong_interaction_is_dropped_named_and_excluded(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chat self-edit (raw) that cannot fit is dropped and named; its interaction is
+    excluded, so it can never poison a later run; the others are learned."""
+    with open_mem(home) as mem:
+        ids = teach(mem, FACTS[:2])
+        long_id = _log_long(mem)
+        with caplog.at_level("WARNING", logger="seal_agent.consolidation"):
+            report = mem.consolidate(progress=False, train=FAST_TRAIN, **RAW)
+        assert report.verdict == "committed", report.reason
+        assert report.too_long == [{"interaction_id": long_id, "strategy": "raw", "tokens": report.too_long[0]["tokens"],
+                                    "action": "dropped"}]
+        assert report.too_long[0]["tokens"] > 1024
+        assert report.counts["too_long_dropped"] == 1 and report.counts["excluded_too_long"] == 1
+        assert long_id in caplog.text
+        assert mem.get(long_id).status.value == "excluded"
+        assert {mem.get(i).status.value for i in ids} == {"consolidated"}
+        manifest = json.loads((home / "adapters" / report.version / "manifest.json").read_text())
+        assert long_id not in manifest["lineage"]["interaction_ids"]
+        # Alone, it still cannot wedge anything: nothing is left to learn.
+        assert mem.consolidate(progress=False, train=FAST_TRAIN, **RAW).verdict == "skipped"
+
+
+def test_item5_overlong_document_is_truncated_and_counted(home: Path) -> None:
+    """A document self-edit (the stated text) is cut to fit train.max_seq_len and trained on."""
+    with open_mem(home) as mem:
+        long_id = _log_long(mem)
+        report = mem.consolidate(progress=False, train=FAST_TRAIN, selfedit={"strategies": ["statements"]},
+                                 consolidation={"teacher": "none"}, gate={"allow_unverified": True})
+        assert report.verdict == "committed", report.reason
+        (item,) = report.too_long
+        assert item["interaction_id"] == long_id and item["action"] == "truncated" and item["tokens"] > 1024
+        assert report.counts["too_long_truncated"] == 1
+        assert mem.get(long_id).status.value == "consolidated"
+        (trained,) = load_replay(mem)
+        assert LONG.startswith(trained["text"]) and 100 < len(trained["text"]) < len(LONG)
+
+
+def test_item5_failing_run_is_retried_then_abandoned_and_next_run_proceeds(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that keeps failing is resumed max_attempts times, then abandoned (interactions
+    stay new, the reason recorded) and the next call starts a fresh run that completes."""
+    original = _Run.self_edit
+    poisoned: list[str] = []
+
+    def failing(self: _Run, state: dict) -> dict:
+        if not poisoned:
+            poisoned.append(state["run_id"])
+        if state["run_id"] == poisoned[0]:  # this run's checkpoint can never get past here
+            raise RuntimeError("poisoned checkpoint")
+        return original(self, state)
+
+    monkeypatch.setattr(_Run, "self_edit", failing)
+    with open_mem(home) as mem:
+        ids = teach(mem, FACTS[:2])
+        with pytest.raises(ConsolidationError, match=r"failed in self_edit \(attempt 1 of 2\).*poisoned.*resumes it"):
+            mem.consolidate(progress=False, consolidation={"teacher": "none", "max_attempts": 2})
+        assert pending_runs(mem) == poisoned
+        with pytest.raises(ConsolidationError, match=r"attempt 2 of 2.*abandoned"):
+            mem.consolidate(progress=False, consolidation={"teacher": "none", "max_attempts": 2})
+        assert pending_runs(mem) == []
+        assert {mem.get(i).status.value for i in ids} == {"new"}
+        record = json.loads((home / "consolidation" / "runs" / poisoned[0] / "ABANDONED.json").read_text())
+        assert record["attempts"] == 2 and "poisoned checkpoint" in record["reason"]
+        assert record["interaction_ids"] == ids
+        st = consolidation_status(mem)
+        assert st["last"]["outcome"] == "abandoned" and st["consecutive_failures"] == 2
+        assert st["abandoned"][-1]["run_id"] == poisoned[0]
+
+        report = mem.consolidate(progress=False, train=FAST_TRAIN, **RAW)
+        assert report.verdict == "committed", report.reason
+        assert report.run_id != poisoned[0]
+        assert {mem.get(i).status.value for i in ids} == {"consolidated"}
+        st = consolidation_status(mem)
+        assert st["consecutive_failures"] == 0 and st["last_success_at"] is not None
+        assert st["last"]["outcome"] == "committed" and st["last_committed_version"] == report.version
+
+
+def test_item5_run_whose_process_keeps_dying_is_abandoned(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempts are counted when a run starts: a run that kills its process every time
+    (out of memory, say) is given up after max_attempts, not resumed forever."""
+
+    class Died(BaseException):  # not an Exception: nothing in consolidate() sees it, like a kill
+        pass
+
+    def dies(self: _Run, state: dict) -> dict:
+        raise Died
+
+    with open_mem(home) as mem:
+        ids = teach(mem, FACTS[:1])
+        with monkeypatch.context() as m:
+            m.setattr(_Run, "self_edit", dies)
+            for _ in range(2):
+                with pytest.raises(Died):
+                    mem.consolidate(progress=False, consolidation={"teacher": "none", "max_attempts": 2})
+        (dead,) = pending_runs(mem)
+        report = mem.consolidate(dry_run=True, progress=False, consolidation={"teacher": "none", "max_attempts": 2},
+                                 selfedit={"strategies": ["raw"]})
+        assert [a["run_id"] for a in report.abandoned] == [dead] and report.abandoned[0]["attempts"] == 2
+        assert "interrupted 2 times" in report.abandoned[0]["reason"]
+        assert report.run_id != dead and report.verdict == "skipped" and "dry run" in report.reason
+        assert mem.get(ids[0]).status.value == "new"
+
+
+def test_item6_teacher_none_runs_model_free_strategies_without_a_chat_model(home: Path) -> None:
+    """consolidation.teacher = "none" with the default strategies (implications, self_qa,
+    statements): no chat model is asked for; what needs one is skipped and counted."""
+    with open_mem(home) as mem:
+        ids = teach(mem, FACTS[:2])
+        bad = mem.log([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "5"}],
+                      feedback=-1.0)
+        report = mem.consolidate(progress=False, train=FAST_TRAIN, consolidation={"teacher": "none"},
+                                 gate={"allow_unverified": True})
+        assert report.verdict == "committed", report.reason
+        # implications + self_qa for 2 interactions, critique for the negative one
+        assert report.counts["skipped_needs_teacher"] == 5
+        assert report.counts["self_edits"] == 2  # `statements`: what the user stated
+        assert mem._chat is None  # the served model was never loaded to write self-edits
+        assert {mem.get(i).status.value for i in ids} == {"consolidated"}
+        assert mem.get(bad).status.value == "new"  # kept for a run with a teacher
+        # Only model strategies configured: "raw only", as documented.
+        more = teach(mem, FACTS[2:3])
+        dry = mem.consolidate(dry_run=True, progress=False, consolidation={"teacher": "none"},
+                              selfedit={"strategies": ["implications", "self_qa"]})
+        assert [e["messages"][0]["content"] for e in dry.self_edits] == [FACTS[2][0]]
+        assert mem.get(more[0]).status.value == "new"
+
+
+def test_item7_status_shows_consolidation_outcome_from_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`seal-agent status` (and SealMemory.status) read the persisted record: last outcome,
+    consecutive failures, last success time, the unfinished run's attempts."""
+    from seal_agent.cli import main
+
+    home = tmp_path / "home"
+
+    def boom(self: _Run, state: dict) -> dict:
+        raise RuntimeError("disk on fire")
+
+    with SealMemory(home, model="tiny-random") as mem:  # the CLI's own (default) embeddings
+        assert mem.status()["consolidation"]["last"] is None
+        assert mem.consolidate(progress=False).verdict == "skipped"  # nothing new: a success
+        with monkeypatch.context() as m:
+            m.setattr(_Run, "collect", boom)
+            with pytest.raises(ConsolidationError):
+                mem.consolidate(progress=False)
+    # A fresh process-like reader: a new SealMemory, and the CLI.
+    with SealMemory(home, model="tiny-random") as other:
+        st = other.status()["consolidation"]
+    assert st["last"]["outcome"] == "failed" and "disk on fire" in st["last"]["reason"]
+    assert st["consecutive_failures"] == 1 and st["last_success_at"] is not None
+    assert st["pending"][0]["attempts"] == 1 and "disk on fire" in st["pending"][0]["last_error"]
+    assert main(["--home", str(home), "--json", "status"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["consolidation"]["consecutive_failures"] == 1
+    assert data["consolidation"]["last"]["outcome"] == "failed"
+    assert main(["--home", str(home), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "consecutive failures: 1" in out and "failed" in out and "disk on fire" in out
+    assert f"last success: {st['last_success_at']}" in out

@@ -147,6 +147,43 @@ def test_a_failing_run_is_logged_and_the_scheduler_keeps_going(
     assert any(r.exc_info is not None for r in caplog.records)  # traceback logged
 
 
+def test_item5_scheduler_gets_past_a_run_that_keeps_failing(
+    mem: SealMemory, make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose checkpoint always fails used to be resumed by every scheduled run,
+    forever. Now it is abandoned after consolidation.max_attempts (3) and the next
+    scheduled run starts a fresh one; the record says so for `seal-agent status`."""
+    from seal_agent.consolidation import _Run
+
+    original = _Run.self_edit
+    poisoned: list[str] = []
+
+    def failing(self: _Run, state: dict) -> dict:
+        if not poisoned:
+            poisoned.append(state["run_id"])
+        if state["run_id"] == poisoned[0]:
+            raise RuntimeError("poisoned checkpoint")
+        return original(self, state)
+
+    monkeypatch.setattr(_Run, "self_edit", failing)
+    log_n(mem, 1, "a")
+
+    def run() -> Any:  # the real consolidate, stopped before training to stay fast
+        return mem.consolidate(dry_run=True, progress=False, consolidation={"teacher": "none"},
+                               selfedit={"strategies": ["raw"]})
+
+    sched = make(run, interval_minutes=TICK_MIN)
+    assert wait_until(lambda: sched.last_report is not None)
+    sched.stop(wait=True)
+    tried = [r for r in sched.history if r.outcome != "busy"]
+    assert [r.outcome for r in tried[:4]] == ["error", "error", "error", "completed"]
+    assert "attempt 3 of 3" in (tried[2].error or "") and "abandoned" in (tried[2].error or "")
+    assert tried[3].report.run_id != poisoned[0] and "dry run" in tried[3].report.reason
+    st = mem.status()["consolidation"]
+    assert st["abandoned"][-1]["run_id"] == poisoned[0] and "poisoned checkpoint" in st["abandoned"][-1]["reason"]
+    assert st["consecutive_failures"] == 0 and st["last"]["outcome"] == "skipped"
+
+
 def test_stop_waits_for_the_running_consolidation(mem: SealMemory) -> None:
     started, finished = threading.Event(), threading.Event()
 

@@ -45,6 +45,8 @@ __all__ = [
     "collate",
     "encode_example",
     "encode_examples",
+    "FitResult",
+    "fit_examples",
     "plan_batches",
     "sample_replay",
     "validate_examples",
@@ -276,6 +278,103 @@ def encode_examples(
             raise ValidationError(f"{field}[{i}]", f"{len(tok)} tokens", "has no tokens to learn from")
         out.append(tok)
     return out
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Examples made to fit ``max_seq_len`` (see `fit_examples`).
+
+    Attributes:
+        examples: The usable examples, in input order (truncated ones replaced by their
+            shortened copy).
+        kept: For each of `examples`, its index in the input.
+        truncated: ``(index, tokens before)`` of each document that was shortened.
+        dropped: ``(index, tokens, reason)`` of each example left out; ``reason`` is
+            ``too_long`` (a chat example longer than the limit), ``no_loss_tokens`` or
+            ``invalid: ...`` (what `validate_examples` said).
+    """
+
+    examples: list[dict]
+    kept: list[int]
+    truncated: list[tuple[int, int]]
+    dropped: list[tuple[int, int, str]]
+
+
+def _truncate_document(tokenizer: Any, text: str, max_seq_len: int, n_tokens: int) -> str | None:
+    """The longest prefix of `text` whose document encoding fits `max_seq_len` (None: none does).
+
+    The cut is made on a token boundary (offsets when the tokenizer is fast, else a
+    decode of the first tokens) and checked by encoding the result again, since BPE
+    may merge differently at the new end.
+    """
+    overhead = n_tokens - len(tokenizer(text, add_special_tokens=False)["input_ids"])  # BOS/EOS
+    budget = max_seq_len - max(overhead, 0)
+    fast = getattr(tokenizer, "is_fast", False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+    ids = list(enc["input_ids"])
+    while budget > 0:
+        if fast:
+            cut = text[: enc["offset_mapping"][budget - 1][1]]
+        else:
+            cut = tokenizer.decode(ids[:budget], skip_special_tokens=True)
+        cut = cut.rstrip()
+        if not cut.strip():
+            return None
+        n = len(encode_example(tokenizer, {"text": cut}))
+        if n <= max_seq_len:
+            return cut
+        budget -= max(1, n - max_seq_len)
+    return None
+
+
+def fit_examples(tokenizer: Any, examples: Sequence[Any], *, max_seq_len: int) -> FitResult:
+    """Make examples trainable within ``max_seq_len`` instead of failing on the first bad one.
+
+    `encode_examples` rejects the whole set when one example is too long, which is right
+    for a caller's own data set but wrong for data derived from logged interactions: one
+    long exchange would then block every later training run. Here each example is judged
+    on its own: documents (``{"text": ...}``) longer than the limit are cut to their
+    longest prefix that fits (the start of a document still teaches what it states);
+    chat examples that are too long are dropped (cutting a conversation would train an
+    answer to a question it no longer contains); examples that are malformed or have no
+    token to learn from are dropped too. The caller reports what was cut or dropped.
+
+    Args:
+        tokenizer: The tokenizer training will use.
+        examples: Chat or document examples (not necessarily validated).
+        max_seq_len: The longest example, in tokens (``train.max_seq_len``).
+
+    Returns:
+        A `FitResult`; every example in it passes `encode_examples`.
+    """
+    out: list[dict] = []
+    kept: list[int] = []
+    truncated: list[tuple[int, int]] = []
+    dropped: list[tuple[int, int, str]] = []
+    for i, ex in enumerate(examples):
+        try:
+            validate_examples([ex])
+        except ValidationError as exc:
+            dropped.append((i, 0, f"invalid: {exc}"))
+            continue
+        tok = encode_example(tokenizer, ex)
+        if len(tok) > max_seq_len:
+            cut = _truncate_document(tokenizer, ex["text"], max_seq_len, len(tok)) if "text" in ex else None
+            if cut is None:
+                dropped.append((i, len(tok), "too_long"))
+                continue
+            truncated.append((i, len(tok)))
+            ex = {**ex, "text": cut}
+            tok = encode_example(tokenizer, ex)
+        if len(tok) < 2 or all(t == IGNORE_INDEX for t in tok.labels[1:]):
+            dropped.append((i, len(tok), "no_loss_tokens"))
+            continue
+        out.append(dict(ex))
+        kept.append(i)
+    return FitResult(out, kept, truncated, dropped)
 
 
 # --------------------------------------------------------------------------- batching
