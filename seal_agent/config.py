@@ -320,7 +320,10 @@ class GateConfig:
         canary_file: JSONL of ``{"prompt", "expected"}`` abilities that must not regress
             (relative to the memory home unless absolute). None (the default): the canaries
             shipped for the served model, if any (29 for ``smollm2-135m``; none for other
-            models); ``"none"``: no canaries at all.
+            models); ``"none"``: no canaries at all. A line with ``"not": [answers]`` is
+            also a *contrastive* canary: ``expected`` must keep beating each of those
+            answers in length-normalised log-likelihood, and any flip rejects (no
+            allowance, whatever the probes gained).
         canary_check: How canary lines without their own ``"check"`` are judged:
             ``"greedy"`` (the greedy answer still contains the expected one) or ``"rank"``
             (the expected answer still outranks the line's ``wrong`` answers in
@@ -330,12 +333,21 @@ class GateConfig:
         canary_max_flip_share: Greedy/rank canaries: the candidate forgot when more than
             ``floor(share * n)`` of the n canaries that passed before fail now.
         canary_tolerance: ``"logprob"`` canaries: largest allowed drop of one canary's score.
+        canary_against_base: Also judge every canary against the base model (the
+            cumulative bound): the flip share, the tolerance and the contrastive check
+            apply against the base as well as against the current adapter, so losses each
+            within the limits cannot add up over updates. The base results are cached per
+            base model in ``home/gate/base-canaries/`` (scored once, not every run).
         min_gain: With new-knowledge probes, their mean score gain must *exceed* this (in the
             scorer's units: nats per token for ``logprob``, share of probes newly right
             for the bounded scorers).
-        allow_unverified: When there is nothing to judge an update on (no past tasks,
-            canaries or probes): False refuses it (verdict rejected); True commits it
-            flagged ``unverified`` in the report, the manifest and ``adapters list``.
+        allow_unverified: When there is nothing to judge an update on (no past tasks, no
+            canary that passes under the current adapter, no probes -- e.g. the first
+            consolidation of a model with no shipped canaries, such as ``tiny-random``,
+            with self-edits that write no probes): False (the default) refuses it, the
+            verdict ``rejected`` with a reason naming this setting; True commits it flagged
+            ``unverified`` in the report, the manifest and ``adapters list``, with a
+            reason and a logged warning saying so. Never silent either way.
         scale_back: Scales tried, largest first, when a candidate fails only for forgetting
             (the update is interpolated between the current and the candidate weights).
         bootstrap_samples: Paired-bootstrap resamples for the confidence intervals.
@@ -368,6 +380,7 @@ class GateConfig:
     # rejects anything that loses several abilities.
     canary_max_flip_share: float = 0.1
     canary_tolerance: float = 0.25
+    canary_against_base: bool = True
     # Nats/token. On smollm2-135m, 8 held-out paraphrased probes gained +0.52 from an
     # update that taught their facts (default TrainConfig), +0.04 from one that taught
     # only acknowledgements, -0.07 from noise, +0.27 from one that taught other facts in
@@ -395,6 +408,8 @@ class GateConfig:
                "must be 'greedy' or 'rank'")
         _number(s, "canary_max_flip_share", self.canary_max_flip_share, 0.0, 1.0)
         _number(s, "canary_tolerance", self.canary_tolerance, 0.0, 1e6)
+        _check(isinstance(self.canary_against_base, bool), s, "canary_against_base", self.canary_against_base,
+               "must be true or false")
         _number(s, "min_gain", self.min_gain, -1e6, 1e6)
         _check(isinstance(self.allow_unverified, bool), s, "allow_unverified", self.allow_unverified,
                "must be true or false")

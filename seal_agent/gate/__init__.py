@@ -5,7 +5,8 @@ current one on a persisted replay suite of past tasks, user canaries and this
 consolidation's new-knowledge probes, and returns a `GateReport`. See `gate.py` for
 the flow, `suite.py` for what is replayed, `scorers.py` for how answers are scored,
 `decision.py` for the rule, `canary.py` for how canaries are judged (pass/fail, by
-behaviour), `scale.py` for scale-back, `report.py` for the reports. Canaries for the
+behaviour; contrastive canaries by the expected answer's margin over the answers it must
+not become), `scale.py` for scale-back, `report.py` for the reports. Canaries for the
 built-in model ship in ``canaries/`` (package data).
 
 torch and peft load with this package; import it only where gating happens.
@@ -13,7 +14,15 @@ torch and peft load with this package; import it only where gating happens.
 
 from __future__ import annotations
 
-from seal_agent.gate.canary import CanaryOutcome, answer_contains, canary_outcomes, decide_canaries
+from seal_agent.gate.canary import (
+    CanaryOutcome,
+    ContrastOutcome,
+    answer_contains,
+    canary_outcomes,
+    contrast_outcomes,
+    decide_canaries,
+    decide_contrastive,
+)
 from seal_agent.gate.decision import Decision, decide, paired_bootstrap_ci
 from seal_agent.gate.gate import Gate
 from seal_agent.gate.report import GateReport, render_report
@@ -33,6 +42,7 @@ from seal_agent.gate.suite import ReplaySuite, SuiteItem, load_canaries, shipped
 __all__ = [
     "CallableScorer",
     "CanaryOutcome",
+    "ContrastOutcome",
     "Decision",
     "ExactScorer",
     "F1Scorer",
@@ -47,8 +57,10 @@ __all__ = [
     "SuiteItem",
     "answer_contains",
     "canary_outcomes",
+    "contrast_outcomes",
     "decide",
     "decide_canaries",
+    "decide_contrastive",
     "load_canaries",
     "lora_deltas",
     "paired_bootstrap_ci",

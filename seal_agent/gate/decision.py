@@ -8,8 +8,10 @@ For one scorer, given each item's score under the current adapter and the candid
   - more than ``max_flips`` past tasks go from right to wrong (bounded scorers:
     current >= 0.5 and candidate < 0.5; unbounded ``logprob``: delta < -``flip_margin``);
   - any ``logprob`` canary's delta is below minus its tolerance (per line, default
-    ``canary_tolerance``). Greedy and rank canaries are judged pass/fail by
-    `seal_agent.gate.canary`, not here.
+    ``canary_tolerance``), against the current adapter and -- with `base` scores (the
+    cumulative bound, ``GateConfig.canary_against_base``) -- against the base model
+    too, so that drops each within the tolerance cannot add up over updates. Greedy,
+    rank and contrastive canaries are judged pass/fail by `seal_agent.gate.canary`, not here.
 - **no gain** -- reject when there are probes and their mean delta does not exceed
   ``min_gain``: an update must show a gain on what it was meant to teach.
 
@@ -103,6 +105,7 @@ def decide(
     bounded: bool,
     references: Sequence[float | None] | None = None,
     require_gain: bool = True,
+    base: Sequence[float | None] | None = None,
 ) -> Decision:
     """Apply the rule to one scorer's paired scores (see the module docstring).
 
@@ -116,12 +119,14 @@ def decide(
         references: Per item, the anchor of a past task (None: no anchor yet).
         require_gain: Apply ``min_gain`` to the probes (the deciding scorer, whose units
             ``min_gain`` is in); otherwise the gain is only reported.
+        base: Per item, a ``logprob`` canary's score under the base model (None
+            elsewhere, or no base bound): its drop below that is held to the tolerance too.
     """
     dec = Decision(scorer=scorer)
     m = dec.metrics
     cur, cand = np.asarray(current, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
     delta = cand - cur
-    by_kind = {k: [i for i, it in enumerate(items) if it.kind == k and it.check not in ("greedy", "rank")]
+    by_kind = {k: [i for i, it in enumerate(items) if it.kind == k and (k != "canary" or it.check == "logprob")]
                for k in ("past", "canary", "probe")}
     for kind, idx in by_kind.items():
         m[f"n_{kind}"] = len(idx)
@@ -172,6 +177,10 @@ def decide(
 
     canaries = by_kind["canary"]
     m["canary_deltas"] = {items[i].id: float(delta[i]) for i in canaries}
+    base_delta = {i: float(cand[i]) - float(base[i]) for i in canaries  # type: ignore[arg-type]
+                  if base is not None and base[i] is not None}
+    if base is not None:
+        m["canary_base_deltas"] = {items[i].id: d for i, d in base_delta.items()}
     failed = []
     for i in canaries:
         tol = items[i].tolerance if items[i].tolerance is not None else config.canary_tolerance
@@ -179,6 +188,11 @@ def decide(
             failed.append(items[i].id)
             dec.forgetting.append(f"{scorer}: canary {_fmt(items[i], delta[i])} regressed beyond its "
                                   f"tolerance {tol:g}")
+        elif i in base_delta and base_delta[i] < -tol:
+            failed.append(items[i].id)
+            dec.forgetting.append(f"{scorer}: canary {_fmt(items[i], base_delta[i])} fell below its score under "
+                                  f"the base model by more than its tolerance {tol:g} (cumulative bound: each "
+                                  "update stayed within it against the one before)")
     m["canary_failed"] = failed
 
     probes = by_kind["probe"]

@@ -11,10 +11,14 @@ One `Gate.evaluate` call:
 3. loads the candidate (and the current adapter, if any) as named adapters of one
    `PeftModel` around the given base model, and scores every item under both: past
    tasks, probes and ``logprob`` canaries with every scorer (the configured one, the
-   judge when given, user scorers), greedy/rank canaries pass/fail
-   (`seal_agent.gate.canary`);
+   judge when given, user scorers), greedy/rank canaries pass/fail, contrastive canaries
+   (a line's ``"not"`` answers) by their margins (`seal_agent.gate.canary`); with a
+   current adapter and ``GateConfig.canary_against_base``, the canaries under the base
+   model too (the cumulative bound) -- cached per base model in
+   ``home/gate/base-canaries/<fingerprint>.json``, so the base is scored once, not every run;
 4. applies the decision rule per scorer (`seal_agent.gate.decision`) and the canary
-   rule; a scorer that raises is skipped with a reason and the others decide;
+   rules; a scorer that raises is skipped with a reason and the others decide. A
+   contrastive canary that flips rejects whatever else passed;
 5. when the candidate fails *only* for forgetting, writes scaled-back adapters
    (`seal_agent.gate.scale`) for each ``GateConfig.scale_back`` factor, largest first,
    scores each, and keeps the first that passes;
@@ -29,23 +33,44 @@ report's scores raise the past tasks' and canaries' anchors.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seal_agent._compat import quiet_peft
+from seal_agent._fs import write_atomic
 from seal_agent.config import GateConfig
 from seal_agent.errors import TrainingCancelled, ValidationError
-from seal_agent.gate.canary import CanaryOutcome, canary_outcomes, decide_canaries, is_behaviour_canary
+from seal_agent.gate.canary import (
+    CanaryOutcome,
+    ContrastOutcome,
+    canary_outcomes,
+    contrast_outcomes,
+    contrast_slot,
+    decide_canaries,
+    decide_contrastive,
+    is_behaviour_canary,
+)
 from seal_agent.gate.decision import NO_PAST_NOTE, Decision, decide
 from seal_agent.gate.report import GateReport
-from seal_agent.gate.scorers import JudgeScorer, Scorer, ScoringContext, make_scorer
+from seal_agent.gate.scorers import (
+    ExactScorer,
+    F1Scorer,
+    JudgeScorer,
+    LogprobScorer,
+    Scorer,
+    ScoringContext,
+    make_scorer,
+)
 from seal_agent.gate.suite import (
     ReplaySuite,
     SuiteItem,
@@ -67,6 +92,27 @@ logger = logging.getLogger(__name__)
 _Scores = dict[str, "list[float] | str"]  # scorer -> scores, or the reason it failed
 _Decisions = dict[str, "Decision | str"]  # scorer -> decision, or the reason it was skipped
 NOTHING_TO_JUDGE = "nothing to judge the update on: no past tasks, no canaries and no new-knowledge probes"
+BASE_CACHE_VERSION = 1
+"""Layout version of the base-model canary cache (``home/gate/base-canaries/*.json``)."""
+
+
+@dataclass
+class _Scored:
+    """Everything scored under one model: scorer scores of the items, canary outcomes."""
+
+    scores: _Scores = field(default_factory=dict)
+    outcomes: list[CanaryOutcome] = field(default_factory=list)  # greedy/rank canaries
+    contrasts: list[ContrastOutcome] = field(default_factory=list)  # contrastive canaries
+
+
+@dataclass
+class _Base:
+    """The canaries under the base model: outcomes, contrasts, and per scorer the items' scores
+    (None for items that are not ``logprob`` canaries, or a scorer that failed)."""
+
+    outcomes: list[CanaryOutcome]
+    contrasts: list[ContrastOutcome]
+    scores: dict[str, list[float | None]]
 
 
 class Gate:
@@ -117,6 +163,7 @@ class Gate:
             self.scorers[name] = make_scorer(spec, name=name)
         self._lock = threading.Lock()  # the suite file: one writer at a time
         self._anchors: dict[str, dict[str, float]] | None = None  # of the evaluation under way
+        self._base_stats: dict[str, Any] = {}  # of the evaluation under way: base canary cache use
 
     # ------------------------------------------------------------------ the suite
 
@@ -248,6 +295,7 @@ class Gate:
         canary_path = self.canary_source(served)
         canaries = self.canaries(served)
         behaviour = [c for c in canaries if is_behaviour_canary(c)]  # judged pass/fail
+        contrastive = [c for c in canaries if c.foils]  # judged by their margins over the foils
         items = past + [c for c in canaries if not is_behaviour_canary(c)] + probe_items(probes)  # by the scorers
         self._anchors = suite.anchors if self.config.anchor_past else None
         timings["suite_seconds"] = time.perf_counter() - t
@@ -256,8 +304,9 @@ class Gate:
         base_metrics: dict[str, Any] = {"superseded": [{"id": i.id, "superseded_by": by} for i, by in superseded],
                                         "suite_size": len(suite.items),
                                         "canary_file": str(canary_path) if canary_path is not None else None}
-        if not items and not behaviour:
+        if not items and not behaviour and not contrastive:
             return self._unjudged(notes, base_metrics, Path(candidate_dir), t_start, timings)
+        fingerprint = model_fingerprint(model, tokenizer) if canaries else ""  # before LoRA layers go in
 
         check_cancel("loading adapters")
         t = time.perf_counter()
@@ -270,29 +319,41 @@ class Gate:
                     peft.load_adapter(str(current_dir), adapter_name="current")
             timings["load_seconds"] = time.perf_counter() - t
 
-            # 2. Scores under the current adapter and the candidate.
+            # 2. Scores under the current adapter (or the base model) and the candidate.
             check_cancel("scoring the current adapter")
             t = time.perf_counter()
-            current, canary_cur = self._score(peft, "current" if current_dir is not None else None, tokenizer,
-                                              items, behaviour)
+            cur = self._score(peft, "current" if current_dir is not None else None, tokenizer, items, behaviour,
+                              contrastive)
             timings["score_current_seconds"] = time.perf_counter() - t
+            # The base model's canary results: the cumulative bound. With no current adapter
+            # the base *is* the reference already (and its results fill the cache for later).
+            base: _Base | None = None
+            if canaries and self.config.canary_against_base:
+                check_cancel("scoring the base model's canaries")
+                t = time.perf_counter()
+                cached = self._base_canaries(peft, tokenizer, fingerprint, items, behaviour, contrastive,
+                                             cur if current_dir is None else None)
+                base = cached if current_dir is not None else None
+                base_metrics["base_canaries"] = {"fingerprint": fingerprint, "applied": base is not None,
+                                                 **self._base_stats}
+                timings["score_base_seconds"] = time.perf_counter() - t
             check_cancel("scoring the candidate")
             t = time.perf_counter()
-            full, canary_full = self._score(peft, "candidate", tokenizer, items, behaviour)
+            full = self._score(peft, "candidate", tokenizer, items, behaviour, contrastive)
             timings["score_candidate_seconds"] = time.perf_counter() - t
-            decisions = self._decide(items, current, full)
-            canary_dec = self._decide_canaries(behaviour, canary_cur, canary_full)
-            if not self._judges_anything(items, canary_dec):
-                metrics = {**base_metrics, **({"canaries": canary_dec.metrics} if canary_dec is not None else {})}
-                canary_notes = canary_dec.notes if canary_dec is not None else []
-                return self._unjudged([*notes, *canary_notes], metrics, Path(candidate_dir), t_start, timings)
-            log("gate: candidate %s", "passes" if _passed(decisions, canary_dec) else "fails")
+            decisions = self._decide(items, cur.scores, full.scores, base)
+            checks = self._decide_canaries(behaviour, contrastive, cur, full, base)
+            if not self._judges_anything(items, checks):
+                metrics = {**base_metrics, **_check_metrics(checks)}
+                check_notes = [n for c in checks for n in c.notes]
+                return self._unjudged([*notes, *check_notes], metrics, Path(candidate_dir), t_start, timings)
+            log("gate: candidate %s", "passes" if _passed(decisions, checks) else "fails")
 
             # 3. Scale back when the candidate fails only because it forgot.
-            final, final_scores, scale, adapter_dir = decisions, full, 1.0, Path(candidate_dir)
-            final_canary, final_outcomes = canary_dec, canary_full
+            final, final_scored, scale, adapter_dir = decisions, full, 1.0, Path(candidate_dir)
+            final_checks = checks
             attempts: list[dict[str, Any]] = []
-            if _forgot_only(decisions, canary_dec) and self.config.scale_back:
+            if _forgot_only(decisions, checks) and self.config.scale_back:
                 t = time.perf_counter()
                 max_rank = self._max_rank(Path(candidate_dir), current_dir)
                 for i, s in enumerate(self.config.scale_back):
@@ -304,26 +365,25 @@ class Gate:
                     name = f"scaled_{i}"
                     with quiet_peft():
                         peft.load_adapter(str(out), adapter_name=name)
-                    scores, outcomes = self._score(peft, name, tokenizer, items, behaviour)
-                    dec = self._decide(items, current, scores)
-                    cdec = self._decide_canaries(behaviour, canary_cur, outcomes)
-                    ok = _passed(dec, cdec)
+                    scored = self._score(peft, name, tokenizer, items, behaviour, contrastive)
+                    dec = self._decide(items, cur.scores, scored.scores, base)
+                    cdecs = self._decide_canaries(behaviour, contrastive, cur, scored, base)
+                    ok = _passed(dec, cdecs)
                     attempts.append({"scale": s, "passed": ok, "rank": written["rank"],
                                      "truncation_error": written["truncation_error"],
-                                     "reasons": _reasons(dec, cdec), **_headline(dec, cdec)})
+                                     "reasons": _reasons(dec, cdecs), **_headline(dec, cdecs)})
                     log("gate: scale-back %g %s", s, "passes" if ok else "fails")
                     if ok:
-                        final, final_scores, scale, adapter_dir = dec, scores, s, out
-                        final_canary, final_outcomes = cdec, outcomes
+                        final, final_scored, scale, adapter_dir, final_checks = dec, scored, s, out, cdecs
                         break
                     shutil.rmtree(out, ignore_errors=True)  # ours, just written, not committable
                 timings["scale_back_seconds"] = time.perf_counter() - t
         finally:
             peft.unload()  # removes the LoRA layers: the caller's base model is as it came
 
-        passed = _passed(final, final_canary)
+        passed = _passed(final, final_checks)
         reasons = list(notes)
-        full_reasons = _reasons(decisions, canary_dec)
+        full_reasons = _reasons(decisions, checks)
         if scale != 1.0:
             reasons += [f"full update rejected: {r}" for r in full_reasons]
             reasons.append(f"scaled back to {scale:g} of the update: passes (a consolidation keeps the full "
@@ -338,49 +398,46 @@ class Gate:
             passed = False
             reasons.append("every scorer failed: cannot judge the candidate")
         primary = self._primary(final)
-        judged = self._judged_on(items, final_canary)
+        canary_dec = _find(final_checks, "canaries")
+        contrast_dec = _find(final_checks, "contrastive")
+        judged = self._judged_on(items, canary_dec, contrast_dec)
         reasons.append(judged["text"])
-        final_notes = ([*final[primary].notes] if primary is not None else []) + (  # type: ignore[union-attr]
-            final_canary.notes if final_canary is not None else [])
+        final_notes = ([*final[primary].notes] if primary is not None else []) + [  # type: ignore[union-attr]
+            n for c in final_checks for n in c.notes]
         reasons += [n for n in final_notes if n not in reasons]
         metrics = dict(base_metrics)
         if primary is not None:
             metrics.update(final[primary].metrics)  # type: ignore[union-attr]
         metrics["notes"] = [judged["text"], *final_notes]
         metrics["judged_on"] = {k: v for k, v in judged.items() if k != "text"}
-        if final_canary is not None:
-            metrics["canaries"] = final_canary.metrics
+        metrics.update(_check_metrics(final_checks))
         metrics["scorers"] = {n: ({"skipped": d} if isinstance(d, str) else
                                   {"passed": d.passed, "reasons": d.reasons, "metrics": d.metrics})
                               for n, d in final.items()}
         if scale != 1.0:
-            metrics["candidate_full"] = _headline(decisions, canary_dec)
+            metrics["candidate_full"] = _headline(decisions, checks)
         metrics["scale_back"] = attempts
-        rows = self._rows(items, current, final_scores, final, primary) if primary is not None else []
-        rows += self._canary_rows(behaviour, canary_cur, final_outcomes, final_canary)
+        rows = self._rows(items, cur.scores, final_scored.scores, final, primary) if primary is not None else []
+        rows += self._canary_rows(behaviour, cur.outcomes, final_scored.outcomes, canary_dec)
+        rows += self._contrast_rows(contrastive, cur.contrasts, final_scored.contrasts, contrast_dec,
+                                    base.contrasts if base is not None else None)
         return self._report(passed, reasons, metrics, rows, scale, adapter_dir if passed else None,
                             t_start, timings, scorer=primary or self.config.scorer)
 
     # ------------------------------------------------------------------ helpers
 
     def _score(self, peft: Any, adapter: str | None, tokenizer: Any, items: list[SuiteItem],
-               canaries: list[SuiteItem]) -> tuple[_Scores, list[CanaryOutcome]]:
+               canaries: list[SuiteItem], contrastive: list[SuiteItem]) -> _Scored:
         """Every scorer's scores of `items`, and the canaries' outcomes, under one adapter (None: base)."""
-        out: _Scores = {}
-        outcomes: list[CanaryOutcome] = []
+        out = _Scored()
 
         def run() -> None:
-            nonlocal outcomes
             if items:
-                ctx = ScoringContext(peft, tokenizer, items, max_new_tokens=self.config.max_new_tokens)
-                for name, scorer in self.scorers.items():
-                    try:
-                        out[name] = scorer.score(ctx)
-                    except Exception as exc:  # a scorer's failure skips that scorer, never the gate
-                        logger.warning("gate: scorer %s failed (skipped): %s", name, exc)
-                        out[name] = f"{type(exc).__name__}: {exc}"
+                out.scores = self._scorer_scores(peft, tokenizer, items, self.scorers)
             if canaries:
-                outcomes = canary_outcomes(peft, tokenizer, canaries, max_new_tokens=self.config.max_new_tokens)
+                out.outcomes = canary_outcomes(peft, tokenizer, canaries, max_new_tokens=self.config.max_new_tokens)
+            if contrastive:
+                out.contrasts = contrast_outcomes(peft, tokenizer, contrastive)
 
         if adapter is None:
             with peft.disable_adapter():
@@ -388,9 +445,116 @@ class Gate:
         else:
             peft.set_adapter(adapter)
             run()
-        return out, outcomes
+        return out
 
-    def _decide(self, items: list[SuiteItem], current: _Scores, candidate: _Scores) -> _Decisions:
+    def _scorer_scores(self, model: Any, tokenizer: Any, items: list[SuiteItem],
+                       scorers: Mapping[str, Scorer]) -> _Scores:
+        out: _Scores = {}
+        ctx = ScoringContext(model, tokenizer, items, max_new_tokens=self.config.max_new_tokens)
+        for name, scorer in scorers.items():
+            try:
+                out[name] = scorer.score(ctx)
+            except Exception as exc:  # a scorer's failure skips that scorer, never the gate
+                logger.warning("gate: scorer %s failed (skipped): %s", name, exc)
+                out[name] = f"{type(exc).__name__}: {exc}"
+        return out
+
+    # ------------------------------------------------------------------ the base model's canaries
+
+    def base_cache_path(self, fingerprint: str) -> Path:
+        """Where the canary results of the base model with `fingerprint` are cached."""
+        return Path(self.memory.home) / "gate" / "base-canaries" / f"{fingerprint}.json"
+
+    def _base_canaries(self, peft: Any, tokenizer: Any, fingerprint: str, items: list[SuiteItem],
+                       behaviour: list[SuiteItem], contrastive: list[SuiteItem],
+                       known: _Scored | None) -> _Base:
+        """The canaries under the base model: from the cache, else scored (and cached).
+
+        `known`: the results just scored under the base model (no current adapter): they
+        are cached, nothing is scored. Entries are keyed by everything that decides a
+        result (the canary line, the check, the generation budget), so an edited canary is
+        scored afresh; scorers that may not be deterministic (a judge, user scorers) are
+        never cached. A cache that cannot be read is rebuilt (with a warning).
+        """
+        path = self.base_cache_path(fingerprint)
+        entries: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data.get("format_version") == BASE_CACHE_VERSION and data.get("fingerprint") == fingerprint:
+                    entries = {str(k): v for k, v in dict(data["entries"]).items() if _valid_entry(v)}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                logger.warning("gate: base-model canary cache %s unreadable (%s): scoring the base again", path, exc)
+        cacheable = {n for n, s in self.scorers.items() if type(s) in (LogprobScorer, ExactScorer, F1Scorer)}
+        canary_idx = [i for i, it in enumerate(items) if it.kind == "canary"]
+        okey = {it.id: self._entry_key(it, "outcome") for it in behaviour}
+        ckey = {it.id: self._entry_key(it, "contrast") for it in contrastive}
+        skey = {(i, n): self._entry_key(items[i], f"score:{n}") for i in canary_idx for n in self.scorers}
+        todo_b = [it for it in behaviour if okey[it.id] not in entries]
+        todo_c = [it for it in contrastive if ckey[it.id] not in entries]
+        todo_s = sorted({i for (i, n), k in skey.items() if k not in entries or n not in cacheable})
+        n_todo = len(todo_b) + len(todo_c) + sum(1 for (i, _) in skey if i in todo_s)
+        self._base_stats = {"cached": len(okey) + len(ckey) + len(skey) - n_todo, "scored": n_todo,
+                            "cache_file": str(path)}
+        fresh: dict[str, Any] = {}
+        live: dict[tuple[int, str], float | None] = {}
+        if known is not None:  # the base served: what was just scored is the base's
+            self._base_stats["scored"] = 0
+            for it, o in zip(behaviour, known.outcomes, strict=True):
+                fresh[okey[it.id]] = {"passed": o.passed, "answer": o.answer, "margin": o.margin}
+            for it, c in zip(contrastive, known.contrasts, strict=True):
+                fresh[ckey[it.id]] = {"margins": c.margins}
+            for (i, n), k in skey.items():
+                if n in cacheable and isinstance(known.scores.get(n), list):
+                    fresh[k] = {"score": known.scores[n][i]}  # type: ignore[index]
+            fresh = {k: v for k, v in fresh.items() if entries.get(k) != v}  # rewrite only what is new
+            entries.update(fresh)
+        elif todo_b or todo_c or todo_s:
+            with peft.disable_adapter():
+                if todo_b:
+                    for it, o in zip(todo_b, canary_outcomes(peft, tokenizer, todo_b,
+                                                             max_new_tokens=self.config.max_new_tokens), strict=True):
+                        fresh[okey[it.id]] = {"passed": o.passed, "answer": o.answer, "margin": o.margin}
+                if todo_c:
+                    for it, c in zip(todo_c, contrast_outcomes(peft, tokenizer, todo_c), strict=True):
+                        fresh[ckey[it.id]] = {"margins": c.margins}
+                if todo_s:
+                    got = self._scorer_scores(peft, tokenizer, [items[i] for i in todo_s], self.scorers)
+                    for n, scores in got.items():
+                        for j, i in enumerate(todo_s):
+                            value = None if isinstance(scores, str) else float(scores[j])
+                            live[(i, n)] = value
+                            if n in cacheable and value is not None:
+                                fresh[skey[(i, n)]] = {"score": value}
+            logger.info("gate: scored %d canary results under the base model (cached in %s)", n_todo, path)
+            entries.update(fresh)
+        if fresh:
+            with self._lock:
+                write_atomic(path, json.dumps({"format_version": BASE_CACHE_VERSION, "fingerprint": fingerprint,
+                                               "model": self._memory_model_name(), "entries": entries},
+                                              ensure_ascii=False, indent=1))
+        scores: dict[str, list[float | None]] = {n: [None] * len(items) for n in self.scorers}
+        for (i, n), k in skey.items():
+            scores[n][i] = live[(i, n)] if (i, n) in live else entries.get(k, {}).get("score")
+        return _Base(
+            outcomes=[CanaryOutcome(passed=bool(e["passed"]), answer=str(e.get("answer") or ""), margin=e.get("margin"))
+                      for e in (entries[okey[it.id]] for it in behaviour)],
+            contrasts=[ContrastOutcome({str(f): float(m) for f, m in entries[ckey[it.id]]["margins"].items()})
+                       for it in contrastive],
+            scores=scores,
+        )
+
+    def _entry_key(self, item: SuiteItem, what: str) -> str:
+        """A cache entry's key: a hash of the canary line (minus its tolerance) and what was measured."""
+        body = {**item.to_dict(), "tolerance": None, "what": what}
+        if what == "outcome" and item.check == "greedy":
+            body["max_new_tokens"] = self.config.max_new_tokens
+        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
+
+    # ------------------------------------------------------------------ decisions
+
+    def _decide(self, items: list[SuiteItem], current: _Scores, candidate: _Scores,
+                base: _Base | None = None) -> _Decisions:
         out: _Decisions = {}
         if not items:
             return out
@@ -407,52 +571,69 @@ class Gate:
             if self._anchors is not None:
                 refs = [self._anchors.get(it.id, {}).get(name) if it.kind == "past" else None for it in items]
             out[name] = decide(items, cur, cand, self.config, scorer=name, bounded=scorer.bounded,
-                               references=refs, require_gain=name == gainer)
+                               references=refs, require_gain=name == gainer,
+                               base=base.scores.get(name) if base is not None else None)
         return out
 
-    def _decide_canaries(self, canaries: list[SuiteItem], current: list[CanaryOutcome],
-                         candidate: list[CanaryOutcome]) -> Decision | None:
-        if not canaries:
-            return None
-        return decide_canaries(canaries, current, candidate, self.config, anchors=self._anchors)
+    def _decide_canaries(self, behaviour: list[SuiteItem], contrastive: list[SuiteItem], current: _Scored,
+                         candidate: _Scored, base: _Base | None) -> list[Decision]:
+        """The greedy/rank canaries' decision and the contrastive canaries' (each when there are any)."""
+        out = []
+        if behaviour:
+            out.append(decide_canaries(behaviour, current.outcomes, candidate.outcomes, self.config,
+                                       anchors=self._anchors, base=base.outcomes if base is not None else None))
+        if contrastive:
+            out.append(decide_contrastive(contrastive, current.contrasts, candidate.contrasts,
+                                          base=base.contrasts if base is not None else None, anchors=self._anchors))
+        return out
 
     @staticmethod
-    def _judges_anything(items: list[SuiteItem], canary: Decision | None) -> bool:
-        """Past tasks, probes, logprob canaries, or canaries that pass under the reference."""
-        return bool(items) or (canary is not None and canary.metrics["n_judged"] > 0)
+    def _judges_anything(items: list[SuiteItem], checks: Sequence[Decision]) -> bool:
+        """Past tasks, probes, logprob canaries, or canaries that pass under a reference."""
+        return bool(items) or any(c.metrics["n_judged"] > 0 for c in checks)
 
-    def _judged_on(self, items: list[SuiteItem], canary: Decision | None) -> dict[str, Any]:
+    def _judged_on(self, items: list[SuiteItem], canary: Decision | None,
+                   contrast: Decision | None = None) -> dict[str, Any]:
         """What the verdict rests on: counts, and a sentence saying so."""
         n_past = sum(it.kind == "past" for it in items)
         n_probe = sum(it.kind == "probe" for it in items)
         n_logprob = sum(it.kind == "canary" for it in items)
         n_canary = canary.metrics["n_judged"] if canary is not None else 0
+        n_contrast = contrast.metrics["n_judged"] if contrast is not None else 0
         parts = [f"{n_past} past tasks"] if n_past else []
         if canary is not None:
             how = "/".join(canary.metrics["checks"])
             of = f" of {canary.metrics['n']}" if n_canary != canary.metrics["n"] else ""
             parts.append(f"{n_canary}{of} canaries ({how} check)")
+        if contrast is not None:
+            of = f" of {contrast.metrics['n']}" if n_contrast != contrast.metrics["n"] else ""
+            parts.append(f"{n_contrast}{of} contrastive canaries")
         if n_logprob:
             parts.append(f"{n_logprob} logprob canaries")
         parts.append(f"{n_probe} new-knowledge probes" if n_probe else "no new-knowledge probes (no gain measured)")
         text = ("judged on " if n_past else f"{NO_PAST_NOTE}: judged on ") + ", ".join(parts[:-1]) + \
             (" and " if len(parts) > 1 else "") + parts[-1]
-        return {"text": text, "past": n_past, "canaries": n_canary,
-                "canaries_total": canary.metrics["n"] if canary is not None else 0,
-                "logprob_canaries": n_logprob, "probes": n_probe}
+        out = {"text": text, "past": n_past, "canaries": n_canary,
+               "canaries_total": canary.metrics["n"] if canary is not None else 0,
+               "logprob_canaries": n_logprob, "probes": n_probe}
+        if contrast is not None:
+            out.update(contrastive=n_contrast, contrastive_total=contrast.metrics["n"])
+        return out
 
     def _unjudged(self, notes: list[str], metrics: dict[str, Any], candidate_dir: Path, t_start: float,
                   timings: dict[str, float]) -> GateReport:
-        """No past task, probe or judging canary: refuse, or pass flagged unverified."""
+        """No past task, probe or judging canary: refuse, or pass flagged unverified -- never silently."""
         metrics = {**metrics, "judged_on": {"past": 0, "canaries": 0, "logprob_canaries": 0, "probes": 0}}
         if self.config.allow_unverified:
             note = (f"{NOTHING_TO_JUDGE}: passed UNVERIFIED (gate.allow_unverified = true); nothing shows "
                     "that this update learned anything or kept what the model knew")
+            logger.warning("gate: %s", note)
             return self._report(True, [*notes, note], {**metrics, "notes": [note]}, [], 1.0, candidate_dir,
                                 t_start, timings, unverified=True)
         note = (f"{NOTHING_TO_JUDGE}: refused (gate.allow_unverified = false). Give the gate something to "
                 "judge: canaries (gate.canary_file), a self-edit strategy that writes probes (self_qa), or "
                 "set gate.allow_unverified = true to commit such updates flagged unverified")
+        logger.warning("gate: %s", note)
         return self._report(False, [*notes, note], {**metrics, "notes": [note]}, [], 1.0, None, t_start, timings)
 
     def _primary(self, decisions: Mapping[str, Decision | str]) -> str | None:
@@ -504,6 +685,25 @@ class Gate:
             rows.append(row)
         return rows
 
+    @staticmethod
+    def _contrast_rows(items: list[SuiteItem], current: list[ContrastOutcome], candidate: list[ContrastOutcome],
+                       decision: Decision | None, base: list[ContrastOutcome] | None) -> list[dict[str, Any]]:
+        """One row per contrastive canary: pass / fail, and the margins over each foil."""
+        flipped = decision.flipped if decision is not None else set()
+        rows = []
+        for i, (it, c, n) in enumerate(zip(items, current, candidate, strict=True)):
+            row = {"kind": "canary", "id": it.id, "prompt": it.preview,
+                   "expected": f"{it.expected} (not {', '.join(it.foils)})",
+                   "current": float(c.passed), "candidate": float(n.passed),
+                   "delta": float(n.passed) - float(c.passed), "flipped": it.id in flipped,
+                   "check": "contrast", "anchor_key": canary_anchor_key(it), "anchor_slot": contrast_slot(it),
+                   "margin_current": c.margins[n.worst], "margin_candidate": n.margins[n.worst],
+                   "margins_current": dict(c.margins), "margins_candidate": dict(n.margins)}
+            if base is not None:
+                row["margins_base"] = dict(base[i].margins)
+            rows.append(row)
+        return rows
+
     def _report(self, passed: bool, reasons: list[str], metrics: dict[str, Any], rows: list[dict[str, Any]],
                 scale: float, adapter_dir: Path | None, t_start: float, timings: dict[str, float],
                 *, scorer: str | None = None, unverified: bool = False) -> GateReport:
@@ -514,33 +714,82 @@ class Gate:
                           created_at=datetime.now(UTC).isoformat(timespec="seconds"), unverified=unverified)
 
 
-def _passed(decisions: Mapping[str, Decision | str], canary: Decision | None) -> bool:
+def _passed(decisions: Mapping[str, Decision | str], checks: Sequence[Decision]) -> bool:
     """Every scorer that ran passed (at least one ran, when there were items to score), and the canaries."""
     ran = [d for d in decisions.values() if isinstance(d, Decision)]
     if decisions and not ran:
         return False
-    return all(d.passed for d in ran) and (canary is None or canary.passed)
+    return all(d.passed for d in ran) and all(c.passed for c in checks)
 
 
-def _forgot_only(decisions: Mapping[str, Decision | str], canary: Decision | None) -> bool:
+def _forgot_only(decisions: Mapping[str, Decision | str], checks: Sequence[Decision]) -> bool:
     """Failed, and only for forgetting: scaling back can help (it cannot add gain)."""
-    ran = [d for d in decisions.values() if isinstance(d, Decision)] + ([canary] if canary is not None else [])
+    ran = [d for d in decisions.values() if isinstance(d, Decision)] + list(checks)
     return any(d.forgetting for d in ran) and not any(d.no_gain for d in ran)
 
 
-def _reasons(decisions: Mapping[str, Decision | str], canary: Decision | None) -> list[str]:
+def _reasons(decisions: Mapping[str, Decision | str], checks: Sequence[Decision]) -> list[str]:
     out = [r for d in decisions.values() if isinstance(d, Decision) for r in d.reasons]
-    return out + (canary.reasons if canary is not None else [])
+    return out + [r for c in checks for r in c.reasons]
 
 
-def _headline(decisions: Mapping[str, Decision | str], canary: Decision | None) -> dict[str, Any]:
+def _headline(decisions: Mapping[str, Decision | str], checks: Sequence[Decision]) -> dict[str, Any]:
     keys = ("replay_delta", "flips", "probe_gain", "canary_failed")
     out = {f"{name}.{k}" if i else k: d.metrics.get(k)
            for i, (name, d) in enumerate((n, d) for n, d in decisions.items() if isinstance(d, Decision))
            for k in keys if k in d.metrics}
+    canary, contrast = _find(checks, "canaries"), _find(checks, "contrastive")
     if canary is not None:
         out["canary_flips"] = canary.metrics["flipped"]
+    if contrast is not None:
+        out["contrastive_flips"] = contrast.metrics["flipped"]
     return out
+
+
+def _valid_entry(entry: Any) -> bool:
+    """A base-cache entry of a known shape (others are dropped and scored again)."""
+    if not isinstance(entry, dict):
+        return False
+    if "passed" in entry:
+        return isinstance(entry["passed"], bool) and (entry.get("margin") is None or _is_number(entry["margin"]))
+    if "margins" in entry:
+        m = entry["margins"]
+        return isinstance(m, dict) and bool(m) and all(_is_number(v) for v in m.values())
+    return "score" in entry and _is_number(entry["score"])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _find(checks: Sequence[Decision], name: str) -> Decision | None:
+    return next((c for c in checks if c.scorer == name), None)
+
+
+def _check_metrics(checks: Sequence[Decision]) -> dict[str, Any]:
+    """``canaries`` / ``contrastive`` metrics of the canary decisions, as the report keeps them."""
+    return {c.scorer: c.metrics for c in checks}
+
+
+def model_fingerprint(model: Any, tokenizer: Any = None) -> str:
+    """A short id of a base model's weights (and tokenizer): what the base canary cache is keyed by.
+
+    Hashes the model's name, the names, shapes and dtypes of its parameters, and the
+    first values of its first and last parameters (cheap: no pass over all weights), and
+    the tokenizer's name, size and chat template: two models that differ there never
+    share cached results.
+    """
+    h = hashlib.sha256()
+    h.update(str(getattr(getattr(model, "config", None), "name_or_path", "")).encode())
+    params = list(model.named_parameters())
+    for name, p in params:
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+    for _, p in (params[:1] + params[-1:]):
+        h.update(p.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+    if tokenizer is not None:
+        h.update(f"{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}".encode())
+        h.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
+    return h.hexdigest()[:16]
 
 
 def _fresh_dir(path: Path) -> Path:

@@ -19,8 +19,12 @@ Three kinds of `SuiteItem`:
   not drop by more than ``"tolerance"``, default ``GateConfig.canary_tolerance``);
   ``"raw": true`` (the prompt is plain text the model continues, no chat template --
   for base-model abilities such as story continuation; raw lines default to
-  ``"logprob"``, a continuation having no short answer to look for). Unknown keys
-  (e.g. ``"category"``) are ignored; lines starting with ``#`` are comments.
+  ``"logprob"``, a continuation having no short answer to look for). ``"not"``: answers
+  the model must never come to prefer (a *contrastive* canary, whatever its check:
+  ``expected`` must keep a higher length-normalised log-likelihood than each of them, after
+  the optional ``"reply_prefix"``; see `seal_agent.gate.canary`). ``"answer"`` may stand
+  for ``"expected"``. Unknown keys (e.g. ``"category"``) are ignored; lines starting with
+  ``#`` are comments.
 - ``probe``: this consolidation's held-out new-knowledge questions (`Probe`).
 
 Superseded items. When a *newer* interaction in the same namespace asks the same
@@ -102,8 +106,11 @@ class SuiteItem:
         check: How a canary is judged: ``"greedy"``, ``"rank"`` or ``"logprob"`` ("" otherwise).
         aliases: Other accepted spellings of ``expected`` (``greedy`` canaries).
         wrong: Plausible wrong answers ``expected`` must outrank (``rank`` canaries).
-        reply_prefix: Start of the reply after which ``expected`` and ``wrong`` are
-            scored (``rank`` canaries); "" scores them as the start of the reply.
+        reply_prefix: Start of the reply after which ``expected`` and ``wrong`` (and
+            ``foils``) are scored (``rank`` and contrastive canaries); "" scores them as
+            the start of the reply.
+        foils: Answers ``expected`` must keep outranking (a contrastive canary's
+            ``"not"``): any flip rejects, whatever ``canary_max_flip_share`` allows.
     """
 
     kind: ItemKind
@@ -119,6 +126,7 @@ class SuiteItem:
     aliases: tuple[str, ...] = ()
     wrong: tuple[str, ...] = ()
     reply_prefix: str = ""
+    foils: tuple[str, ...] = ()
 
     @property
     def preview(self) -> str:
@@ -130,14 +138,14 @@ class SuiteItem:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["prompt"] = [dict(m) for m in self.prompt]
-        out["aliases"], out["wrong"] = list(self.aliases), list(self.wrong)
+        out["aliases"], out["wrong"], out["foils"] = list(self.aliases), list(self.wrong), list(self.foils)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SuiteItem:
         d = dict(data)
         d["prompt"] = tuple(dict(m) for m in d.get("prompt", ()))
-        for key in ("aliases", "wrong"):
+        for key in ("aliases", "wrong", "foils"):
             d[key] = tuple(d.get(key, ()))
         return cls(**d)
 
@@ -210,9 +218,10 @@ class ReplaySuite:
         dropped: Ids of items dropped as superseded, with the id that superseded them
             (the most recent 100 kept, for reports).
         anchors: Item id -> scorer -> the best score the item ever had under a committed
-            adapter (see `record_scores`; used when ``GateConfig.anchor_past``). Greedy and
-            rank canaries are anchored too, under `canary_anchor_key` -> check -> 1.0 once
-            the canary passed under a committed adapter (or the base model before it).
+            adapter (see `record_scores`; used when ``GateConfig.anchor_past``). Greedy,
+            rank and contrastive canaries are anchored too, under `canary_anchor_key` ->
+            check (``contrast:<foils hash>`` for the contrastive check) -> 1.0 once the
+            canary passed under a committed adapter (or the base model before it).
     """
 
     lineage: str
@@ -334,10 +343,12 @@ class ReplaySuite:
         ids = {it.id for it in self.items}
         n = 0
         for row in rows:
-            if row.get("kind") == "canary" and row.get("anchor_key") and row.get("check") in ("greedy", "rank"):
-                # Pass (1.0) / fail (0.0) of a greedy or rank canary: anchored under its check,
-                # whatever the scorer, so that canaries lost over several updates add up.
-                key, name = str(row["anchor_key"]), str(row["check"])
+            if (row.get("kind") == "canary" and row.get("anchor_key")
+                    and row.get("check") in ("greedy", "rank", "contrast")):
+                # Pass (1.0) / fail (0.0) of a greedy, rank or contrastive canary: anchored under
+                # its check (a contrastive one under its foils too), whatever the scorer, so
+                # that canaries lost over several updates add up.
+                key, name = str(row["anchor_key"]), str(row.get("anchor_slot") or row["check"])
             elif row.get("kind") == "past" and row.get("id") in ids:
                 key, name = str(row["id"]), scorer
             else:
@@ -424,8 +435,8 @@ def load_canaries(path: str | os.PathLike[str], *, default_tolerance: float,
 
     Raises:
         ValidationError: The file is missing, or a line is not a JSON object with a
-            non-empty ``prompt`` (string or messages) and ``expected`` string, or has a
-            bad optional field; the error's field names the line and key, e.g.
+            non-empty ``prompt`` (string or messages) and ``expected`` (or ``answer``)
+            string, or has a bad optional field (e.g. a ``not`` list naming the expected answer); the error's field names the line and key, e.g.
             ``canaries.jsonl:3.expected``.
     """
     from seal_agent.gate.scorers import normalize_answer
@@ -449,11 +460,17 @@ def load_canaries(path: str | os.PathLike[str], *, default_tolerance: float,
         if not isinstance(raw, bool):
             raise ValidationError(f"{where}.raw", raw, "must be true or false")
         prompt = _canary_prompt(obj.get("prompt"), raw, where)
-        expected = obj.get("expected")
+        if "answer" in obj and "expected" in obj and obj["answer"] != obj["expected"]:
+            raise ValidationError(f"{where}.answer", obj["answer"], "differs from expected: give one of them")
+        key = "expected" if "expected" in obj or "answer" not in obj else "answer"
+        expected = obj.get(key)
         if not isinstance(expected, str) or not expected.strip():
-            raise ValidationError(f"{where}.expected", expected, "must be a non-empty string")
+            raise ValidationError(f"{where}.{key}", expected, "must be a non-empty string")
         aliases = _strings(obj.get("aliases", []), f"{where}.aliases")
         wrong = _strings(obj.get("wrong", []), f"{where}.wrong")
+        foils = _strings(obj.get("not", []), f"{where}.not")
+        if any(normalize_answer(f) == normalize_answer(e) for f in foils for e in (expected, *aliases)):
+            raise ValidationError(f"{where}.not", list(foils), "must not contain the expected answer or an alias")
         prefix = obj.get("reply_prefix", "")
         if not isinstance(prefix, str):
             raise ValidationError(f"{where}.reply_prefix", prefix, "must be a string")
@@ -480,7 +497,7 @@ def load_canaries(path: str | os.PathLike[str], *, default_tolerance: float,
         seen.add(cid)
         items.append(SuiteItem(kind="canary", id=cid, prompt=prompt, expected=expected,
                                tolerance=float(tol), raw=raw, check=check, aliases=aliases, wrong=wrong,
-                               reply_prefix=prefix))
+                               reply_prefix=prefix, foils=foils))
     return items
 
 
