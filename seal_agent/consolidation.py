@@ -820,7 +820,10 @@ def consolidate(
             entry["attempts"] = attempt = int(entry.get("attempts", 0)) + 1
             _save_book(memory, book)  # before running: a process that dies mid-run still used an attempt
             try:
-                graph.invoke(inp, {"configurable": {"thread_id": rid}})
+                # "sync": a node's checkpoint is on disk before the next node starts, so a
+                # kill -9 loses at most the node that was running (LangGraph's default,
+                # "async", may also lose the one before: a finished training, say).
+                graph.invoke(inp, {"configurable": {"thread_id": rid}}, durability="sync")
                 report = _report(memory, graph, rid)
             except Exception as exc:
                 raise _failed(memory, graph, book, rid, attempt, max_attempts, exc) from exc
@@ -855,7 +858,8 @@ def _failed(memory: SealMemory, graph: Any, book: dict[str, Any], run_id: str, a
         _finish(memory, book, run_id, "failed", reason=f"{error} (at {node})" if node else error, attempts=attempt)
         then = "the next consolidation resumes it"
     message = f"consolidation {run_id} failed{where} (attempt {attempt} of {max_attempts}): {error}; {then}"
-    logger.warning("%s", message)
+    if attempt < max_attempts:  # `_abandon` has said so already otherwise
+        logger.warning("%s", message)
     return ConsolidationError(message)
 
 

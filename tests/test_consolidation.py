@@ -425,3 +425,22 @@ def test_item7_status_shows_consolidation_outcome_from_another_process(
     out = capsys.readouterr().out
     assert "consecutive failures: 1" in out and "failed" in out and "disk on fire" in out
     assert f"last success: {st['last_success_at']}" in out
+
+
+def test_item5_fit_examples_cuts_documents_drops_long_chats_and_unusable_items(tiny: tuple) -> None:
+    """The data layer judges each example alone instead of rejecting the whole set."""
+    from seal_agent.training.data import encode_example, encode_examples, fit_examples
+
+    _, tok = tiny
+    ok = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
+    long_chat = {"messages": [{"role": "user", "content": LONG}, {"role": "assistant", "content": "fine"}]}
+    no_answer = {"messages": [{"role": "user", "content": "no answer here"}]}
+    fit = fit_examples(tok, [{"text": LONG}, long_chat, ok, no_answer], max_seq_len=64)
+    assert fit.kept == [0, 2]
+    assert [i for i, _ in fit.truncated] == [0] and fit.truncated[0][1] > 64
+    assert [(i, why.split(":")[0]) for i, _, why in fit.dropped] == [(1, "too_long"), (3, "invalid")]
+    assert fit.dropped[0][1] > 64
+    cut = fit.examples[0]["text"]
+    assert LONG.startswith(cut) and 32 < len(encode_example(tok, {"text": cut})) <= 64
+    assert fit.examples[1] == ok
+    encode_examples(tok, fit.examples, max_seq_len=64)  # what train_adapter does: no error now
