@@ -80,6 +80,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if cons.get("consecutive_failures") and cons.get("abandoned"):
             gone = cons["abandoned"][-1]
             lines.append(f"  abandoned {gone['run_id']} at {gone['at']}: {gone['reason']}")
+    adapter = st.get("adapter")
+    if adapter and adapter.get("problem"):
+        lines.append(f"adapter: CURRENT {adapter['current'] or '(unreadable)'} is BROKEN ({adapter['problem']}); "
+                     f"serving {adapter['serving'] or 'the base model'} instead")
+    elif adapter and adapter.get("current"):
+        lines.append(f"adapter: {adapter['current']}")
     _emit(args, st, "\n".join(lines))
     return 0
 

@@ -235,7 +235,10 @@ class AdapterRegistry:
         if not isinstance(keep_staged, int) or keep_staged < 0:
             raise ValidationError("keep_staged", keep_staged, "must be an integer >= 0")
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only home without adapters: readable as empty; writes fail later
+            logger.debug("registry %s cannot be created (%s); reading it as empty", self.root, exc)
         self.keep_staged = keep_staged
         self._base_hash = base_model_hash
         self._warned: set[tuple[Any, ...]] = set()  # `serving` fallbacks already logged
@@ -588,6 +591,8 @@ class AdapterRegistry:
         _write_atomic(self.root / _CURRENT, name + "\n")
 
     def _version_names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         names = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
         return sorted(names, key=lambda n: int(_VERSION_RE.match(n).group(1)))  # type: ignore[union-attr]
 
@@ -628,7 +633,7 @@ class AdapterRegistry:
         """Undo an interrupted commit and delete temp leftovers (called under the lock)."""
         pending = self.root / _PENDING
         if pending.exists():
-            names = pending.read_text(encoding="utf-8").split()  # the committed version first
+            names = pending.read_bytes().decode("utf-8", errors="replace").split()  # committed version first
             try:
                 current = (self.root / _CURRENT).read_bytes().decode("utf-8", errors="replace").strip()
             except FileNotFoundError:

@@ -410,7 +410,7 @@ class Journal:
         with self._all_lock:
             db = getattr(self, "_revision_db", None)
             if db is None or db not in self._all:  # first call, or reopened after close()
-                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                db = self._connect()  # read-only journals too; errors name the journal
                 self._revision_db = db
                 self._all.append(db)
             return int(db.execute("PRAGMA data_version").fetchone()[0])
