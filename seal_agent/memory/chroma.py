@@ -106,6 +106,12 @@ def embedded_record_count(home: str | os.PathLike[str], collection: str) -> int:
         return int(client.get_collection(collection).count())
     except Exception:  # chromadb raises NotFoundError/ValueError (by version) for no such collection
         return 0
+    finally:
+        if hasattr(client, "close"):  # release it: the index opens its own when it needs one
+            try:
+                client.close()
+            except Exception as exc:
+                logger.debug("closing the Chroma client of %s failed: %s", home, exc)
 
 
 def snapshot_embedded(home: str | os.PathLike[str]) -> Path:
