@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -238,6 +239,8 @@ class AdapterRegistry:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a read-only home without adapters: readable as empty; writes fail later
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
             logger.debug("registry %s cannot be created (%s); reading it as empty", self.root, exc)
         self.keep_staged = keep_staged
         self._base_hash = base_model_hash
