@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -27,8 +29,21 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.embeddings import Embeddings
 
 from seal_agent.config import SealConfig
-from seal_agent.errors import BackendUnavailableError, NotFoundError, SealAgentError, ValidationError
-from seal_agent.memory.chroma import make_client, parse_chroma_url
+from seal_agent.errors import (
+    BackendUnavailableError,
+    NotFoundError,
+    SealAgentError,
+    StorageError,
+    ValidationError,
+)
+from seal_agent.memory.chroma import (
+    check_embedded,
+    embedded_record_count,
+    is_storage_fault,
+    make_client,
+    parse_chroma_url,
+    snapshot_embedded,
+)
 from seal_agent.memory.embeddings import SubprocessEmbeddings, default_embeddings
 from seal_agent.memory.index import ChromaIndex, IndexWorker
 from seal_agent.memory.journal import Journal
@@ -66,6 +81,40 @@ logger = logging.getLogger(__name__)
 DEFAULT_NAMESPACE: Namespace = ("default",)
 
 
+def _unwritable(home: Path) -> bool:
+    """An existing home (or its journal) that this process cannot write."""
+    journal = home / "journal.sqlite3"
+    return home.is_dir() and (not os.access(home, os.W_OK)
+                              or (journal.exists() and not os.access(journal, os.W_OK)))
+
+
+class _ReadOnlyWorker(IndexWorker):
+    """The worker of a read-only memory: indexes nothing (it could not mark rows indexed).
+
+    `recall` queries the index as it is; waiting for, or catching up with, indexing
+    returns at once.
+    """
+
+    def start(self) -> None:
+        self._reconciled.set()
+
+    def notify(self) -> None:
+        pass
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        pass
+
+    def wait_idle(self, timeout: float | None, pending: Callable[[], int] | None = None,
+                  *, stop_on_error: bool = False) -> bool:
+        return True
+
+    def catch_up(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def drain(self, timeout: float | None) -> bool:
+        return True
+
+
 class SealMemory:
     """Long-term memory for an agent: every exchange logged durably and recalled by meaning.
 
@@ -77,6 +126,20 @@ class SealMemory:
         chroma_client: An existing chromadb client to use instead of creating one.
         model: The served model (overrides ``config.model.name_or_path``): a local
             folder, a hub id, or ``"tiny-random"`` (random weights; tests and demos).
+        read_only: Open for reading only (`recall`, `get`, `list`, `status`): the journal
+            is opened read-only and an embedded index is read from a temporary copy
+            (Chroma writes on open). `log`, `feedback`, `forget` and `consolidate` then
+            raise `StorageError`. Default (None): read-only exactly when the home exists
+            and cannot be written (a read-only disk or permissions), with a warning.
+            Interactions the writer had not yet indexed are not recalled read-only.
+
+    Raises:
+        StorageError: A file of the home is damaged (the message says how to restore or
+            rebuild it), its disk is full, it cannot be written (and `read_only` is
+            False), or the journal is empty while the embedded index still holds records
+            (the store of truth was lost: restore it rather than serve an index that
+            disagrees with it).
+        ConfigError: ``home/config.toml`` is invalid, not UTF-8, or a folder.
 
     Example:
         >>> with SealMemory("./.seal") as mem:                      # doctest: +SKIP
@@ -96,21 +159,42 @@ class SealMemory:
         config: SealConfig | None = None,
         chroma_client: Any = None,
         model: str | None = None,
+        read_only: bool | None = None,
     ) -> None:
         if chroma_url is not None:
             parse_chroma_url(chroma_url)  # fail before anything is created
         self.home = Path(home).expanduser().resolve()
-        self.home.mkdir(parents=True, exist_ok=True)
+        if read_only is None:
+            read_only = _unwritable(self.home)
+            if read_only:
+                logger.warning("memory home %s cannot be written: opened read-only (recall works; log, feedback, "
+                               "forget and consolidate raise StorageError)", self.home)
+        self.read_only = bool(read_only)
+        if not self.read_only:
+            try:
+                self.home.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create the memory home {self.home}: {exc.strerror or exc}",
+                                   path=self.home) from exc
         self.config = config if config is not None else SealConfig.load(self.home)
         if model is not None:
             self.config = self.config.with_overrides(model={"name_or_path": model})
         self.chroma_url = chroma_url
         self.embeddings = embeddings if embeddings is not None else default_embeddings()
         mc = self.config.memory
-        self._journal = Journal(self.home / "journal.sqlite3")
+        self._journal = Journal(self.home / "journal.sqlite3", read_only=self.read_only)
+        self._snapshot: Path | None = None  # read-only: the private copy of the embedded index
+        try:
+            if chroma_url is None and chroma_client is None:
+                self._check_embedded_index()
+                if self.read_only:
+                    self._snapshot = snapshot_embedded(self.home)
+        except BaseException:
+            self._journal.close()
+            raise
         client = chroma_client
         if client is None:
-            home_dir = self.home
+            home_dir = self._snapshot or self.home
 
             def client() -> Any:  # opened lazily by the index: a server may come up later
                 return make_client(home_dir, chroma_url=chroma_url)
@@ -120,7 +204,7 @@ class SealMemory:
                                 else None)
         self._index = ChromaIndex(client, mc.collection, self.embeddings, text_chars=mc.embedding_text_chars,
                                   document_embeddings=self._doc_embeddings)
-        self._worker = IndexWorker(
+        self._worker = (_ReadOnlyWorker if self.read_only else IndexWorker)(
             self._journal, self._index,
             batch_size=mc.embed_batch_size, interval_s=mc.flush_interval_s,
             retry_initial_s=mc.retry_initial_s, retry_max_s=mc.retry_max_s,
@@ -145,17 +229,55 @@ class SealMemory:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_embedded_index(self) -> None:
+        """Refuse a garbage ``chroma.sqlite3``, and an empty journal beside an index with records.
+
+        The second happens when the journal was deleted, truncated to 0 bytes or replaced:
+        serving recall from such an index would answer from memories the store of truth
+        no longer has (and that `get`, `forget` and consolidation cannot see).
+        """
+        check_embedded(self.home)
+        if not self._journal.is_empty():
+            return
+        n = embedded_record_count(self.home, self.config.memory.collection)
+        if n:
+            raise StorageError(
+                f"the journal {self._journal.path} is empty or new, but the Chroma index {self.home / 'chroma'} "
+                f"holds {n} records: the journal (the store of truth) was lost or replaced. Restore "
+                f"{self._journal.path.name} from a backup; to start over with an empty memory instead, move "
+                f"{self.home / 'chroma'} away as well", path=self._journal.path)
+
+    def _wait_indexed(self, timeout: float) -> bool:
+        """`close`'s wait for the worker to drain; False if it did not.
+
+        Gives up at once on a storage fault (a full disk, a read-only or damaged index):
+        those do not heal within a timeout, and closing must not hang on them. A Chroma
+        server that is down is waited for, up to `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if self._worker.wait_idle(min(max(left, 0.0), 0.25)):
+                return True
+            err = self._worker.last_error
+            if err is not None and is_storage_fault(err):
+                logger.warning("not waiting for indexing to finish: %s", err)
+                return False
+            if left <= 0 or not self._worker.alive:  # a stopped worker drains nothing
+                return False
+
     def close(self) -> None:
         """Wait (up to ``memory.close_timeout_s``) for indexing, then release everything.
 
         What could not be indexed in time stays in the journal and is indexed at the
-        next start: nothing acknowledged is lost.
+        next start: nothing acknowledged is lost. On a storage fault (disk full) it does
+        not wait.
         """
         if self._closed:
             return
         self.stop_scheduler()
         self._closed = True
-        if not self._worker.wait_idle(self.config.memory.close_timeout_s):
+        if not self._wait_indexed(self.config.memory.close_timeout_s):
             logger.warning(
                 "closing with %d interactions not yet in Chroma; they stay in the journal and are "
                 "indexed at the next start", self._journal.backlog(),
@@ -164,10 +286,17 @@ class SealMemory:
         if self._doc_embeddings is not None:
             self._doc_embeddings.close()
         self._journal.close()
+        if self._snapshot is not None:
+            shutil.rmtree(self._snapshot, ignore_errors=True)
 
     def _check_open(self) -> None:
         if self._closed:
             raise SealAgentError("this SealMemory is closed")
+
+    def _check_writable(self, action: str) -> None:
+        if self.read_only:
+            raise StorageError(f"cannot {action}: the memory home {self.home} was opened read-only; open it "
+                               "with read_only=False (it must be writable)", path=self.home)
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Block until every logged interaction is in Chroma.
@@ -462,7 +591,16 @@ class SealMemory:
             # the last consolidation's outcome, failures in a row, last success: read from
             # home/consolidation, so a CLI process sees what the scheduler daemon did
             "consolidation": consolidation_status(self),
+            # what a chat model serves: CURRENT, or the version it falls back to when
+            # CURRENT's weights are missing or damaged (with the problem)
+            "adapter": self._adapter_status(),
         }
+
+    def _adapter_status(self) -> dict[str, Any] | None:
+        if not (self.home / "adapters").is_dir():
+            return None
+        serving = self.adapters.serving()
+        return {"current": serving.current, "serving": serving.version, "problem": serving.problem}
 
     # ------------------------------------------------------- parametric memory
 
@@ -482,6 +620,9 @@ class SealMemory:
         Loaded once per `SealMemory` (later calls return the same object; ``fields`` only
         apply to the first). Before each request it checks CURRENT and hot-swaps to a
         newly committed adapter, so an agent built on it picks up every consolidation.
+        If CURRENT's weights are missing or damaged it serves the newest intact version
+        of CURRENT's lineage (or the base model) instead and logs a warning; ``status()``
+        and ``seal-agent adapters list`` show it (see `AdapterRegistry.serving`).
         """
         self._check_open()
         with self._lock:
@@ -492,7 +633,7 @@ class SealMemory:
                 self._chat = AdaptiveChatModel.from_config(
                     self.config.model,
                     resolver=lambda version: registry.get(version).path,
-                    follow=lambda: registry.current,
+                    follow=lambda: registry.serving().version,
                     **fields,
                 )
             return self._chat
@@ -521,6 +662,7 @@ class SealMemory:
             A `ConsolidationReport` (``verdict`` is "committed", "rejected" or "skipped").
         """
         self._check_open()
+        self._check_writable("consolidate")
         from seal_agent.consolidation import consolidate
 
         return consolidate(self, dry_run=dry_run, teacher=teacher, cancel_event=cancel_event,
@@ -540,6 +682,7 @@ class SealMemory:
         `seal_agent.scheduler.ConsolidationScheduler`.
         """
         self._check_open()
+        self._check_writable("start the consolidation scheduler")
         from seal_agent.scheduler import ConsolidationScheduler
 
         overrides = {k: v for k, v in dict(cron=cron, interval_minutes=interval_minutes,

@@ -295,3 +295,140 @@ def test_kill_9_between_rename_and_current_swap(tmp_path, adapter_dir):
     assert reg.current == v1 and [v.version for v in reg.list()] == [v1]
     v2 = reg.commit(adapter_dir, _manifest())
     assert reg.current == v2 and reg.get(v2).parent == v1
+
+
+# ------------------------------------------------------------------ issue 9: damaged files
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_item14_current_holding_binary_garbage_names_the_file(tmp_path, adapter_dir):
+    reg = AdapterRegistry(tmp_path / "adapters")
+    v1 = reg.commit(adapter_dir, _manifest())
+    v2 = reg.commit(adapter_dir, _manifest())
+    (tmp_path / "adapters" / "CURRENT").write_bytes(b"\xff\xfe\x00\x9c garbage \x80")
+    reg = AdapterRegistry(tmp_path / "adapters")  # opening still works
+    with pytest.raises(RegistryError) as err:
+        _ = reg.current
+    assert str(tmp_path / "adapters" / "CURRENT") in str(err.value) and "rollback" in str(err.value)
+    # Listing and rolling back still work, so the user can do what the message says ...
+    assert [v.version for v in reg.list()] == [v1, v2] and not any(v.is_current for v in reg.list())
+    # ... and meanwhile a served model falls back to the newest intact committed version.
+    serving = reg.serving()
+    assert serving.version == v2 and serving.current is None and "CURRENT" in serving.problem
+    assert reg.rollback(v1) == v1 and reg.current == v1
+
+
+def test_item15_manifest_records_the_weights_size_and_sha256(tmp_path, adapter_dir):
+    import hashlib
+
+    reg = AdapterRegistry(tmp_path / "adapters")
+    v = reg.get(reg.commit(adapter_dir, _manifest()))
+    weights = v.path / "adapter_model.safetensors"
+    assert v.manifest["weights"] == {"file": "adapter_model.safetensors", "size": weights.stat().st_size,
+                                     "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert v.manifest["format_version"] == MANIFEST_FORMAT_VERSION == 2
+    assert reg.verify(v.version) is None
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "altered"])
+def test_item15_damaged_current_weights_are_detected_and_serving_falls_back(tmp_path, adapter_dir, damage):
+    reg = AdapterRegistry(tmp_path / "adapters")
+    v1 = reg.commit(adapter_dir, _manifest())
+    v2 = reg.commit(adapter_dir, _manifest())
+    weights = reg.get(v2).path / "adapter_model.safetensors"
+    if damage == "deleted":
+        weights.unlink()
+    elif damage == "truncated":
+        _cut(weights)
+    else:  # same size, one byte of a tensor flipped: only the hash can tell
+        data = bytearray(weights.read_bytes())
+        data[-3] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    problem = reg.verify(v2)
+    assert problem is not None and str(weights) in problem
+    listed = {v.version: v for v in reg.list(verify=True)}
+    assert listed[v2].problem == problem and listed[v2].is_current and listed[v1].problem is None
+    assert reg.serving() == (v1, v2, problem)
+    with pytest.raises(AdapterError):  # never roll back onto broken weights
+        reg.rollback(v2)
+
+
+def test_item15_old_format_manifests_stay_readable_and_checked(tmp_path, adapter_dir):
+    """Format-1 manifests have no digest: a cut-short file is still caught from its header."""
+    reg = AdapterRegistry(tmp_path / "adapters")
+    v1 = reg.commit(adapter_dir, _manifest())
+    v2 = reg.commit(adapter_dir, _manifest())
+    for v in (v1, v2):
+        path = reg.get(v).path / "manifest.json"
+        manifest = json.loads(path.read_text())
+        del manifest["weights"]
+        manifest["format_version"] = 1
+        path.write_text(json.dumps(manifest))
+    assert reg.verify(v1) is None and reg.verify(v2) is None
+    _cut(reg.get(v2).path / "adapter_model.safetensors")
+    assert "cut short" in reg.verify(v2)
+    assert reg.serving().version == v1
+
+
+def test_item15_cli_adapters_list_shows_the_broken_version(tmp_path, adapter_dir, capsys):
+    from seal_agent.cli import main
+
+    home = tmp_path / "home"
+    reg = AdapterRegistry(home / "adapters")
+    v1 = reg.commit(adapter_dir, _manifest())
+    v2 = reg.commit(adapter_dir, _manifest())
+    _cut(reg.get(v2).path / "adapter_model.safetensors")
+    assert main(["--home", str(home), "adapters", "list"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if v2 in x and x.startswith("*"))
+    assert "BROKEN" in line
+    assert f"serves {v1} instead" in out
+    assert main(["--home", str(home), "--json", "adapters", "list"]) == 0
+    data = {d["version"]: d for d in json.loads(capsys.readouterr().out)}
+    assert data[v2]["problem"] and data[v1]["problem"] is None and data[v1]["serving"] and not data[v2]["serving"]
+
+
+def _tiny_random_adapter(path: Path, seed: int) -> Path:
+    """A LoRA adapter that fits the tiny-random model (what chat_model serves in tests)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from seal_agent.model import load_model
+
+    model, _ = load_model("tiny-random")
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(path)
+    return path
+
+
+def test_item15_chat_model_serves_the_last_good_version_and_says_so(tmp_path, caplog):
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from fakes import HashEmbeddings
+
+    from seal_agent import SealMemory
+
+    a = _tiny_random_adapter(tmp_path / "a", seed=1)
+    with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random") as mem:
+        v1 = mem.adapters.commit(a, {})
+        v2 = mem.adapters.commit(a, {})
+        _cut(mem.adapters.get(v2).path / "adapter_model.safetensors")
+        with caplog.at_level("WARNING", logger="seal_agent.registry"):
+            chat = mem.chat_model(max_new_tokens=2)
+        assert chat.adapter == v1  # not the base model
+        assert any(v2 in r.getMessage() and v1 in r.getMessage() for r in caplog.records)
+        st = mem.status()["adapter"]
+        assert st["current"] == v2 and st["serving"] == v1 and "cut short" in st["problem"]
+        # Weights altered in place (same size) are refused by name when loaded directly too.
+        weights = mem.adapters.get(v1).path / "adapter_model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-3] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        with pytest.raises(AdapterError, match="sha256"):
+            chat.use_adapter(mem.adapters.get(v1).path)
