@@ -82,8 +82,8 @@ class MemoryConfig:
         retry_max_s: Longest back-off between retries.
         embedding_text_chars: Characters of an interaction's text that are embedded
             (the embedding model truncates anyway; this bounds the work).
-        recall_wait_s: Longest `recall` waits for interactions logged just before it to
-            be indexed (read-your-writes); past it, recall answers from what is indexed.
+        poll_interval_s: How often the indexing worker looks in the journal for rows
+            that other processes logged (its own process wakes it at once).
         close_timeout_s: Longest `close` waits for the worker to drain; what is left stays
             in the journal and is indexed at the next start.
         embed_in_subprocess: With the default embedding model, embed the worker's batches
@@ -101,7 +101,7 @@ class MemoryConfig:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     embedding_text_chars: int = 2_000
-    recall_wait_s: float = 30.0
+    poll_interval_s: float = 1.0
     close_timeout_s: float = 30.0
     embed_in_subprocess: bool = True
 
@@ -115,7 +115,7 @@ class MemoryConfig:
         _number(s, "flush_interval_s", self.flush_interval_s, 0.0, 60.0)
         _number(s, "retry_initial_s", self.retry_initial_s, 0.0, 3600.0, lo_open=True)
         _number(s, "retry_max_s", self.retry_max_s, self.retry_initial_s, 86_400.0)
-        _number(s, "recall_wait_s", self.recall_wait_s, 0.0, 3600.0)
+        _number(s, "poll_interval_s", self.poll_interval_s, 0.0, 3600.0, lo_open=True)
         _number(s, "close_timeout_s", self.close_timeout_s, 0.0, 86_400.0)
         _check(isinstance(self.embed_in_subprocess, bool), s, "embed_in_subprocess", self.embed_in_subprocess,
                "must be true or false")
@@ -433,7 +433,19 @@ class ConsolidationConfig:
         adapter_scope: ``"global"``: one adapter learns from every namespace (for one
             user or one trusted team: an adapter trained on many users' chats can leak
             one user's facts to another). ``"namespace"``: one adapter lineage per
-            namespace (not yet implemented; refused).
+            namespace (see `seal_agent.lineage`): each namespace's interactions train
+            only its own adapter, which serves only that namespace.
+        lineage_depth: With ``"namespace"`` scope, how many leading labels of a
+            namespace name its lineage (2: ``("users", "alice", "chat-3")`` trains
+            ``("users", "alice")``'s); None: the whole namespace.
+        shared_namespaces: With ``"namespace"`` scope, namespaces (``"a/b"`` paths,
+            sub-namespaces included) whose interactions train the shared ``global``
+            lineage instead; it serves every namespace without a lineage of its own.
+        forget_weights: What `SealMemory.forget` does to a shared (``global``) lineage
+            whose committed versions learned from a forgotten interaction:
+            ``"rollback"``: CURRENT goes back to the newest version that never saw it
+            (or the base model), and the later versions are deleted. (A namespace
+            lineage of a forgotten namespace is deleted whole.)
         min_interactions: Fewer new interactions than this: the run is "skipped".
         max_interactions: At most this many new interactions per run (oldest first).
         replay_buffer_size: Training examples of committed runs kept for replay.
@@ -452,6 +464,9 @@ class ConsolidationConfig:
     """
 
     adapter_scope: str = "global"
+    lineage_depth: int | None = None
+    shared_namespaces: list[str] = field(default_factory=list)
+    forget_weights: str = "rollback"
     min_interactions: int = 1
     max_interactions: int = 1000
     replay_buffer_size: int = 2000
@@ -461,8 +476,15 @@ class ConsolidationConfig:
 
     def __post_init__(self) -> None:
         s = "consolidation"
-        _check(self.adapter_scope == "global", s, "adapter_scope", self.adapter_scope,
-               "only 'global' is implemented so far ('namespace' lineages are planned)")
+        _check(self.adapter_scope in ("global",), s, "adapter_scope", self.adapter_scope,
+               "only 'global' is implemented so far ('namespace' lineages are being wired in)")  # TODO(issue 10)
+        if self.lineage_depth is not None:
+            _positive_int(s, "lineage_depth", self.lineage_depth)
+        _check(isinstance(self.shared_namespaces, list)
+               and all(isinstance(p, str) and p and "" not in p.split("/") for p in self.shared_namespaces),
+               s, "shared_namespaces", self.shared_namespaces, "must be a list of namespace paths like 'teams/docs'")
+        _check(self.forget_weights in ("rollback",), s, "forget_weights", self.forget_weights,
+               "must be 'rollback'")
         _positive_int(s, "min_interactions", self.min_interactions)
         _positive_int(s, "max_interactions", self.max_interactions)
         _non_negative_int(s, "replay_buffer_size", self.replay_buffer_size)

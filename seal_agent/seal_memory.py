@@ -47,6 +47,7 @@ from seal_agent.memory.chroma import (
 from seal_agent.memory.embeddings import SubprocessEmbeddings, default_embeddings
 from seal_agent.memory.index import ChromaIndex, IndexWorker
 from seal_agent.memory.journal import Journal
+from seal_agent.memory.owner import IndexOwnership
 from seal_agent.memory.records import (
     Interaction,
     InteractionStatus,
@@ -62,6 +63,7 @@ from seal_agent.memory.records import (
     validate_min_score,
     validate_namespace,
     validate_score,
+    validate_text,
     validate_text,
     validate_thread_id,
 )
@@ -79,6 +81,13 @@ __all__ = ["SealMemory"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE: Namespace = ("default",)
+
+
+def _interaction_id(value: Any, field: str) -> str:
+    """An id argument: a string SQLite can store (a lone surrogate would raise deep inside)."""
+    if not isinstance(value, str):
+        raise ValidationError(field, value, "must be an interaction id (a string)")
+    return validate_text(value, field)
 
 
 def _unwritable(home: Path) -> bool:
@@ -207,14 +216,19 @@ class SealMemory:
         self._worker = (_ReadOnlyWorker if self.read_only else IndexWorker)(
             self._journal, self._index,
             batch_size=mc.embed_batch_size, interval_s=mc.flush_interval_s,
-            retry_initial_s=mc.retry_initial_s, retry_max_s=mc.retry_max_s,
+            retry_initial_s=mc.retry_initial_s, retry_max_s=mc.retry_max_s, poll_interval_s=mc.poll_interval_s,
         )
+        # Embedded Chroma has one writer per home (see seal_agent.memory.owner); with a
+        # server or a client of your own every process indexes for itself.
+        self._ownership = (IndexOwnership(self.home / "chroma.lock")
+                           if chroma_url is None and chroma_client is None and not self.read_only else None)
         self._closed = False
         self._registry: AdapterRegistry | None = None
         self._chat: AdaptiveChatModel | None = None
         self._scheduler: Any = None
         self._lock = threading.RLock()  # guards the lazily built registry, chat model, scheduler
-        self._worker.start()  # replays whatever the journal holds that Chroma lacks
+        self._indexing = False  # True once this process writes the index (see _take_index)
+        self._take_index()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,6 +236,29 @@ class SealMemory:
     def backend(self) -> str:
         """``"chroma-embedded"`` or ``"chroma-server <url>"``."""
         return f"chroma-server {self.chroma_url}" if self.chroma_url else "chroma-embedded"
+
+    def _take_index(self) -> bool:
+        """Start indexing in this process if it may (it owns the embedded index, or a
+        server is used); True if it does. Called at open, and again by `recall` and
+        `flush` in a process that found another owner, which may have exited since."""
+        with self._lock:
+            if self._indexing:
+                return True
+            if self._ownership is not None and not self._ownership.try_acquire():
+                return False
+            self._indexing = True
+            self._worker.start()  # replays whatever the journal holds that Chroma lacks
+            return True
+
+    def _not_owner_error(self) -> BackendUnavailableError:
+        assert self._ownership is not None
+        return BackendUnavailableError(
+            f"the embedded Chroma index of {self.home} is in use by {self._ownership.holder()}; an embedded "
+            "index has one process at a time (this one can still log, list, forget and consolidate: the "
+            "owner indexes what it writes). For recall from several processes run a Chroma server "
+            f"(chroma run --path {self.home / 'chroma'} --port 8000) and open the home with "
+            "chroma_url='http://localhost:8000' (or SEAL_CHROMA_URL) in every process"
+        )
 
     def __enter__(self) -> SealMemory:
         return self
@@ -277,12 +314,15 @@ class SealMemory:
             return
         self.stop_scheduler()
         self._closed = True
-        if not self._wait_indexed(self.config.memory.close_timeout_s):
+        if self._indexing and not self._wait_indexed(self.config.memory.close_timeout_s):
             logger.warning(
                 "closing with %d interactions not yet in Chroma; they stay in the journal and are "
                 "indexed at the next start", self._journal.backlog(),
             )
         self._worker.stop()
+        self._index.close()
+        if self._ownership is not None:
+            self._ownership.release()
         if self._doc_embeddings is not None:
             self._doc_embeddings.close()
         self._journal.close()
@@ -301,11 +341,26 @@ class SealMemory:
     def flush(self, timeout: float | None = 60.0) -> None:
         """Block until every logged interaction is in Chroma.
 
+        This thread indexes batches too (the background worker may be starved on a busy
+        machine). In a process that does not own an embedded index it waits for the
+        owner to index them.
+
         Raises:
-            BackendUnavailableError: `timeout` passed with work left (Chroma failing).
+            BackendUnavailableError: `timeout` passed with work left (Chroma failing,
+                or the owning process not indexing).
         """
         self._check_open()
-        if not self._worker.wait_idle(timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._take_index():  # another process indexes: wait for it
+            if not self._journal.backlog():
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise BackendUnavailableError(
+                    f"{self._journal.backlog()} interactions not indexed after {timeout}s by the process "
+                    f"that owns the index ({self._ownership.holder() if self._ownership else '?'})")
+            time.sleep(0.05)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._worker.drain(left):
             err = self._worker.last_error
             raise BackendUnavailableError(
                 f"{self._journal.backlog()} interactions not indexed after {timeout}s"
@@ -443,9 +498,12 @@ class SealMemory:
             NotFoundError: Unknown interaction id.
         """
         self._check_open()
+        interaction_id = _interaction_id(interaction_id, "interaction_id")
         value = validate_score(score)
         if comment is not None and not isinstance(comment, str):
             raise ValidationError("comment", comment, "must be a string or None")
+        if comment is not None:
+            validate_text(comment, "comment")
         if not self._journal.set_feedback(interaction_id, value, comment):
             raise NotFoundError("interaction", interaction_id)
 
@@ -472,6 +530,7 @@ class SealMemory:
         if ids is not None:
             if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
                 raise ValidationError("ids", ids, "must be a list of interaction ids")
+            ids = [_interaction_id(i, f"ids[{n}]") for n, i in enumerate(ids)]
             if not ids:
                 return 0
         gone = self._journal.forget(namespace=ns, ids=list(ids) if ids is not None else None)
@@ -484,7 +543,7 @@ class SealMemory:
     def get(self, interaction_id: str) -> Interaction:
         """The interaction with this id. Raises `NotFoundError` if there is none."""
         self._check_open()
-        it = self._journal.get(interaction_id)
+        it = self._journal.get(_interaction_id(interaction_id, "interaction_id"))
         if it is None:
             raise NotFoundError("interaction", interaction_id)
         return it
@@ -524,8 +583,8 @@ class SealMemory:
         """The `k` past interactions most relevant to `query`, best first.
 
         The namespace is a hard filter: nothing from another namespace is ever returned.
-        Interactions logged just before the call are included (it waits up to
-        ``memory.recall_wait_s`` for them to be indexed).
+        Everything logged before the call is included, however busy the machine: what
+        the background worker has not indexed yet is indexed by this call first.
 
         Args:
             query: What to look for.
@@ -537,7 +596,8 @@ class SealMemory:
 
         Raises:
             ValidationError: Bad query, namespace, k or min_score.
-            BackendUnavailableError: Chroma cannot be reached.
+            BackendUnavailableError: Chroma cannot be reached, or another process owns
+                this home's embedded index (use a Chroma server for several processes).
         """
         self._check_open()
         if not isinstance(query, str) or not query.strip():
@@ -548,14 +608,17 @@ class SealMemory:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
             raise ValidationError("k", k, "must be an integer in [1, 1000]")
         min_score = validate_min_score(min_score)  # finite, in [-1, 1]: NaN would disable the filter
-        # Embed first: it also loads the embedding model, which the worker needs too, so
-        # the wait below measures indexing, not a cold model load.
+        if not self._take_index():
+            raise self._not_owner_error()
         watermark = new_interaction_id()  # ids sort by time: everything logged before this call
         vector = self._index.embed_query(query)
-        if self._worker.last_error is None:  # read-your-writes within this namespace, bounded
-            self._worker.wait_idle(self.config.memory.recall_wait_s,
-                                   pending=lambda: self._journal.unindexed_in(ns, watermark), stop_on_error=True)
+        # Read-your-writes whatever the load: what this namespace logged before the call
+        # and the background worker has not indexed yet (it may be starved, or busy with
+        # another tenant's import) is indexed now, in this thread, before the query.
+        self._worker.catch_up(ns, watermark, include_descendants=include_descendants)
         hits = self._index.query(vector, ns, k, include_descendants=include_descendants)
+        if self.read_only:  # nothing may write the index here: score what it lacks exactly
+            hits = self._with_unindexed(hits, vector, ns, watermark, k, include_descendants)
         # The journal is the truth: an id forgotten but not yet deleted from Chroma is dropped.
         rows = self._journal.get_many([i for i, _ in hits])
         out = []
@@ -568,6 +631,22 @@ class SealMemory:
             out.append(Memory(id=it.id, text=it.text, score=score, namespace=it.namespace,
                               created_at=it.created_at, metadata=md))
         return out
+
+    def _with_unindexed(self, hits: list[tuple[str, float]], vector: list[float], ns: Namespace, watermark: str,
+                        k: int, include_descendants: bool) -> list[tuple[str, float]]:
+        """`hits` merged with the exact cosine scores of the namespace's unindexed rows."""
+        import numpy as np
+
+        pending = self._journal.unindexed_rows_in(ns, watermark, include_descendants=include_descendants,
+                                                  limit=100_000)
+        if not pending:
+            return hits
+        docs = np.asarray(self._index.embed_texts([it.text for it in pending], self._index.embeddings))
+        q = np.asarray(vector)
+        scores = docs @ q / np.maximum(np.linalg.norm(docs, axis=1) * np.linalg.norm(q), 1e-12)
+        merged = dict(hits)
+        merged.update({it.id: float(sc) for it, sc in zip(pending, scores, strict=True)})
+        return sorted(merged.items(), key=lambda kv: -kv[1])[:k]
 
     async def arecall(self, query: str, **kwargs: Any) -> list[Memory]:
         """Async `recall`."""
@@ -588,6 +667,9 @@ class SealMemory:
             "by_namespace": self._journal.counts(),
             "backlog": self._journal.backlog(),
             "last_index_error": str(err) if err else None,
+            # who writes the embedded index: this process, or another one (see memory.owner)
+            "index_owner": ("this process" if self._take_index()
+                            else self._ownership.holder() if self._ownership else "?"),
             # the last consolidation's outcome, failures in a row, last success: read from
             # home/consolidation, so a CLI process sees what the scheduler daemon did
             "consolidation": consolidation_status(self),

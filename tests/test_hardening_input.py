@@ -326,3 +326,18 @@ def test_item8_journal_revision_connection_is_closed_with_the_journal(tmp_path: 
     journal.revision()
     journal.close()
     assert journal._all == []
+
+
+def test_item11_ids_and_comments_with_lone_surrogates_are_named(mem: SealMemory) -> None:
+    id_ = mem.log([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}])
+    cases = [
+        (lambda: mem.feedback(id_, 0.5, "bad \ud800"), "comment"),
+        (lambda: mem.feedback("\ud800", 0.5), "interaction_id"),
+        (lambda: mem.forget(ids=[id_, "\ud800"]), "ids[1]"),
+        (lambda: mem.get("\ud800"), "interaction_id"),
+    ]
+    for call, field in cases:
+        with pytest.raises(ValidationError) as err:
+            call()
+        assert err.value.field == field
+    assert mem.get(id_).feedback is None  # nothing written

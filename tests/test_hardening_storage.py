@@ -312,3 +312,16 @@ def test_item16_read_only_home_opens_for_recall(tmp_path: Path) -> None:
     assert not out["forced"].startswith("RAW") and str(home / "journal.sqlite3") in out["forced"], out
     assert out["read_only"] is True and set(out["recalled"]) == set(ids) and out["adapters"] == []
     assert "read-only" in out["log"]
+
+
+def test_item16_read_only_recall_includes_rows_the_writer_had_not_indexed(tmp_path: Path) -> None:
+    """Read-your-writes holds read-only too: rows still waiting for the index are scored exactly."""
+    home = tmp_path / "home"
+    ids = _home_with(home, 2)
+    with _open(home) as mem:
+        mem._worker.stop(timeout=5)  # the writer dies before indexing its last row
+        late = mem.log([{"role": "user", "content": "the shed key hangs behind the door"},
+                        {"role": "assistant", "content": "noted"}])
+    with _open(home, read_only=True) as mem:
+        got = mem.recall("where is the shed key", k=3)
+        assert got[0].id == late and {m.id for m in got} == {late, *ids}

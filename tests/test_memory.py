@@ -378,7 +378,7 @@ def test_embedding_process_is_restarted_after_a_crash() -> None:
         first = emb.embed_documents(["a sentence to embed"])
         pid = emb._proc.pid
         os.kill(pid, sig.SIGKILL)
-        emb._proc.join(10)
+        emb._proc.wait(10)
         again = emb.embed_documents(["a sentence to embed"])  # a new child, same vectors
         assert emb._proc.pid != pid and emb._fallback is None
         assert max(abs(a - b) for a, b in zip(first[0], again[0], strict=True)) < 1e-5

@@ -933,3 +933,20 @@ def test_tiny_random_model_goes_through_the_batched_path(monkeypatch: pytest.Mon
     cancel.set()
     cancelled = generate_self_edits(inters, model, cfg, progress=False, cancel_event=cancel)
     assert cancelled.cancelled and not [e for e in cancelled.edits if e.model_written]
+
+
+def test_one_prompt_longer_than_the_context_fails_only_its_own_jobs() -> None:
+    """Issue 9 item 5's follow-up: a 25,000-character exchange made the real model's batched
+    generation refuse the whole batch, so every interaction of the run lost its model-written
+    self-edits. Only the over-long interaction's jobs may fail."""
+    from seal_agent.model import AdaptiveChatModel
+
+    model = AdaptiveChatModel.load("tiny-random", max_new_tokens=4)
+    long_answer = " ".join(f"word{i}" for i in range(6000))  # far past tiny-random's 2048 positions
+    inters = [interaction("short"), interaction("long", answer=long_answer), interaction("short2")]
+    cfg = SelfEditConfig(strategies=["implications", "self_qa"], samples=1, max_new_tokens=4, heldout_fraction=0.0)
+    batch = generate_self_edits(inters, model, cfg, progress=False)
+    assert batch.dropped["teacher_error"] == 2  # the long exchange's two jobs, nothing else
+    assert len(batch.errors) == 2 and all("interaction long" in e and "context" in e for e in batch.errors)
+    asyn = asyncio.run(agenerate_self_edits(inters, model, cfg, progress=False))
+    assert asyn.dropped["teacher_error"] == 2

@@ -7,13 +7,18 @@ let Chroma embed: every vector is computed here and handed to Chroma explicitly.
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
-__all__ = ["MiniLMEmbeddings", "SubprocessEmbeddings", "default_embeddings"]
+__all__ = ["MiniLMEmbeddings", "SubprocessEmbeddings", "default_embeddings", "embedding_identity"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ class MiniLMEmbeddings(Embeddings):
     """
 
     dimension = 384
+    seal_identity = "all-MiniLM-L6-v2"
     _lock = threading.Lock()
     # One forward pass at a time per process: two threads running torch inference at once
     # (the index worker's batch and a recall's query) oversubscribe torch's intra-op
@@ -90,40 +96,30 @@ class MiniLMEmbeddings(Embeddings):
             return torch.nn.functional.normalize(mean, dim=-1)[0].tolist()
 
 
+def embedding_identity(embeddings: Embeddings) -> str:
+    """A name for the embedding model, stored with the index so a mismatch is caught.
+
+    Vectors of two models are not comparable even when their sizes agree, so a home
+    indexed with one model must not be queried with another. An object may name itself
+    with a ``seal_identity`` attribute (e.g. a LangChain wrapper of the same
+    all-MiniLM-L6-v2 sets ``seal_identity = "all-MiniLM-L6-v2"``); otherwise the class
+    and the usual model-name attributes are used.
+    """
+    named = getattr(embeddings, "seal_identity", None)
+    if isinstance(named, str) and named:
+        return named
+    cls = type(embeddings)
+    parts = [f"{cls.__module__}.{cls.__qualname__}"]
+    for attr in ("model", "model_name", "model_id", "dim", "dimensions"):
+        value = getattr(embeddings, attr, None)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            parts.append(f"{attr}={value}")
+    return " ".join(parts)
+
+
 def default_embeddings() -> Embeddings:
     """The embedding model used when none is given: offline all-MiniLM-L6-v2."""
     return MiniLMEmbeddings()
-
-
-def _serve(conn: Any, device: str | None, batch_size: int) -> None:
-    """Child process loop: texts in, vectors (a float32 array) out, until EOF or None."""
-    import os
-    import signal
-
-    # The child shares the terminal's process group: a Ctrl-C meant for the app (a chat
-    # answer, `seal-agent schedule`) must not kill it. It still ends when its pipe closes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    # Background work: the OS gives the serving process (log(), recall, the agent) the CPU
-    # first, and half the cores stay free for it (measured on 2 cores: log() p99 4.4 ms
-    # with both cores busy embedding, 2.1 ms with one).
-    os.nice(10)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    model = MiniLMEmbeddings(device=device, batch_size=batch_size)
-    while True:
-        try:
-            texts = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if texts is None:
-            return
-        try:
-            import numpy as np
-
-            conn.send(("ok", np.asarray(model.embed_documents(texts), dtype=np.float32)))
-        except Exception as exc:  # report, keep serving
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 class SubprocessEmbeddings(Embeddings):
@@ -135,12 +131,16 @@ class SubprocessEmbeddings(Embeddings):
     `log()`'s tail latency to the interpreter's switch interval (5 ms). In a child
     process the worker thread only waits on a pipe, which releases the lock.
 
-    The child starts on first use (spawned, so it shares no torch thread pools with the
-    parent) and is restarted once if it died. If it cannot be run at all (e.g. a
+    The child starts on first use as a fresh interpreter (``python -c``, not
+    `multiprocessing`, whose ``spawn`` re-imports the caller's ``__main__``: a user's
+    script without ``if __name__ == "__main__"`` ran twice) and is restarted once if it
+    died. If it cannot be run at all (e.g. a
     platform that forbids spawning), embedding falls back to this process with a
     warning: slower tail latency, never lost data. `close` stops it; it also exits
     when the parent dies (its pipe closes).
     """
+
+    seal_identity = MiniLMEmbeddings.seal_identity
 
     def __init__(self, *, device: str | None = None, batch_size: int = 64) -> None:
         self.device = device
@@ -151,13 +151,23 @@ class SubprocessEmbeddings(Embeddings):
         self._fallback: MiniLMEmbeddings | None = None
 
     def _start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(child, self.device, self.batch_size),
-                           name="seal-embedder", daemon=True)
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        ours, theirs = socket.socketpair()
+        # The child imports seal_agent from where this process found it, and nothing else
+        # of ours: no re-import of the caller's script (see `seal_agent.memory._embed_child`).
+        root = str(Path(__file__).resolve().parents[2])
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from seal_agent.memory._embed_child import main; main(sys.argv[2:])")
+        env = dict(os.environ)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve the parent
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, root, str(theirs.fileno()), self.device or "", str(self.batch_size)],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env,
+            )
+        finally:
+            theirs.close()
+        self._proc, self._conn = proc, Connection(ours.detach())
         logger.info("embedding worker process started (pid %s)", proc.pid)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -168,7 +178,7 @@ class SubprocessEmbeddings(Embeddings):
                 return self._fallback.embed_documents(texts)
             for attempt in (1, 2):
                 try:
-                    if self._proc is None or not self._proc.is_alive():
+                    if self._proc is None or self._proc.poll() is not None:
                         self._start()
                     self._conn.send(list(texts))
                     status, payload = self._conn.recv()
@@ -198,10 +208,11 @@ class SubprocessEmbeddings(Embeddings):
                 pass
             conn.close()
         if proc is not None:
-            proc.join(5)
-            if proc.is_alive():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join(5)
+                proc.wait(5)
 
     def close(self) -> None:
         """Stop the child process (it starts again on the next call)."""

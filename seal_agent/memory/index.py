@@ -6,8 +6,12 @@ path ``ns`` plus one field per level (``ns_0``, ``ns_1``, ...) and ``ns_depth``,
 namespace filter is a hard ``where`` clause evaluated by Chroma, never a relevance hint.
 
 The `IndexWorker` thread moves interactions from the journal into Chroma in batches
-(one embedding call per batch) and deletes forgotten ones. When Chroma fails it backs
-off exponentially and says so in the log; the journal keeps everything meanwhile.
+(one embedding call per batch, namespaces served in turn) and deletes forgotten ones.
+When Chroma fails it backs off exponentially and says so in the log; the journal keeps
+everything meanwhile. Callers that cannot wait for it -- `recall` (read-your-writes)
+and `flush` -- index what they need in their own thread with the in-process embedder
+(`IndexWorker.catch_up`, `IndexWorker.drain`), so a starved background worker (a busy
+machine, a niced embedding process) delays nothing a caller depends on.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
-from seal_agent.errors import BackendUnavailableError, ValidationError
+from seal_agent.errors import BackendUnavailableError, ConfigError, StorageError, ValidationError
+from seal_agent.memory.embeddings import embedding_identity
 from seal_agent.memory.journal import Journal
 from seal_agent.memory.records import Interaction, Namespace, join_namespace
 
@@ -51,6 +56,9 @@ class ChromaIndex:
         text_chars: Characters of an interaction's text that are embedded.
         document_embeddings: The same model, for the worker's document batches, when it
             runs elsewhere (e.g. `SubprocessEmbeddings`); default `embeddings`.
+
+    The collection records which embedding model filled it (`embedding_identity`); opening
+    it with another raises `ConfigError` instead of comparing incomparable vectors.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class ChromaIndex:
         self.embeddings = embeddings
         self.document_embeddings = document_embeddings or embeddings
         self.text_chars = text_chars
+        self.identity = embedding_identity(embeddings)
         self._collection: Any = None
         self._lock = threading.Lock()
 
@@ -80,12 +89,15 @@ class ChromaIndex:
                     if self._client is None:
                         assert self._client_factory is not None
                         self._client = self._client_factory()
-                    self._collection = self._client.get_or_create_collection(
+                    collection = self._client.get_or_create_collection(
                         self.collection_name,
                         embedding_function=None,  # Chroma's default would download a model
-                        metadata={"hnsw:space": "cosine", "seal_format_version": INDEX_FORMAT_VERSION},
+                        metadata={"hnsw:space": "cosine", "seal_format_version": INDEX_FORMAT_VERSION,
+                                  "seal_embeddings": self.identity},
                     )
-                except BackendUnavailableError:
+                    self._check_identity(collection)
+                    self._collection = collection
+                except (BackendUnavailableError, ConfigError, StorageError):
                     raise
                 except Exception as exc:
                     raise BackendUnavailableError(
@@ -93,14 +105,34 @@ class ChromaIndex:
                     ) from exc
             return self._collection
 
-    def embed_texts(self, texts: list[str]) -> list[list[float]]:
-        return self.document_embeddings.embed_documents([t[: self.text_chars] for t in texts])
+    def _check_identity(self, collection: Any) -> None:
+        metadata = dict(collection.metadata or {})
+        stored = metadata.get("seal_embeddings")
+        if stored is None:  # made before identities were recorded: adopt ours
+            collection.modify(metadata={**metadata, "seal_embeddings": self.identity})
+        elif stored != self.identity:
+            raise ConfigError(
+                "embeddings", self.identity,
+                f"Chroma collection {self.collection_name!r} was indexed with embeddings {stored!r}; "
+                "vectors of another model cannot be compared with them. Open this home with the same "
+                "embeddings, or rebuild the index for the new model: stop every process using it, move "
+                "the home's chroma/ folder away and reopen (the journal re-indexes everything)",
+            )
 
-    def upsert(self, interactions: Sequence[Interaction]) -> None:
-        """Embed and write a batch (idempotent: re-running after a crash is harmless)."""
+    def embed_texts(self, texts: list[str], embeddings: Embeddings | None = None) -> list[list[float]]:
+        model = embeddings or self.document_embeddings
+        return model.embed_documents([t[: self.text_chars] for t in texts])
+
+    def upsert(self, interactions: Sequence[Interaction], *, embeddings: Embeddings | None = None) -> None:
+        """Embed and write a batch (idempotent: re-running after a crash is harmless).
+
+        Args:
+            embeddings: Embed with this model instead of `document_embeddings` (the same
+                model in this process, for callers that cannot wait for the worker's).
+        """
         if not interactions:
             return
-        vectors = self.embed_texts([it.text for it in interactions])
+        vectors = self.embed_texts([it.text for it in interactions], embeddings)
         metadatas = []
         for it in interactions:
             md: dict[str, Any] = {
@@ -153,6 +185,19 @@ class ChromaIndex:
     def count(self) -> int:
         return int(self.collection.count())
 
+    def close(self) -> None:
+        """Release a client this index opened itself, so that a later open in this process
+        reads Chroma afresh from disk (another process may have written it meanwhile)."""
+        with self._lock:
+            client, self._collection = self._client, None
+            if self._client_factory is not None:
+                self._client = None
+                if client is not None and hasattr(client, "close"):
+                    try:
+                        client.close()
+                    except Exception as exc:  # closing must not fail a shutdown
+                        logger.debug("closing the Chroma client failed: %s", exc)
+
     def all_ids(self, page: int = 5000) -> set[str]:
         out: set[str] = set()
         offset = 0
@@ -167,9 +212,13 @@ class ChromaIndex:
 class IndexWorker:
     """Background thread: journal rows with ``indexed=0`` -> Chroma, forgotten ids -> deleted.
 
-    `notify()` wakes it after a write; `wait_idle()` blocks until the backlog is empty
-    (that is `SealMemory.flush`). Failures never lose data: the rows stay unindexed in
-    the journal and are retried with exponential back-off.
+    `notify()` wakes it after a write; it also looks at the journal every
+    `poll_interval_s` for rows that other processes logged. Failures never lose data:
+    the rows stay unindexed in the journal and are retried with exponential back-off.
+
+    Any thread may also index rows itself (`catch_up`, `drain`): every write is
+    idempotent, rows another thread is already embedding are skipped where waiting is
+    cheaper, and a write that raced a `forget` is undone right after it.
     """
 
     def __init__(
@@ -181,6 +230,7 @@ class IndexWorker:
         interval_s: float = 0.05,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        poll_interval_s: float = 1.0,
     ) -> None:
         self.journal = journal
         self.index = index
@@ -188,14 +238,19 @@ class IndexWorker:
         self.interval_s = interval_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.poll_interval_s = poll_interval_s
         self.last_error: Exception | None = None
         self._wake = threading.Condition()
         self._dirty = True  # a fresh start may find rows that Chroma lacks
         self._stop = False
+        self._started = False
         self._reconciled = threading.Event()  # set once the startup check against Chroma ran
+        self._claimed: set[str] = set()  # ids some thread is embedding right now
+        self._claim_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="seal-index-worker", daemon=True)
 
     def start(self) -> None:
+        self._started = True
         self._thread.start()
 
     def notify(self) -> None:
@@ -220,54 +275,142 @@ class IndexWorker:
 
         Args:
             timeout: Longest wait in seconds; None waits for ever.
-            pending: What to wait for (default: the whole backlog). `recall` passes the
-                count of its own namespace's rows logged before it, so that one user's
-                bulk import does not stall every other user's recall.
-            stop_on_error: Give up as soon as a round fails (Chroma down): `recall`
-                should fail fast, while `flush` waits through the retries.
+            pending: What to wait for (default: the whole backlog).
+            stop_on_error: Give up as soon as a round fails (Chroma down).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        # Until the startup reconcile ran, the backlog count does not yet include rows Chroma lost.
+
         def give_up() -> bool:
             return ((deadline is not None and time.monotonic() >= deadline)
                     or (stop_on_error and self.last_error is not None))
 
-        while not self._reconciled.wait(0.02):
-            if give_up():
+        # Until the startup reconcile ran, the backlog count does not yet include rows Chroma lost.
+        while self._started and not self._reconciled.wait(0.02):
+            if give_up() or not self.alive:
                 return False
         left = pending or self.journal.backlog
         while left():
-            if give_up():
+            if give_up() or (self._started and not self.alive):  # a stopped worker drains nothing
                 return False
             self.notify()
             with self._wake:
                 self._wake.wait(0.01)
         return True
 
-    def reconcile(self) -> int:
-        """Mark journal rows that Chroma lacks as unindexed (e.g. a Chroma dir restored
-        from an older backup). Cheap when the counts agree, which is the common case."""
-        expected = self.journal.indexed_ids()
-        if self.index.count() == len(expected):
-            return 0
-        missing = sorted(expected - self.index.all_ids())
-        if missing:
-            logger.warning("Chroma lacks %d journaled interactions; re-indexing them", len(missing))
-            self.journal.mark_indexed(missing, indexed=False)
-            self.notify()
-        return len(missing)
+    # ----------------------------------------------------------- indexing in the caller
 
-    def _round(self) -> bool:
-        """One batch of work; True if there may be more."""
+    def catch_up(self, namespace: Namespace, up_to_id: str, *, include_descendants: bool = False) -> int:
+        """Index, in this thread, the namespace's rows logged up to `up_to_id`; how many.
+
+        This is `recall`'s read-your-writes: whatever the background worker's state
+        (starved, backing off, another tenant's import ahead), an acknowledged log is in
+        Chroma before the query runs. Rows the worker is embedding meanwhile are embedded
+        here too (idempotent; waiting on a starved worker is what this avoids).
+        """
+        done = 0
+        while True:
+            rows = self.journal.unindexed_rows_in(namespace, up_to_id, include_descendants=include_descendants,
+                                                  limit=self.batch_size)
+            if not rows:
+                return done
+            self._index(rows, self.index.embeddings)
+            done += len(rows)
+
+    def drain(self, timeout: float | None) -> bool:
+        """Index the whole backlog, helping from this thread; False if `timeout` passed first.
+
+        `flush` calls it: the caller is waiting anyway, so its thread embeds batches too
+        (with the in-process model) instead of depending on the background worker alone.
+        When Chroma fails, it waits through the worker's retries instead.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        while self._started and self.alive and not self._reconciled.wait(0.05):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        if isinstance(self.last_error, ConfigError):
+            raise self.last_error
+        while self.journal.backlog():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            try:
+                self._delete_forgotten()
+                with self._claim_lock:
+                    busy = list(self._claimed)
+                rows = self.journal.unindexed(self.batch_size, exclude=busy)
+                if not rows and busy:
+                    # only rows in another thread's hands are left: give it a moment, then take them too
+                    if self.wait_idle(min(2.0, remaining() or 2.0)):
+                        return True
+                    rows = self.journal.unindexed(self.batch_size)
+                self._index(rows, self.index.embeddings)
+            except (ConfigError, StorageError):  # other embeddings, a full disk: waiting does not heal it
+                raise
+            except Exception as exc:  # Chroma down: the worker retries with back-off
+                self.last_error = exc
+                return self.wait_idle(remaining())
+        return True
+
+    def _index(self, rows: Sequence[Interaction], embeddings: Embeddings | None) -> None:
+        """Embed and write rows, mark them indexed, undo any that a forget raced."""
+        if not rows:
+            return
+        ids = [it.id for it in rows]
+        with self._claim_lock:
+            self._claimed.update(ids)
+        try:
+            self.index.upsert(rows, embeddings=embeddings)
+            self.journal.mark_indexed(ids)
+            raced = self.journal.forgotten_among(ids)
+            if raced:  # forgotten while being embedded: it must not stay in Chroma
+                self.index.delete(raced)
+        finally:
+            with self._claim_lock:
+                self._claimed.difference_update(ids)
+
+    def _delete_forgotten(self) -> int:
         deletes = self.journal.pending_deletes(self.batch_size)
         if deletes:
             self.index.delete(deletes)
             self.journal.mark_deleted(deletes)
-        batch = self.journal.unindexed(self.batch_size)
-        if batch:
-            self.index.upsert(batch)
-            self.journal.mark_indexed([it.id for it in batch])
-        return len(batch) == self.batch_size or len(deletes) == self.batch_size
+        return len(deletes)
+
+    # ------------------------------------------------------------------ reconciliation
+
+    def reconcile(self) -> int:
+        """Make Chroma agree with the journal, id by id; returns how many rows were queued.
+
+        Journal rows marked indexed that Chroma lacks (a Chroma folder restored from a
+        backup, records lost by two processes writing one embedded Chroma) are queued
+        again; ids in Chroma that the journal forgot are deleted. Counts are not enough:
+        a lost record and an orphan cancel out.
+        """
+        expected = self.journal.indexed_ids()
+        present = self.index.all_ids()
+        missing = sorted(expected - present)
+        if missing:
+            logger.warning("Chroma lacks %d journaled interactions; re-indexing them", len(missing))
+            self.journal.mark_indexed(missing, indexed=False)
+            self.notify()
+        orphans = sorted((present - expected) & self.journal.forgotten_ids())
+        if orphans:
+            logger.warning("Chroma still holds %d forgotten interactions; deleting them", len(orphans))
+            self.index.delete(orphans)
+        return len(missing)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _round(self) -> bool:
+        """One batch of work; True if there may be more."""
+        deleted = self._delete_forgotten()
+        with self._claim_lock:
+            busy = list(self._claimed)
+        batch = self.journal.unindexed(self.batch_size, exclude=busy)
+        self._index(batch, None)
+        return len(batch) == self.batch_size or deleted == self.batch_size
 
     def _run(self) -> None:
         delay = self.retry_initial_s
@@ -279,7 +422,8 @@ class IndexWorker:
                     if self._dirty and wait <= 0:
                         break
                     # notify() must not cut a back-off short: wait it out.
-                    self._wake.wait(wait if wait > 0 else None)
+                    if not self._wake.wait(wait if wait > 0 else self.poll_interval_s) and wait <= 0:
+                        self._dirty = True  # poll: other processes may have logged rows
                 if self._stop:
                     return
                 self._dirty = False
@@ -289,6 +433,10 @@ class IndexWorker:
                     self._reconciled.set()
                 while self._round():
                     pass
+            except ConfigError as exc:  # e.g. other embeddings than the index holds: no retry heals it
+                self.last_error = exc
+                logger.error("indexing stopped: %s", exc)
+                return
             except Exception as exc:  # keep the thread alive whatever Chroma does
                 self.last_error = exc
                 logger.warning("indexing into Chroma failed (%s); retrying in %.1fs", exc, delay)

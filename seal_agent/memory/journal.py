@@ -63,6 +63,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS interactions_dedup
     ON interactions (namespace, thread_key, content_hash);
 CREATE INDEX IF NOT EXISTS interactions_ns ON interactions (namespace, id);
 CREATE INDEX IF NOT EXISTS interactions_unindexed ON interactions (indexed, id);
+CREATE INDEX IF NOT EXISTS interactions_unindexed_ns ON interactions (indexed, namespace, id);
 CREATE TABLE IF NOT EXISTS forgotten (
     id TEXT PRIMARY KEY,
     namespace TEXT NOT NULL,
@@ -368,34 +369,38 @@ class Journal:
         stored feedback and comment. The lookup and the merge are one transaction, so a
         concurrent writer cannot slip in between.
         """
+        with self._tx() as db:
+            return self._insert_or_merge(db, it)
+
+    @staticmethod
+    def _insert_or_merge(db: sqlite3.Connection, it: Interaction) -> tuple[str, bool]:
         ns = join_namespace(it.namespace)
         thread_key = it.thread_id or ""
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT id, metadata FROM interactions WHERE namespace=? AND thread_key=? AND content_hash=?",
-                (ns, thread_key, it.content_hash),
-            ).fetchone()
-            if row is not None:
-                id_, stored = row
-                if it.metadata:
-                    merged = {**json.loads(stored), **dict(it.metadata)}
-                    db.execute("UPDATE interactions SET metadata=? WHERE id=?",
-                               (json.dumps(merged, ensure_ascii=False, allow_nan=False), id_))
-                if it.feedback is not None:
-                    db.execute("UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=?",
-                               (it.feedback, it.feedback_comment, id_))
-                return id_, False
-            db.execute(
-                "INSERT INTO interactions (id, namespace, thread_id, thread_key, created_at, messages, task,"
-                " outcome, metadata, feedback, feedback_comment, content_hash, status, consolidated_version)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    it.id, ns, it.thread_id, thread_key, iso(it.created_at),
-                    json.dumps(list(it.messages), ensure_ascii=False, allow_nan=False), it.task, it.outcome,
-                    json.dumps(dict(it.metadata), ensure_ascii=False, allow_nan=False), it.feedback,
-                    it.feedback_comment, it.content_hash, it.status.value, it.consolidated_version,
-                ),
-            )
+        row = db.execute(
+            "SELECT id, metadata FROM interactions WHERE namespace=? AND thread_key=? AND content_hash=?",
+            (ns, thread_key, it.content_hash),
+        ).fetchone()
+        if row is not None:
+            id_, stored = row
+            if it.metadata:
+                merged = {**json.loads(stored), **dict(it.metadata)}
+                db.execute("UPDATE interactions SET metadata=? WHERE id=?",
+                           (json.dumps(merged, ensure_ascii=False, allow_nan=False), id_))
+            if it.feedback is not None:
+                db.execute("UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=?",
+                           (it.feedback, it.feedback_comment, id_))
+            return id_, False
+        db.execute(
+            "INSERT INTO interactions (id, namespace, thread_id, thread_key, created_at, messages, task,"
+            " outcome, metadata, feedback, feedback_comment, content_hash, status, consolidated_version)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                it.id, ns, it.thread_id, thread_key, iso(it.created_at),
+                json.dumps(list(it.messages), ensure_ascii=False, allow_nan=False), it.task, it.outcome,
+                json.dumps(dict(it.metadata), ensure_ascii=False, allow_nan=False), it.feedback,
+                it.feedback_comment, it.content_hash, it.status.value, it.consolidated_version,
+            ),
+        )
         return it.id, True
 
     def revision(self) -> int:
@@ -418,46 +423,13 @@ class Journal:
     def insert_many(self, items: Sequence[Interaction]) -> list[tuple[str, bool]]:
         """Store several interactions in ONE transaction (all or none); ``(id, inserted)`` each.
 
-        Why a separate method rather than a loop over `insert`: a bulk import must not
-        leave its first rows written when a later one fails (disk full, a crash), and one
-        fsync'd commit is also much faster than one per row. Each item is handled exactly
-        like `insert` handles it (keep the two in step): a duplicate -- of a stored row or
-        of an earlier item in `items` -- is merged into the stored row and returns its id
-        with ``inserted=False``.
+        A bulk import must not leave its first rows written when a later one fails (disk
+        full, a crash), and one fsync'd commit is also much faster than one per row. Each
+        item is handled like `insert` handles it: a duplicate -- of a stored row or of an
+        earlier item in `items` -- is merged into the stored row.
         """
-        out: list[tuple[str, bool]] = []
         with self._tx() as db:
-            for it in items:
-                ns = join_namespace(it.namespace)
-                thread_key = it.thread_id or ""
-                row = db.execute(
-                    "SELECT id, metadata FROM interactions WHERE namespace=? AND thread_key=? AND content_hash=?",
-                    (ns, thread_key, it.content_hash),
-                ).fetchone()
-                if row is not None:
-                    id_, stored = row
-                    if it.metadata:
-                        merged = {**json.loads(stored), **dict(it.metadata)}
-                        db.execute("UPDATE interactions SET metadata=? WHERE id=?",
-                                   (json.dumps(merged, ensure_ascii=False, allow_nan=False), id_))
-                    if it.feedback is not None:
-                        db.execute("UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=?",
-                                   (it.feedback, it.feedback_comment, id_))
-                    out.append((id_, False))
-                    continue
-                db.execute(
-                    "INSERT INTO interactions (id, namespace, thread_id, thread_key, created_at, messages, task,"
-                    " outcome, metadata, feedback, feedback_comment, content_hash, status, consolidated_version)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        it.id, ns, it.thread_id, thread_key, iso(it.created_at),
-                        json.dumps(list(it.messages), ensure_ascii=False, allow_nan=False), it.task, it.outcome,
-                        json.dumps(dict(it.metadata), ensure_ascii=False, allow_nan=False), it.feedback,
-                        it.feedback_comment, it.content_hash, it.status.value, it.consolidated_version,
-                    ),
-                )
-                out.append((it.id, True))
-        return out
+            return [self._insert_or_merge(db, it) for it in items]
 
     def set_feedback(self, id_: str, score: float, comment: str | None) -> bool:
         with self._tx() as db:
@@ -498,11 +470,58 @@ class Journal:
 
     # -- the indexing queue ----------------------------------------------------
 
-    def unindexed(self, limit: int) -> list[Interaction]:
+    def unindexed(self, limit: int, *, exclude: Sequence[str] = ()) -> list[Interaction]:
+        """Up to `limit` rows not yet in Chroma, shared fairly between namespaces.
+
+        Strictly oldest-first made one tenant's bulk import delay every other tenant's
+        new rows (4,000 rows ahead of one). Each namespace with a backlog gets an equal
+        share of the batch (oldest rows first within it), so a lone new row is picked up
+        in the next batch whatever the other backlogs. Ids in `exclude` (rows another
+        thread is embedding) are skipped.
+        """
+        db = self._db()
+        skip = f" AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
+        spaces = [r[0] for r in db.execute(
+            f"SELECT namespace, MIN(id) AS first FROM interactions WHERE indexed=0{skip}"
+            " GROUP BY namespace ORDER BY first LIMIT ?", (*exclude, limit))]
+        if not spaces:
+            return []
+        queues = [db.execute(f"SELECT {_COLUMNS} FROM interactions WHERE indexed=0 AND namespace=?{skip}"
+                             " ORDER BY id LIMIT ?", (ns, *exclude, limit)).fetchall() for ns in spaces]
+        rows: list[Any] = []
+        depth = 0
+        while len(rows) < limit and any(depth < len(q) for q in queues):  # round-robin
+            rows.extend(q[depth] for q in queues if depth < len(q))
+            depth += 1
+        return [_row_to_interaction(r) for r in sorted(rows[:limit], key=lambda r: r[0])]
+
+    def unindexed_rows_in(self, namespace: Namespace, up_to_id: str | None = None, *,
+                          include_descendants: bool = False, limit: int = 64) -> list[Interaction]:
+        """Rows of one namespace (and its sub-namespaces) not yet in Chroma, newest first."""
+        where, params = self._ns_clause(namespace, include_descendants)
+        sql = f"SELECT {_COLUMNS} FROM interactions WHERE indexed=0 AND {where}"
+        if up_to_id is not None:
+            sql += " AND id<=?"
+            params.append(up_to_id)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        return [_row_to_interaction(r) for r in self._db().execute(sql, params)]
+
+    @staticmethod
+    def _ns_clause(namespace: Namespace, include_descendants: bool) -> tuple[str, list[Any]]:
+        path = join_namespace(namespace)
+        if not include_descendants:
+            return "namespace=?", [path]
+        # substr, not LIKE: a label may contain LIKE's wildcards
+        return "(namespace=? OR substr(namespace, 1, ?)=?)", [path, len(path) + 1, path + "/"]
+
+    def forgotten_among(self, ids: Sequence[str]) -> list[str]:
+        """Those of `ids` that were forgotten (to undo a Chroma write that raced a forget)."""
+        if not ids:
+            return []
         rows = self._db().execute(
-            f"SELECT {_COLUMNS} FROM interactions WHERE indexed=0 ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
-        return [_row_to_interaction(r) for r in rows]
+            f"SELECT id FROM forgotten WHERE id IN ({','.join('?' * len(ids))})", list(ids)).fetchall()
+        return [r[0] for r in rows]
 
     def mark_indexed(self, ids: Sequence[str], indexed: bool = True) -> None:
         with self._tx() as db:
@@ -525,10 +544,11 @@ class Journal:
         b = db.execute("SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0").fetchone()[0]
         return int(a) + int(b)
 
-    def unindexed_in(self, namespace: Namespace, up_to_id: str | None = None) -> int:
+    def unindexed_in(self, namespace: Namespace, up_to_id: str | None = None, *,
+                     include_descendants: bool = False) -> int:
         """Rows of one namespace not yet in Chroma (logged up to `up_to_id`, if given)."""
-        sql = "SELECT COUNT(*) FROM interactions WHERE indexed=0 AND namespace=?"
-        params: list[Any] = [join_namespace(namespace)]
+        where, params = self._ns_clause(namespace, include_descendants)
+        sql = f"SELECT COUNT(*) FROM interactions WHERE indexed=0 AND {where}"
         if up_to_id is not None:
             sql += " AND id<=?"
             params.append(up_to_id)

@@ -576,7 +576,15 @@ def _ask(model: Any, jobs: Sequence[_Job], config: SelfEditConfig, *,
         except TrainingCancelled:  # no job answered: the caller marks the batch cancelled
             return []
         except Exception as exc:  # the teacher failing is counted per job, never raised
-            return [exc] * len(jobs)
+            if len(jobs) == 1:
+                return [exc]
+            # One bad prompt (e.g. an exchange longer than the context) must fail only its
+            # own job: halve the batch until the failure is isolated.
+            half = len(jobs) // 2
+            first = _ask(model, jobs[:half], config, cancel_event=cancel_event, progress=progress)
+            if cancel_event is not None and cancel_event.is_set():
+                return []
+            return first + _ask(model, jobs[half:], config, cancel_event=cancel_event, progress=progress)
         return list(_batched_replies(model, jobs, outs, config))
     bound = [_bind(model, config, k) for k in range(config.samples)]
     results: list[list[_Reply] | Exception] = []
@@ -604,7 +612,13 @@ async def _aask(model: Any, jobs: Sequence[_Job], config: SelfEditConfig, *,
         except TrainingCancelled:
             return []
         except Exception as exc:
-            return [exc] * len(jobs)
+            if len(jobs) == 1:
+                return [exc]
+            half = len(jobs) // 2  # isolate the failing prompt, as in `_ask`
+            first = await _aask(model, jobs[:half], config, cancel_event=cancel_event, progress=progress)
+            if cancel_event is not None and cancel_event.is_set():
+                return []
+            return first + await _aask(model, jobs[half:], config, cancel_event=cancel_event, progress=progress)
         return list(_batched_replies(model, jobs, outs, config))
     bound = [_bind(model, config, k) for k in range(config.samples)]
     results: list[list[_Reply] | Exception] = []
