@@ -191,10 +191,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_adapters(args: argparse.Namespace) -> int:
-    from seal_agent.registry import AdapterRegistry
+def _lineage(args: argparse.Namespace) -> Any:
+    """The adapter lineage a command is about: ``--namespace``'s under the home's config
+    (``consolidation.adapter_scope``), else the global one."""
+    from seal_agent.config import SealConfig
+    from seal_agent.lineage import Lineage, lineage_for
+    from seal_agent.memory.records import parse_namespace
 
-    reg = AdapterRegistry(Path(args.home) / "adapters")
+    namespace = getattr(args, "namespace", None)
+    if namespace is None:
+        return Lineage(Path(args.home))
+    ns = parse_namespace(namespace, "--namespace")
+    return lineage_for(Path(args.home), ns, SealConfig.load(Path(args.home)).consolidation)
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from seal_agent.lineage import all_lineages
+
+    lineage = _lineage(args)
+    reg = lineage.registry()
     action = args.adapters_command
     if action == "list":
         versions = reg.list(verify=True)  # weights checked against the size and sha256 committed
@@ -216,6 +231,11 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
         text = "\n".join(f"{'*' if d['current'] else ' '} {d['version']}  {d['verdict']:9}  parent={d['parent']}"
                          f"  scale={d['scale']}{flags(d)}" for d in data) or "no adapters yet"
+        text = f"lineage {lineage.name}" + (f" (namespace {'/'.join(lineage.namespace)})" if lineage.namespace
+                                             else "") + "\n" + text
+        others = [ln for ln in all_lineages(Path(args.home)) if ln.namespace is not None and ln != lineage]
+        if lineage.namespace is None and others:
+            text += "\nnamespace lineages (see --namespace): " + ", ".join("/".join(ln.namespace) for ln in others)
         if serving.problem:
             text += (f"\nCURRENT ({serving.current or 'unreadable'}) cannot be served: {serving.problem}\n"
                      f"a chat model serves {serving.version or 'the base model'} instead")
@@ -412,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ad = command(sub, "adapters", help="list, show, roll back or export adapter versions")
     asub = ad.add_subparsers(dest="adapters_command", required=True)
-    command(asub, "list", cmd_adapters, help="every version; * marks CURRENT")
+    lineage_help = ("the lineage serving this namespace path, e.g. users/alice (with "
+                    "consolidation.adapter_scope = 'namespace'; default: the global lineage)")
+    al = command(asub, "list", cmd_adapters, help="every version; * marks CURRENT")
     sh = command(asub, "show", cmd_adapters, help="a version's manifest")
     sh.add_argument("version")
     rb = command(asub, "rollback", cmd_adapters, help="make an earlier committed version CURRENT")
@@ -420,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = command(asub, "export", cmd_adapters, help="copy a version (a PEFT adapter folder + manifest) to DIR")
     ex.add_argument("version")
     ex.add_argument("dest")
+    for leaf in (al, sh, rb, ex):
+        leaf.add_argument("--namespace", help=lineage_help)
 
     co = command(sub, "consolidate", cmd_consolidate, help="learn from new interactions now (self-edits, LoRA, gate)")
     co.add_argument("--dry-run", action="store_true", help="generate self-edits, stop before training")

@@ -476,8 +476,8 @@ class ConsolidationConfig:
 
     def __post_init__(self) -> None:
         s = "consolidation"
-        _check(self.adapter_scope in ("global",), s, "adapter_scope", self.adapter_scope,
-               "only 'global' is implemented so far ('namespace' lineages are being wired in)")  # TODO(issue 10)
+        _check(self.adapter_scope in ("global", "namespace"), s, "adapter_scope", self.adapter_scope,
+               "must be 'global' or 'namespace'")
         if self.lineage_depth is not None:
             _positive_int(s, "lineage_depth", self.lineage_depth)
         _check(isinstance(self.shared_namespaces, list)

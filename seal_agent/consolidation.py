@@ -51,11 +51,13 @@ from langgraph.types import Command, interrupt
 from seal_agent._fs import write_atomic
 from seal_agent.config import SealConfig
 from seal_agent.errors import ConsolidationError, NotFoundError, TrainingCancelled
-from seal_agent.memory.records import InteractionStatus, new_interaction_id, parse_namespace
+from seal_agent.lineage import Lineage, lineage_for
+from seal_agent.memory.records import InteractionStatus, Namespace, new_interaction_id, parse_namespace
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
+    from seal_agent.registry import AdapterRegistry
     from seal_agent.seal_memory import SealMemory
 
 __all__ = ["CONSOLIDATION_FORMAT_VERSION", "ConsolidationReport", "approve", "consolidate", "consolidation_status",
@@ -91,6 +93,10 @@ class ConsolidationReport:
             with nothing left that fits is marked ``excluded`` (``counts["excluded_too_long"]``).
         abandoned: Runs this call gave up on before starting a fresh one (they had used
             ``consolidation.max_attempts``): ``run_id``, ``attempts``, ``reason``.
+        lineage: The adapter lineage the run trained (``"global"`` or a namespace
+            lineage's name, see `seal_agent.lineage`).
+        runs: With ``adapter_scope = "namespace"`` and several lineages consolidated in
+            one call: the report of each (this one sums them up).
     """
 
     run_id: str
@@ -105,6 +111,8 @@ class ConsolidationReport:
     self_edits: list[dict[str, Any]] = field(default_factory=list)
     too_long: list[dict[str, Any]] = field(default_factory=list)
     abandoned: list[dict[str, Any]] = field(default_factory=list)
+    lineage: str | None = None
+    runs: list[ConsolidationReport] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": CONSOLIDATION_FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -113,6 +121,7 @@ class ConsolidationReport:
 class _State(TypedDict, total=False):
     run_id: str
     dry_run: bool
+    lineage: list[str] | None  # the namespace of the lineage this run trains; None: global
     interaction_ids: list[str]
     edits: list[dict[str, Any]]  # {"example", "hash", "strategy", "interaction_id"}
     probes: list[dict[str, Any]]
@@ -148,24 +157,23 @@ def _merge(state: _State, key: str, values: dict[str, Any]) -> dict[str, Any]:
 # -------------------------------------------------------------------- replay buffer
 
 
-def _replay_path(memory: SealMemory) -> Path:
-    return _root(memory) / "replay.json"
-
-
-def load_replay(memory: SealMemory) -> list[dict[str, Any]]:
-    """Training examples of committed runs, kept for replay (oldest first)."""
-    path = _replay_path(memory)
+def load_replay(memory: SealMemory, lineage: Lineage | None = None) -> list[dict[str, Any]]:
+    """Training examples of a lineage's committed runs, kept for replay (oldest first)."""
+    path = (lineage or Lineage(memory.home)).replay_path
     if not path.exists():
         return []
     data = json.loads(path.read_text(encoding="utf-8"))
     return [item["example"] for item in data.get("items", [])]
 
 
-def _extend_replay(memory: SealMemory, edits: list[dict[str, Any]], run_id: str, cap: int) -> None:
-    path = _replay_path(memory)
+def _extend_replay(lineage: Lineage, edits: list[dict[str, Any]], run_id: str, cap: int) -> None:
+    path = lineage.replay_path
+    path.parent.mkdir(parents=True, exist_ok=True)
     items = json.loads(path.read_text(encoding="utf-8"))["items"] if path.exists() else []
     seen = {i["hash"] for i in items}
-    items += [{"example": e["example"], "hash": e["hash"], "run_id": run_id} for e in edits if e["hash"] not in seen]
+    # interaction_id: what forget needs to find an item again
+    items += [{"example": e["example"], "hash": e["hash"], "run_id": run_id, "interaction_id": e["interaction_id"]}
+              for e in edits if e["hash"] not in seen]
     items = items[-cap:] if cap else []
     write_atomic(path, json.dumps({"format_version": CONSOLIDATION_FORMAT_VERSION, "items": items}))
 
@@ -250,12 +258,32 @@ class _Run:
     def _cancelled(self) -> bool:
         return self.cancel_event is not None and self.cancel_event.is_set()
 
+    def lineage(self, state: _State) -> Lineage:
+        """The lineage this run trains (from its state: a resumed run keeps its own)."""
+        ns = state.get("lineage")
+        return Lineage(self.memory.home, tuple(ns) if ns is not None else None)
+
+    def _gate(self, state: _State) -> Any:
+        from seal_agent.gate import Gate
+
+        lineage, cc = self.lineage(state), self.config.consolidation
+        member = None if cc.adapter_scope == "global" else (lambda ns: lineage_for(self.memory.home, ns, cc) == lineage)
+        return Gate(self.memory, self.config.gate, lineage=lineage.name, member=member)
+
+    def registry(self, state: _State) -> AdapterRegistry:
+        lineage = self.lineage(state)
+        return self.memory.adapters if lineage.namespace is None else lineage.registry()
+
     # -- nodes ---------------------------------------------------------------
 
     def collect(self, state: _State) -> dict[str, Any]:
         t0 = time.perf_counter()
         cc = self.config.consolidation
-        new = self.memory.list(status=InteractionStatus.NEW, limit=cc.max_interactions)
+        lineage = self.lineage(state)
+        new = self.memory.list(status=InteractionStatus.NEW)
+        if cc.adapter_scope != "global":  # only what trains this lineage; the others wait for their own run
+            new = [it for it in new if lineage_for(self.memory.home, it.namespace, cc) == lineage]
+        new = new[: cc.max_interactions]
         excluded_ns = [parse_namespace(p, "selfedit.exclude_namespaces") for p in self.config.selfedit.exclude_namespaces]
 
         def excluded(ns: tuple[str, ...]) -> bool:
@@ -323,9 +351,11 @@ class _Run:
         if not fitted["edits"]:
             return fitted
         edits = fitted["edits"]
-        parent = self.memory.adapters.current
-        init = self.memory.adapters.get(parent).path if parent else None
-        replay = self._fit_pool(tokenizer, load_replay(self.memory), len(edits), "replay", fitted)
+        registry = self.registry(state)
+        parent = registry.current
+        init = registry.get(parent).path if parent else None
+        replay = self._fit_pool(tokenizer, load_replay(self.memory, self.lineage(state)), len(edits), "replay",
+                                fitted)
         out_dir = _run_dir(self.memory, state["run_id"]) / "candidate"
         shutil.rmtree(out_dir, ignore_errors=True)  # a resumed run retrains from scratch
         try:
@@ -430,15 +460,14 @@ class _Run:
         return fit.examples
 
     def gate(self, state: _State) -> dict[str, Any]:
-        from seal_agent.gate import Gate
         from seal_agent.selfedit import Probe
 
         t0 = time.perf_counter()
         model, tokenizer = self.base_model()
         parent = state.get("parent")
-        current_dir = self.memory.adapters.get(parent).path if parent else None
+        current_dir = self.registry(state).get(parent).path if parent else None
         probes = [Probe(**{**p, "namespace": tuple(p["namespace"])}) for p in state.get("probes", [])]
-        report = Gate(self.memory, self.config.gate).evaluate(
+        report = self._gate(state).evaluate(
             model, tokenizer, Path(state["candidate_dir"]), current_dir, probes,
             _run_dir(self.memory, state["run_id"]) / "gate", cancel_event=self.cancel_event, progress=self.progress,
         )
@@ -472,32 +501,36 @@ class _Run:
             "scale": adapter_scale,
         }
 
-    def _own_version(self, run_id: str, verdict: str) -> str | None:
+    def _own_version(self, state: _State, verdict: str) -> str | None:
         """The version this run already stored (a resumed run must not store twice)."""
-        for v in self.memory.adapters.list():
+        run_id = state["run_id"]
+        for v in self.registry(state).list():
             if v.manifest.get("lineage", {}).get("run_id") == run_id and v.verdict == verdict:
                 return v.version
         return None
 
     def commit(self, state: _State) -> dict[str, Any]:
         t0 = time.perf_counter()
-        version = self._own_version(state["run_id"], "committed")
+        version = self._own_version(state, "committed")
         if version is None:
             adapter_dir = state.get("gate_adapter_dir") or state["candidate_dir"]
             scaled = adapter_dir != state["candidate_dir"]  # keep the full candidate staged, for inspection
-            version = self.memory.adapters.commit(adapter_dir, self._manifest(state, state.get("scale", 1.0)),
+            self.lineage(state).write_marker()
+            version = self.registry(state).commit(adapter_dir, self._manifest(state, state.get("scale", 1.0)),
                                                   full_candidate=state["candidate_dir"] if scaled else None)
-        _extend_replay(self.memory, state["edits"], state["run_id"], self.config.consolidation.replay_buffer_size)
+        _extend_replay(self.lineage(state), state["edits"], state["run_id"],
+                       self.config.consolidation.replay_buffer_size)
         self._save_gate_report(state, version, committed=True)
         self._update_suite(state)
         return {"verdict": "committed", "version": version, "reason": None,
                 "timings": _merge(state, "timings", {"commit": time.perf_counter() - t0})}
 
     def reject(self, state: _State) -> dict[str, Any]:
-        version = self._own_version(state["run_id"], "rejected")
+        version = self._own_version(state, "rejected")
         if version is None:
             manifest = self._manifest(state, 1.0)
-            version = self.memory.adapters.stage(state["candidate_dir"], {**manifest, "verdict": "rejected"})
+            self.lineage(state).write_marker()
+            version = self.registry(state).stage(state["candidate_dir"], {**manifest, "verdict": "rejected"})
         self._save_gate_report(state, version)
         reasons = (state.get("gate") or {}).get("reasons") or []
         return {"verdict": "rejected", "version": version,
@@ -511,7 +544,7 @@ class _Run:
 
     def _save_gate_report(self, state: _State, version: str, *, committed: bool = False) -> None:
         src = _run_dir(self.memory, state["run_id"]) / "gate"
-        dest = self.memory.home / "gate" / "reports" / version
+        dest = self.lineage(state).reports_dir / version
         if src.is_dir():
             dest.mkdir(parents=True, exist_ok=True)
             for f in src.glob("gate_report.*"):
@@ -524,13 +557,12 @@ class _Run:
                                                      encoding="utf-8")
 
     def _update_suite(self, state: _State) -> None:
-        from seal_agent.gate import Gate
 
         # A cut self-edit means the exchange itself is longer than training allows: the
         # gate would have to score it in full later, so it is not kept as a past task.
         cut = {t["interaction_id"] for t in state.get("too_long", [])}
         interactions = [self.memory.get(i) for i in state["interaction_ids"] if i not in cut]
-        Gate(self.memory, self.config.gate).update_suite(interactions, report=state.get("gate"))
+        self._gate(state).update_suite(interactions, report=state.get("gate"))
 
     # -- graph ---------------------------------------------------------------
 
@@ -592,6 +624,7 @@ def _report(memory: SealMemory, graph: Any, run_id: str) -> ConsolidationReport:
         dry_run=bool(s.get("dry_run")),
         self_edits=[e["example"] for e in s.get("edits", [])] if s.get("dry_run") else [],
         too_long=list(s.get("too_long", [])),
+        lineage=Lineage(memory.home, tuple(s["lineage"]) if s.get("lineage") is not None else None).name,
     )
 
 
@@ -758,8 +791,9 @@ def consolidate(
     progress: bool = True,
     resume: Any = None,
     run_id: str | None = None,
+    namespace: Namespace | None = None,
 ) -> ConsolidationReport:
-    """Run (or resume) one consolidation on `memory`; see `SealMemory.consolidate`.
+    """Run (or resume) consolidation on `memory`; see `SealMemory.consolidate`.
 
     Only one consolidation runs per memory home at a time, across processes: a second
     caller gets verdict "skipped" at once. An unfinished run (its process was killed,
@@ -768,10 +802,16 @@ def consolidate(
     report's ``abandoned``) and a fresh run starts. Every outcome is recorded for
     `consolidation_status`.
 
+    With ``consolidation.adapter_scope = "namespace"`` each lineage with new
+    interactions gets a run of its own, one after the other (only the lineage of
+    `namespace`, when given). The report then sums them up: ``runs`` holds one report
+    per lineage, ``verdict`` is "committed" if any lineage committed.
+
     Raises:
-        ConsolidationError: The run raised; the message names the run, the node, the
+        ConsolidationError: A run raised; the message names the run, the node, the
             attempt and whether the run will be resumed or was abandoned (the original
-            exception is its ``__cause__``).
+            exception is its ``__cause__``). With several lineages, the lineages before
+            it have finished (their reports are lost to this call, not their commits).
         NotFoundError: `run_id` is not a pending run.
     """
     config = config or memory.config
@@ -783,63 +823,125 @@ def consolidate(
         logger.info("another consolidation holds %s; skipping", memory.home)
         return ConsolidationReport(run_id=rid, verdict="skipped", reason="another consolidation is running")
     try:
-        run = _Run(memory, config, teacher=teacher, cancel_event=cancel_event, progress=progress)
-        checkpointer = _checkpointer(memory)
-        try:
-            graph = run.build(checkpointer)
-            active = pending_runs(memory)
-            if run_id is not None and run_id not in active:
-                raise NotFoundError("pending consolidation run", run_id)
-            inp: Any = None
-            rid = active[0] if active else f"run-{new_interaction_id()}"
-            snap = graph.get_state({"configurable": {"thread_id": rid}}) if active else None
-            if snap is not None and snap.interrupts and resume is None:
-                return _report(memory, graph, rid)  # still waiting for a human
-            book = _load_book(memory)
-            max_attempts = config.consolidation.max_attempts
-            abandoned: list[dict[str, Any]] = []
-            unfinished = snap is not None and (bool(snap.next) or not snap.values)
-            tried = int(_run_entry(book, rid).get("attempts", 0)) if unfinished else 0
-            if unfinished and resume is None and tried >= max_attempts:
-                errors = _run_entry(book, rid).get("errors") or []
-                why = (f"failed {tried} times; last: {errors[-1]['error']}" if errors else
-                       f"interrupted {tried} times (the process running it stopped: killed, out of memory?)")
-                abandoned.append(_abandon(memory, graph, book, rid, why))
-                rid, snap = f"run-{new_interaction_id()}", None
-            if snap is not None and snap.next:
-                logger.info("resuming unfinished consolidation %s at %s", rid, list(snap.next))
-                inp = Command(resume=resume) if snap.interrupts else None
-            else:
-                if snap is not None and snap.values:  # it finished; only the ACTIVE marker was left
-                    rid = f"run-{new_interaction_id()}"
-                # Killed before its first checkpoint, or a new run: start from the top.
-                _active_file(memory).write_text(rid)
-                inp = {"run_id": rid, "dry_run": dry_run, "counts": {}, "timings": {}}
-            book["runs"] = {k: v for k, v in book.get("runs", {}).items() if k == rid}  # drop stale entries
-            entry = _run_entry(book, rid)
-            entry["attempts"] = attempt = int(entry.get("attempts", 0)) + 1
-            _save_book(memory, book)  # before running: a process that dies mid-run still used an attempt
-            try:
-                # "sync": a node's checkpoint is on disk before the next node starts, so a
-                # kill -9 loses at most the node that was running (LangGraph's default,
-                # "async", may also lose the one before: a finished training, say).
-                graph.invoke(inp, {"configurable": {"thread_id": rid}}, durability="sync")
-                report = _report(memory, graph, rid)
-            except Exception as exc:
-                raise _failed(memory, graph, book, rid, attempt, max_attempts, exc) from exc
-            report.abandoned = abandoned
-            if report.verdict != "pending_approval":
-                _active_file(memory).unlink(missing_ok=True)
-                book.get("runs", {}).pop(rid, None)
-            _finish(memory, book, rid, report.verdict, reason=report.reason, version=report.version,
-                    attempts=attempt)
-            logger.info("consolidation %s: %s%s", rid, report.verdict,
-                        f" ({report.reason})" if report.reason else f" -> {report.version}")
-            return report
-        finally:
-            checkpointer.conn.close()
+        kwargs = dict(config=config, dry_run=dry_run, teacher=teacher, cancel_event=cancel_event,
+                      progress=progress, resume=resume, run_id=run_id)
+        if config.consolidation.adapter_scope == "global":
+            return _consolidate_one(memory, lineage=Lineage(memory.home), **kwargs)
+        return _consolidate_lineages(memory, namespace, **kwargs)
     finally:
         lock.release()
+
+
+def _waiting_lineages(memory: SealMemory, config: SealConfig) -> list[Lineage]:
+    """Lineages with new interactions, the one waiting longest first."""
+    order: dict[Lineage, None] = {}
+    for it in memory.list(status=InteractionStatus.NEW):  # logging order
+        order.setdefault(lineage_for(memory.home, it.namespace, config.consolidation), None)
+    return list(order)
+
+
+def _consolidate_lineages(memory: SealMemory, namespace: Namespace | None, **kwargs: Any) -> ConsolidationReport:
+    """Namespace scope: one run per lineage with new interactions (an unfinished run first)."""
+    config: SealConfig = kwargs["config"]
+    only = lineage_for(memory.home, namespace, config.consolidation) if namespace is not None else None
+    reports: list[ConsolidationReport] = []
+    tried: set[str] = set()
+    cancel = kwargs.get("cancel_event")
+    while not (cancel is not None and cancel.is_set()):
+        waiting = [ln for ln in _waiting_lineages(memory, config)
+                   if ln.name not in tried and (only is None or ln == only)]
+        if not waiting and not pending_runs(memory):
+            break
+        target = waiting[0] if waiting else Lineage(memory.home)
+        report = _consolidate_one(memory, lineage=target, **kwargs)
+        kwargs.update(resume=None, run_id=None)  # those concern the first (resumed) run only
+        tried.add(report.lineage or target.name)
+        reports.append(report)
+        if report.verdict == "pending_approval" or (report.lineage is not None and report.lineage != target.name
+                                                    and report.verdict == "skipped"):
+            break
+    if not reports:
+        return ConsolidationReport(run_id="-", verdict="skipped", reason="nothing new to learn in any lineage",
+                                   lineage=only.name if only else None)
+    if len(reports) == 1:
+        return reports[0]
+    committed = [r for r in reports if r.verdict == "committed"]
+    first = committed[0] if committed else reports[0]
+    summary = "; ".join(f"{r.lineage}: {r.verdict}" + (f" ({r.reason})" if r.reason else "") for r in reports)
+    return ConsolidationReport(run_id=first.run_id, verdict=first.verdict, reason=summary, version=first.version,
+                               lineage=first.lineage, runs=reports)
+
+
+def _consolidate_one(
+    memory: SealMemory,
+    *,
+    lineage: Lineage,
+    config: SealConfig,
+    dry_run: bool,
+    teacher: BaseChatModel | None,
+    cancel_event: threading.Event | None,
+    progress: bool,
+    resume: Any,
+    run_id: str | None,
+) -> ConsolidationReport:
+    """One run, under the consolidation lock: resume the unfinished run, else start one
+    for `lineage` (an unfinished run keeps the lineage it started with)."""
+    run = _Run(memory, config, teacher=teacher, cancel_event=cancel_event, progress=progress)
+    checkpointer = _checkpointer(memory)
+    try:
+        graph = run.build(checkpointer)
+        active = pending_runs(memory)
+        if run_id is not None and run_id not in active:
+            raise NotFoundError("pending consolidation run", run_id)
+        inp: Any = None
+        rid = active[0] if active else f"run-{new_interaction_id()}"
+        snap = graph.get_state({"configurable": {"thread_id": rid}}) if active else None
+        if snap is not None and snap.interrupts and resume is None:
+            return _report(memory, graph, rid)  # still waiting for a human
+        book = _load_book(memory)
+        max_attempts = config.consolidation.max_attempts
+        abandoned: list[dict[str, Any]] = []
+        unfinished = snap is not None and (bool(snap.next) or not snap.values)
+        tried = int(_run_entry(book, rid).get("attempts", 0)) if unfinished else 0
+        if unfinished and resume is None and tried >= max_attempts:
+            errors = _run_entry(book, rid).get("errors") or []
+            why = (f"failed {tried} times; last: {errors[-1]['error']}" if errors else
+                   f"interrupted {tried} times (the process running it stopped: killed, out of memory?)")
+            abandoned.append(_abandon(memory, graph, book, rid, why))
+            rid, snap = f"run-{new_interaction_id()}", None
+        if snap is not None and snap.next:
+            logger.info("resuming unfinished consolidation %s at %s", rid, list(snap.next))
+            inp = Command(resume=resume) if snap.interrupts else None
+        else:
+            if snap is not None and snap.values:  # it finished; only the ACTIVE marker was left
+                rid = f"run-{new_interaction_id()}"
+            # Killed before its first checkpoint, or a new run: start from the top.
+            _active_file(memory).write_text(rid)
+            inp = {"run_id": rid, "dry_run": dry_run, "counts": {}, "timings": {},
+                   "lineage": list(lineage.namespace) if lineage.namespace is not None else None}
+        book["runs"] = {k: v for k, v in book.get("runs", {}).items() if k == rid}  # drop stale entries
+        entry = _run_entry(book, rid)
+        entry["attempts"] = attempt = int(entry.get("attempts", 0)) + 1
+        _save_book(memory, book)  # before running: a process that dies mid-run still used an attempt
+        try:
+            # "sync": a node's checkpoint is on disk before the next node starts, so a
+            # kill -9 loses at most the node that was running (LangGraph's default,
+            # "async", may also lose the one before: a finished training, say).
+            graph.invoke(inp, {"configurable": {"thread_id": rid}}, durability="sync")
+            report = _report(memory, graph, rid)
+        except Exception as exc:
+            raise _failed(memory, graph, book, rid, attempt, max_attempts, exc) from exc
+        report.abandoned = abandoned
+        if report.verdict != "pending_approval":
+            _active_file(memory).unlink(missing_ok=True)
+            book.get("runs", {}).pop(rid, None)
+        _finish(memory, book, rid, report.verdict, reason=report.reason, version=report.version,
+                attempts=attempt)
+        logger.info("consolidation %s: %s%s", rid, report.verdict,
+                    f" ({report.reason})" if report.reason else f" -> {report.version}")
+        return report
+    finally:
+        checkpointer.conn.close()
 
 
 def _failed(memory: SealMemory, graph: Any, book: dict[str, Any], run_id: str, attempt: int, max_attempts: int,

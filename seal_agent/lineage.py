@@ -84,6 +84,13 @@ class Lineage:
         return self.root / "replay.json"
 
     @property
+    def reports_dir(self) -> Path:
+        """Gate reports of this lineage's versions (version names repeat across lineages)."""
+        if self.namespace is None:
+            return self.home / "gate" / "reports"
+        return self.root / "gate-reports"
+
+    @property
     def suite_path(self) -> Path:
         from seal_agent.gate.suite import ReplaySuite
 
@@ -111,7 +118,7 @@ class Lineage:
         if not marker.exists():
             from seal_agent._fs import write_atomic
 
-            write_atomic(marker, json.dumps({"format_version": 1, "namespace": list(self.namespace)}).encode())
+            write_atomic(marker, json.dumps({"format_version": 1, "namespace": list(self.namespace)}))
 
 
 def _is_under(namespace: Namespace, prefix: Sequence[str]) -> bool:

@@ -64,7 +64,6 @@ from seal_agent.memory.records import (
     validate_namespace,
     validate_score,
     validate_text,
-    validate_text,
     validate_thread_id,
 )
 
@@ -727,9 +726,13 @@ class SealMemory:
         teacher: BaseChatModel | None = None,
         cancel_event: threading.Event | None = None,
         progress: bool = True,
+        namespace: Namespace | Sequence[str] | str | None = None,
         **overrides: dict[str, Any],
     ) -> ConsolidationReport:
         """Learn from new interactions: self-edits -> LoRA training -> gate -> commit or reject.
+
+        With ``consolidation.adapter_scope = "namespace"`` every lineage with new
+        interactions is consolidated in turn (see `seal_agent.lineage`).
 
         Args:
             dry_run: Generate self-edits, then stop before training.
@@ -737,6 +740,7 @@ class SealMemory:
                 served model.
             cancel_event: Set it to stop the run at the next step; nothing is committed.
             progress: Show tqdm bars.
+            namespace: With namespace scope, consolidate only the lineage of this namespace.
             **overrides: Config sections replaced for this run only, e.g.
                 ``train={"learning_rate": 1e-3, "epochs": 3}``.
 
@@ -747,8 +751,9 @@ class SealMemory:
         self._check_writable("consolidate")
         from seal_agent.consolidation import consolidate
 
+        ns = validate_namespace(namespace) if namespace is not None else None
         return consolidate(self, dry_run=dry_run, teacher=teacher, cancel_event=cancel_event,
-                           progress=progress, config=self.config.with_overrides(**overrides))
+                           progress=progress, config=self.config.with_overrides(**overrides), namespace=ns)
 
     def start_scheduler(
         self,

@@ -125,7 +125,8 @@ def test_adapters_list_shows_unverified_and_the_full_candidate(tmp_path: Path,
     assert data[v3]["full_candidate"] == v2 and data[v2]["full_candidate_of"] == v3
     assert data[v1]["full_candidate"] is None and data[v3]["scale"] == 0.5
     code, out, _ = run(capsys, home, "adapters", "list")
-    lines = out.splitlines()
+    header, *lines = out.splitlines()
+    assert header == "lineage global"
     assert code == 0 and "UNVERIFIED" in lines[0] and "UNVERIFIED" not in lines[1] + lines[2]
     assert f"full candidate of {v3}" in lines[1] and f"full candidate: {v2}" in lines[2]
     assert lines[2].startswith(f"* {v3}")

@@ -145,6 +145,7 @@ class Gate:
         scorers: Mapping[str, Scorer | Callable[[SuiteItem, str], float]] | None = None,
         lineage: str = "global",
         model_name: str | None = None,
+        member: Callable[[tuple[str, ...]], bool] | None = None,
     ) -> None:
         if not isinstance(config, GateConfig):
             raise ValidationError("config", config, "must be a GateConfig")
@@ -152,6 +153,7 @@ class Gate:
         self.config = config
         self.lineage = lineage
         self.model_name = model_name
+        self.member = member  # which namespaces' past tasks belong to this lineage (None: all)
         self.suite_path = ReplaySuite.path_for(memory.home, lineage)
         ReplaySuite(lineage, config.replay_size)  # validates the lineage name
         self.scorers: dict[str, Scorer] = {config.scorer: make_scorer(config.scorer, judge=judge)}
@@ -173,7 +175,10 @@ class Gate:
             if self.suite_path.is_file():
                 return ReplaySuite.load(self.suite_path, capacity=self.config.replay_size)
             suite = ReplaySuite(self.lineage, self.config.replay_size, self.config.seed)
-            n = suite.add(self.memory.list(status="consolidated"))
+            past = self.memory.list(status="consolidated")
+            if self.member is not None:  # a namespace lineage is judged on its own past only
+                past = [it for it in past if self.member(it.namespace)]
+            n = suite.add(past)
             suite.save(self.suite_path)
             logger.info("gate: built the %s replay suite: %d of %d eligible past tasks",
                         self.lineage, len(suite.items), n)
