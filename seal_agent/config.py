@@ -136,6 +136,10 @@ class ModelConfig:
         max_new_tokens: Default generation budget of the chat model.
         temperature: Default sampling temperature; 0 means greedy.
         seed: Seed for ``tiny-random``.
+        max_loaded_adapters: With ``consolidation.adapter_scope = "namespace"``, how
+            many tenants' LoRA adapters the served model keeps loaded on its one base
+            model at once; past it the least recently used is unloaded (and read again
+            from disk when its tenant returns). Each costs its LoRA weights in memory.
     """
 
     name_or_path: str = "smollm2-135m"
@@ -144,6 +148,7 @@ class ModelConfig:
     max_new_tokens: int = 128
     temperature: float = 0.0
     seed: int = 0
+    max_loaded_adapters: int = 4
 
     def __post_init__(self) -> None:
         s = "model"
@@ -156,6 +161,7 @@ class ModelConfig:
         _positive_int(s, "max_new_tokens", self.max_new_tokens)
         _number(s, "temperature", self.temperature, 0.0, 10.0)
         _non_negative_int(s, "seed", self.seed)
+        _positive_int(s, "max_loaded_adapters", self.max_loaded_adapters)
 
 
 @dataclass

@@ -704,6 +704,13 @@ class SealMemory:
         If CURRENT's weights are missing or damaged it serves the newest intact version
         of CURRENT's lineage (or the base model) instead and logs a warning; ``status()``
         and ``seal-agent adapters list`` show it (see `AdapterRegistry.serving`).
+
+        With ``consolidation.adapter_scope = "namespace"`` each request is served its
+        own namespace's adapter instead (`seal_agent.model.routing.LineageRouter`): the
+        namespace is resolved as `SealMemoryMiddleware` resolves it (a run naming none
+        gets ``("default",)``, the middleware's default too), up to
+        ``model.max_loaded_adapters`` adapters stay loaded on the one base model, and a
+        commit to one lineage is served to that namespace's next request.
         """
         self._check_open()
         with self._lock:
@@ -711,10 +718,18 @@ class SealMemory:
                 from seal_agent.model import AdaptiveChatModel
 
                 registry = self.adapters
+                if self.config.consolidation.adapter_scope == "namespace":
+                    from seal_agent.model.routing import LineageRouter
+
+                    serving: dict[str, Any] = {"route": LineageRouter(
+                        self.home, self.config.consolidation, default_namespace=DEFAULT_NAMESPACE,
+                        global_registry=registry)}
+                else:
+                    serving = {"follow": lambda: registry.serving().version}
                 self._chat = AdaptiveChatModel.from_config(
                     self.config.model,
                     resolver=lambda version: registry.get(version).path,
-                    follow=lambda: registry.serving().version,
+                    **serving,
                     **fields,
                 )
             return self._chat

@@ -161,7 +161,7 @@ def _script(monkeypatch: pytest.MonkeyPatch, text: str) -> dict[str, Any]:
     """Make generation emit `text` token by token; returns what the prompt was."""
     seen: dict[str, Any] = {}
 
-    def worker(self: AdaptiveChatModel, encoded: Any, request: Any, tokens: Any, cancel: Any) -> None:
+    def worker(self: AdaptiveChatModel, encoded: Any, request: Any, tokens: Any, cancel: Any, *_: Any) -> None:
         seen["prompt"] = self.tokenizer.decode(encoded["input_ids"][0])
         for token in self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]:
             if cancel.is_set():

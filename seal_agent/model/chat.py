@@ -14,6 +14,12 @@ the same deltas `stream` yields, so the two agree exactly.
 Many prompts at once (self-edits, sampled n times each) go through `generate_batch`
 instead: several prompts per forward pass, on one adapter for the whole batch.
 
+Which adapter serves a request, first match wins: an explicit ``adapter=`` of
+`generate_batch`; an enclosing ``with chat.pinned(adapter):``; ``route`` (per request,
+from the run's LangGraph config and runtime context: one adapter per tenant, several
+loaded on one base, the least recently used evicted -- see `_adapters`); else the
+default adapter (`use_adapter`, or ``follow``'s version).
+
 Tools use the Hermes convention: the model writes
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``; `parse_tool_calls` turns
 that into ``AIMessage.tool_calls``, and anything malformed into
@@ -23,6 +29,8 @@ that into ``AIMessage.tool_calls``, and anything malformed into
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import copy
 import json
 import logging
@@ -44,7 +52,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field, PrivateAttr
 
 from seal_agent.errors import TrainingCancelled, ValidationError
-from seal_agent.model._adapters import AdapterHost
+from seal_agent.model._adapters import BASE, DEFAULT, AdapterHost, AdapterTarget
+from seal_agent.model._adapters import DEFAULT_MAX_LOADED as _DEFAULT_MAX_LOADED
 from seal_agent.model._batch import (
     DEFAULT_MAX_BATCH_TOKENS,
     CancelFlags,
@@ -67,6 +76,10 @@ __all__ = ["AdaptiveChatModel", "ParsedOutput", "parse_tool_calls"]
 logger = logging.getLogger(__name__)
 
 _NOT_FOLLOWED = object()  # `_followed` before the first look at `follow()`
+_UNSET: Any = object()  # no explicit adapter: pin, route or default decide
+
+AdapterChoice = str | os.PathLike[str] | None
+"""An adapter folder, a version for ``resolver``, or None for the base model."""
 
 
 @dataclass
@@ -90,6 +103,7 @@ class _Final:
     finish_reason: str  # "stop" | "length" | "tool_calls"
     input_tokens: int
     output_tokens: int
+    adapter: str | None = None  # label of the adapter that generated it; None = base
 
 
 class AdaptiveChatModel(BaseChatModel):
@@ -103,6 +117,15 @@ class AdaptiveChatModel(BaseChatModel):
     `resolver`), or None for the base model. With `follow` set (a callable returning
     the registry's CURRENT version), each request first checks it and swaps when it
     changed; an adapter that fails to load is logged and the old one keeps serving.
+
+    Per-request adapters: with `route` set, every request (invoke, stream, tools,
+    `generate_batch`) asks ``route(config, context)`` -- the run's LangGraph config and
+    its runtime context, ``({}, None)`` outside a graph -- which adapter serves it;
+    `follow` is then not consulted. Up to `max_loaded_adapters` adapters stay loaded on
+    the one base model; a request keeps its adapter from first token to last, and a
+    routed adapter that cannot be loaded is logged and that request gets the base
+    model (never someone else's adapter). `pinned` and ``generate_batch(adapter=...)``
+    override the route explicitly.
 
     Attributes:
         model: The base transformers model (LoRA layers are injected into it on the
@@ -120,6 +143,14 @@ class AdaptiveChatModel(BaseChatModel):
             ``lambda v: registry.get(v).path``).
         follow: Returns the version to serve (None: the base model), checked before
             every request.
+        route: ``route(config, context)`` returns the adapter of the current request
+            (a folder, a version for `resolver`, or None for the base model); takes
+            precedence over `follow`. `SealMemory.chat_model` sets it with
+            ``consolidation.adapter_scope = "namespace"``. It may raise
+            `seal_agent.errors.ValidationError` (a bad namespace in the run), which
+            fails the request; any other error is logged and the base model serves.
+        max_loaded_adapters: Most adapters kept loaded at once (least recently used
+            evicted beyond it; the default adapter is never evicted).
     """
 
     model: Any = Field(exclude=True)
@@ -132,8 +163,11 @@ class AdaptiveChatModel(BaseChatModel):
     seed: int | None = None
     resolver: Callable[[str], Path | str] | None = Field(default=None, exclude=True)
     follow: Callable[[], str | None] | None = Field(default=None, exclude=True)
+    route: Callable[[dict[str, Any], Any], AdapterChoice] | None = Field(default=None, exclude=True)
+    max_loaded_adapters: int = _DEFAULT_MAX_LOADED
 
     _host: AdapterHost = PrivateAttr()
+    _pin: contextvars.ContextVar[Any] = PrivateAttr()
     _swap_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _followed: Any = PrivateAttr(default=_NOT_FOLLOWED)
     _native_tools: bool = PrivateAttr(default=False)
@@ -150,8 +184,10 @@ class AdaptiveChatModel(BaseChatModel):
         ensure_chat_template(self.tokenizer)
         self._native_tools = template_supports_tools(self.tokenizer)
         self._eos_ids = _eos_ids(self.model, self.tokenizer)
-        self._host = AdapterHost(self.model)
-        self._maybe_follow()  # serve CURRENT from the first request on
+        self._host = AdapterHost(self.model, self.max_loaded_adapters)
+        self._pin = contextvars.ContextVar(f"seal_adapter_pin_{id(self)}", default=_UNSET)
+        if self.route is None:
+            self._maybe_follow()  # serve CURRENT from the first request on
 
     # ----------------------------------------------------------------- construction
 
@@ -192,7 +228,8 @@ class AdaptiveChatModel(BaseChatModel):
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> AdaptiveChatModel:
         """Load from a `seal_agent.config.ModelConfig`; `kwargs` as for `load`."""
-        options = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, **kwargs}
+        options = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+                   "max_loaded_adapters": config.max_loaded_adapters, **kwargs}
         return cls.load(config.name_or_path, device=config.device, dtype=config.dtype, seed=config.seed,
                         **options)
 
@@ -200,8 +237,15 @@ class AdaptiveChatModel(BaseChatModel):
 
     @property
     def adapter(self) -> str | None:
-        """The adapter serving now: the version or path given to `use_adapter`; None = base."""
+        """The default adapter: the version or path given to `use_adapter` (or `follow`'s);
+        None = base. With `route` set, each response's ``response_metadata["adapter"]``
+        names the adapter that actually generated it."""
         return self._host.label
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Folders of the adapters loaded on the base model now, least recently used first."""
+        return self._host.loaded
 
     @property
     def base_hash(self) -> str:
@@ -248,6 +292,69 @@ class AdaptiveChatModel(BaseChatModel):
         if path.is_dir() or self.resolver is None:
             return path, adapter
         return Path(self.resolver(adapter)), adapter  # a version: ask the registry
+
+    @contextlib.contextmanager
+    def pinned(self, adapter: AdapterChoice) -> Iterator[None]:
+        """Serve `adapter` to every request made inside this block (this thread or task).
+
+        Overrides `route` and `follow` -- e.g. a consolidation of lineage L lets L's
+        adapter write L's self-edits. Requests made in threads started inside the
+        block do not inherit it (asyncio tasks and `asyncio.to_thread` do).
+
+        Args:
+            adapter: A PEFT adapter folder, a version for `resolver`, or None for the
+                base model.
+
+        Raises:
+            AdapterError: (at the first request) the adapter cannot be loaded.
+        """
+        token = self._pin.set(adapter)
+        try:
+            yield
+        finally:
+            self._pin.reset(token)
+
+    @contextlib.contextmanager
+    def active_model(self, adapter: AdapterChoice = _UNSET) -> Iterator[Any]:
+        """Hold the model with a request's adapter active, for direct forward passes
+        (e.g. answer log-likelihoods); other requests wait until the block ends.
+
+        Args:
+            adapter: As for `pinned`; by default the adapter a request made here would
+                get (pin, route, or the default).
+        """
+        target, strict = self._target(adapter)
+        with self._host.pinned(target, strict=strict) as model:
+            yield model
+
+    def _target(self, explicit: Any = _UNSET) -> tuple[AdapterTarget | Any, bool]:
+        """The adapter of the request being made -- explicit, pinned, routed or the
+        default -- and whether it was asked for explicitly (then a failure to load it
+        raises instead of serving the base model)."""
+        choice, strict = explicit, True
+        if choice is _UNSET:
+            choice = self._pin.get()
+        if choice is _UNSET and self.route is not None:
+            strict = False
+            try:
+                choice = self.route(*_run_scope())
+            except ValidationError:  # the run names a bad namespace: its request fails
+                raise
+            except Exception:  # a broken registry read must not serve someone else's adapter
+                logger.exception("route() failed; serving the base model for this request")
+                return BASE, False
+        if choice is _UNSET:
+            self._maybe_follow()
+            return DEFAULT, False
+        if choice is None:
+            return BASE, strict
+        try:
+            return AdapterTarget(*self._resolve(choice)), strict
+        except Exception:
+            if strict:
+                raise
+            logger.exception("route() returned %r, which cannot be resolved; serving the base model", choice)
+            return BASE, False
 
     def _maybe_follow(self) -> None:
         """Swap to `follow()`'s version if it changed since the last look."""
@@ -361,7 +468,7 @@ class AdaptiveChatModel(BaseChatModel):
             yield ChatGenerationChunk(message=message)
 
     def _response_metadata(self, final: _Final) -> dict[str, Any]:
-        return {"model_name": self.model_id, "finish_reason": final.finish_reason, "adapter": self.adapter}
+        return {"model_name": self.model_id, "finish_reason": final.finish_reason, "adapter": final.adapter}
 
     # ----------------------------------------------------------------- generation
 
@@ -408,14 +515,16 @@ class AdaptiveChatModel(BaseChatModel):
              kwargs: dict[str, Any]) -> Iterator[str | _Final]:
         """Generate: yield text deltas, then one `_Final`."""
         request = self._request(stop, kwargs)
-        self._maybe_follow()
+        target, strict = self._target()  # here, in the caller's context: the run's config
         encoded = self._encode(messages, request.tools)
         tool_mode = request.tools is not None
         holds = [*request.stop, TOOL_CALL_OPEN] if tool_mode else request.stop
 
         tokens: queue.Queue[Any] = queue.Queue()
         cancel = threading.Event()
-        worker = threading.Thread(target=self._generate_worker, args=(encoded, request, tokens, cancel),
+        served: list[str | None] = [None]
+        worker = threading.Thread(target=self._generate_worker,
+                                  args=(encoded, request, tokens, cancel, target, strict, served),
                                   name="seal-generate", daemon=True)
         worker.start()
         ids: list[int] = []
@@ -452,16 +561,20 @@ class AdaptiveChatModel(BaseChatModel):
             reason = "stop"
         else:
             reason = "length"
-        yield _Final(final_text[len(emitted):], parsed, reason, int(encoded["input_ids"].shape[1]), len(ids))
+        yield _Final(final_text[len(emitted):], parsed, reason, int(encoded["input_ids"].shape[1]), len(ids),
+                     served[0])
 
     def _generate_worker(self, encoded: Any, request: _Request, tokens: queue.Queue[Any],
-                         cancel: threading.Event) -> None:
+                         cancel: threading.Event, target: Any = DEFAULT, strict: bool = False,
+                         served: list[str | None] | None = None) -> None:
         import torch
         from transformers import StoppingCriteriaList
 
         try:
             config = self._generation_config(request)
-            with self._host.pinned() as model, torch.inference_mode():
+            with self._host.pinned(target, strict=strict) as model, torch.inference_mode():
+                if served is not None:
+                    served[0] = self._host.active
                 if cancel.is_set():  # the consumer left while we waited for the lock
                     return
                 if request.seed is not None and request.temperature > 0:
@@ -508,6 +621,7 @@ class AdaptiveChatModel(BaseChatModel):
         prefill: str | Sequence[str] | None = None,
         cancel_event: threading.Event | None = None,
         progress: bool = False,
+        adapter: AdapterChoice = _UNSET,
     ) -> list[list[str]]:
         """Generate completions for many prompts at once, several per forward pass.
 
@@ -521,9 +635,10 @@ class AdaptiveChatModel(BaseChatModel):
         for each prompt (up to float rounding, which batched matrix products may
         order differently).
 
-        The whole batch runs on one adapter: it follows ``follow()`` once, then holds
-        the adapter lock until its last chunk, so a concurrent `use_adapter` waits
-        for it (and so do concurrent requests).
+        The whole batch runs on one adapter -- `adapter` if given, else the one a
+        request made here gets (`pinned`, ``route``, or the default after one look at
+        ``follow()``) -- and holds the adapter lock until its last chunk, so a
+        concurrent `use_adapter` waits for it (and so do concurrent requests).
 
         Args:
             prompts: Strings (one user turn each) or message lists, as for `invoke`.
@@ -550,6 +665,8 @@ class AdaptiveChatModel(BaseChatModel):
                 `TrainingCancelled` is raised (the consolidation's cancellation
                 error); nothing is returned.
             progress: Show a tqdm bar of finished completions.
+            adapter: Run the batch on this adapter (a folder, a version for
+                `resolver`, or None for the base model) instead of the routed one.
 
         Returns:
             For each prompt, in order, its `n` completions: text without special
@@ -559,11 +676,12 @@ class AdaptiveChatModel(BaseChatModel):
             ValidationError: A bad option (named in the message), e.g. ``n`` above 1
                 with temperature 0, or a prompt longer than the context.
             TrainingCancelled: `cancel_event` was set.
+            AdapterError: `adapter` (or a `pinned` one) cannot be loaded.
         """
         samples = self._generate_samples(
             prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens, top_p=top_p, seed=seed,
             stop=stop, max_batch_tokens=max_batch_tokens, prefill=prefill, cancel=CancelFlags(cancel_event),
-            progress=progress)
+            progress=progress, adapter=adapter)
         return [[s.text for s in row] for row in samples]
 
     async def agenerate_batch(
@@ -580,6 +698,7 @@ class AdaptiveChatModel(BaseChatModel):
         prefill: str | Sequence[str] | None = None,
         cancel_event: threading.Event | None = None,
         progress: bool = False,
+        adapter: AdapterChoice = _UNSET,
     ) -> list[list[str]]:
         """Async `generate_batch`: runs in a worker thread, off the event loop.
 
@@ -591,7 +710,7 @@ class AdaptiveChatModel(BaseChatModel):
             samples = await asyncio.to_thread(
                 self._generate_samples, prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
                 top_p=top_p, seed=seed, stop=stop, max_batch_tokens=max_batch_tokens, prefill=prefill,
-                cancel=CancelFlags(cancel_event, own), progress=progress)
+                cancel=CancelFlags(cancel_event, own), progress=progress, adapter=adapter)
         except asyncio.CancelledError:
             own.set()
             raise
@@ -611,10 +730,9 @@ class AdaptiveChatModel(BaseChatModel):
         prefill: str | Sequence[str] | None,
         cancel: CancelFlags,
         progress: bool,
+        adapter: AdapterChoice = _UNSET,
     ) -> list[list[Sample]]:
         """`generate_batch`, returning `Sample`s (text, token count, finish reason)."""
-        import contextlib
-
         import torch
         from tqdm.auto import tqdm
 
@@ -640,12 +758,12 @@ class AdaptiveChatModel(BaseChatModel):
         samples: list[list[Any]] = [[None] * n for _ in prompts]
         config = self._generation_config(request)
 
-        self._maybe_follow()
+        target, strict = self._target(adapter)
         with contextlib.ExitStack() as stack:
             bar = stack.enter_context(tqdm(total=len(lengths), disable=not progress, desc="generate",
                                            unit="seq", leave=False))
             # One pin for every chunk: a swap between chunks would give the batch two adapters.
-            model = stack.enter_context(self._host.pinned())
+            model = stack.enter_context(self._host.pinned(target, strict=strict))
             stack.enter_context(torch.inference_mode())
             if request.temperature > 0 and request.seed is not None:
                 # generate() samples from torch's global RNG: seed a fork of it, so the
@@ -749,6 +867,29 @@ class _CancelCriteria:
         import torch
 
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _run_scope() -> tuple[dict[str, Any], Any]:
+    """The LangGraph config and runtime context of the run this request belongs to.
+
+    Read the way `SealMemoryMiddleware` reads them (``langgraph.config.get_config``; the
+    runtime ``create_agent`` passes its nodes), so a route resolves the same namespace
+    the middleware recalls from. Outside a runnable context: ``({}, None)``.
+    """
+    try:
+        from langgraph.config import get_config
+        from langgraph.runtime import get_runtime
+    except ImportError:  # langgraph is a dependency; a stripped install still generates
+        return {}, None
+    try:
+        config = dict(get_config())
+    except RuntimeError:  # called outside a runnable context (a direct invoke, a script)
+        return {}, None
+    try:
+        runtime = get_runtime()
+    except (RuntimeError, KeyError):
+        runtime = None
+    return config, getattr(runtime, "context", None)
 
 
 def _check_request(max_new_tokens: Any, temperature: Any, top_p: Any) -> None:
