@@ -33,6 +33,7 @@ cannot come back. `consolidation_status` reads that record for ``seal-agent stat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -311,12 +312,20 @@ class _Run:
         teacher = self.teacher
         selfedit_config = self.config.selfedit
         skipped: dict[str, Any] = {}
+        pin: Any = contextlib.nullcontext()
         if teacher is None and self.config.consolidation.teacher == "served":
             teacher = self.memory.chat_model()
+            lineage = self.lineage(state)
+            route = getattr(teacher, "route", None)
+            if lineage.namespace is not None and route is not None:
+                # The run has no user in its config: without a pin the served model would
+                # route to the default namespace. The lineage's own adapter writes its self-edits.
+                pin = teacher.pinned(route.adapter_for(lineage.namespace))
         elif teacher is None:  # teacher = "none": only what needs no model
             selfedit_config, interactions, skipped = _model_free(selfedit_config, interactions)
-        batch = generate_self_edits(interactions, teacher, selfedit_config,
-                                    progress=self.progress, cancel_event=self.cancel_event)
+        with pin:
+            batch = generate_self_edits(interactions, teacher, selfedit_config,
+                                        progress=self.progress, cancel_event=self.cancel_event)
         run_dir = _run_dir(self.memory, state["run_id"])
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "selfedits.json").write_text(json.dumps(batch.to_dict(), indent=1), encoding="utf-8")

@@ -129,3 +129,29 @@ def test_consolidate_one_namespace_and_depth_grouping(tmp_path: Path) -> None:
         assert {r.lineage for r in rest.runs} == {Lineage(home, BOB).name, "global"}
         assert mem.adapters.current is not None  # the shared namespace trained the global lineage
         assert mem.adapters.get(mem.adapters.current).manifest["lineage"]["interaction_ids"] == shared
+
+
+def test_a_lineage_writes_its_self_edits_with_its_own_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consolidation graph's run names no user: without a pin, the served model would
+    route to the default namespace's adapter, not the lineage's."""
+    from seal_agent.model import AdaptiveChatModel
+
+    home = tmp_path / "home"
+    seen: list[object] = []
+    real = AdaptiveChatModel.generate_batch
+
+    def recording(self: AdaptiveChatModel, prompts: object, **kwargs: object) -> object:
+        seen.append(self._pin.get())
+        return real(self, prompts, **kwargs)
+
+    monkeypatch.setattr(AdaptiveChatModel, "generate_batch", recording)
+    with open_mem(home) as mem:
+        teach(mem, ALICE_FACTS, ALICE)
+        first = mem.consolidate(progress=False, train=FAST_TRAIN, **RAW)
+        assert first.verdict == "committed" and not seen  # teacher "none": no model wrote
+        teach(mem, [("What does alice grow?", "Tomatoes.")], ALICE)
+        mem.consolidate(progress=False, train=FAST_TRAIN, consolidation={"adapter_scope": "namespace",
+                        "teacher": "served"}, selfedit={"strategies": ["implications"], "samples": 1,
+                                                        "max_new_tokens": 8}, gate={"allow_unverified": True})
+        la = Lineage(home, ALICE)
+        assert seen == [str(la.adapters_dir / first.version)]  # alice's adapter wrote alice's self-edits
