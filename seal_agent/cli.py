@@ -252,6 +252,43 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_writer(args: argparse.Namespace) -> int:
+    """The self-edit writer's lineage (ReST-EM, `seal_agent.selfedit.writer`)."""
+    from seal_agent.selfedit.writer import list_writer, rollback_writer
+
+    action = args.writer_command
+    if action == "list":
+        data = list_writer(Path(args.home))
+
+        def reward(d: dict[str, Any]) -> str:
+            mean = "-" if d["mean_reward"] is None else f"{d['mean_reward']:+.3f}"
+            per = "-" if d["seconds_per_candidate"] is None else f"{d['seconds_per_candidate']:.1f}s"
+            return f"mean reward {mean}, kept {d['kept']}/{d['total']}, {per}/candidate"
+
+        text = "\n".join(f"{'*' if d['current'] else ' '} {d['version']}  {d['verdict']:9}  parent={d['parent']}  "
+                         f"{reward(d)}" + (f"  BROKEN: {d['problem']}" if d["problem"] else "")
+                         for d in data) or "no writer versions yet (seal-agent writer improve)"
+        _emit(args, data, text)
+    elif action == "rollback":
+        name = rollback_writer(Path(args.home), args.version)
+        _emit(args, {"current": name}, f"writer CURRENT is now {name}")
+    else:
+        with _memory(args) as mem:
+            report = mem.improve_writer(rounds=args.rounds, candidates=args.candidates, progress=not args.json)
+        lines = [f"writer run {report.run_id}: {report.verdict}"
+                 + (f" -> {', '.join(report.versions)}" if report.versions else "")]
+        if report.reason:
+            lines.append(f"reason: {report.reason}")
+        for r in report.rounds:
+            mean = "-" if r.get("mean_reward") is None else f"{r['mean_reward']:+.3f}"
+            per = "-" if r.get("seconds_per_candidate") is None else f"{r['seconds_per_candidate']:.1f}"
+            lines.append(f"round {r['round']}: {r.get('version') or 'nothing committed'}; mean reward {mean}, "
+                         f"kept {r.get('kept')}/{r.get('total')}, hurt canaries {r.get('hurt_canaries')}, "
+                         f"{per} s/candidate, {r.get('seconds', 0):.1f} s")
+        _emit(args, report.to_dict(), "\n".join(lines))
+    return 0
+
+
 def _print_report(args: argparse.Namespace, report: Any) -> None:
     data = report.to_dict()
     lines = [f"run {report.run_id}: {report.verdict}" + (f" -> {report.version}" if report.version else "")]
@@ -333,11 +370,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_gate_report(args: argparse.Namespace) -> int:
     from seal_agent.gate.report import GateReport, render_report
-    from seal_agent.registry import AdapterRegistry
 
-    reports = Path(args.home) / "gate" / "reports"
+    lineage = _lineage(args)
+    reports = lineage.reports_dir
     try:  # accepts the short vNNNN form too
-        version = AdapterRegistry(Path(args.home) / "adapters").get(args.version)
+        version = lineage.registry().get(args.version)
     except SealAgentError:
         version = None
     path = reports / (version.version if version is not None else args.version)
@@ -445,6 +482,15 @@ def build_parser() -> argparse.ArgumentParser:
     for leaf in (al, sh, rb, ex):
         leaf.add_argument("--namespace", help=lineage_help)
 
+    wr = command(sub, "writer", help="the self-edit writer (ReST-EM): improve it, list or roll back its versions")
+    wsub = wr.add_subparsers(dest="writer_command", required=True)
+    wi = command(wsub, "improve", cmd_writer, help="reward sampled self-edits, keep the best, fine-tune the writer")
+    wi.add_argument("--rounds", type=_positive_int, default=1, help="ReST-EM rounds (default: 1)")
+    wi.add_argument("--candidates", type=_positive_int, help="self-edits sampled per interaction (default: 4)")
+    command(wsub, "list", cmd_writer, help="writer versions with their rewards; * marks CURRENT")
+    wb = command(wsub, "rollback", cmd_writer, help="make an earlier writer version CURRENT")
+    wb.add_argument("version")
+
     co = command(sub, "consolidate", cmd_consolidate, help="learn from new interactions now (self-edits, LoRA, gate)")
     co.add_argument("--dry-run", action="store_true", help="generate self-edits, stop before training")
     decide = co.add_mutually_exclusive_group()
@@ -471,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     gsub = ga.add_subparsers(dest="gate_command", required=True)
     gr = command(gsub, "report", cmd_gate_report, help="print the gate report of a version")
     gr.add_argument("version")
+    gr.add_argument("--namespace", help=lineage_help)
     return p
 
 

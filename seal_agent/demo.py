@@ -5,12 +5,15 @@
    middleware answers from what it recalls, per user. Everything is real: the graph,
    Chroma, the embedding model and the LLM (SmolLM2-135M-Instruct on this CPU), which
    answers from the memories the middleware put in its prompt.
-2. Parametric memory: facts a user told the assistant are consolidated into a LoRA
-   adapter of the served model from the model's *own* self-edits (default settings),
-   and the model is asked again *with retrieval off*: what it answers now comes from
-   its weights.
-3. The guard: a destructive update is attempted, the validation gate rejects it on the
-   canaries shipped with the model, and the good adapter keeps serving.
+2. Parametric memory, per tenant: facts a user told the assistant are consolidated
+   into a LoRA adapter of the served model from the model's *own* self-edits (default
+   settings, ``adapter_scope = "namespace"``: the user's own adapter lineage), and the
+   model is asked again *with retrieval off*: what it answers now comes from its
+   weights. Asked as another user, the model does not know (that user is served the
+   base model: their log-likelihoods are the base model's).
+3. The guard: a destructive update of the same user's adapter is attempted, the
+   validation gate rejects it on the canaries shipped with the model, and the good
+   adapter keeps serving.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import HumanMessage
 
+from seal_agent.config import SealConfig
 from seal_agent.integrations.langgraph import DEFAULT_HEADER
 from seal_agent.seal_memory import SealMemory
 
@@ -82,6 +86,8 @@ class FactCheck:
     after: str
     logprob_before: float
     logprob_after: float
+    other: str = ""  # asked as another user after the consolidation (isolation)
+    logprob_other: float = 0.0
 
 
 @dataclass
@@ -165,7 +171,13 @@ def run_demo(home: str | Path | None = None, *, echo: Callable[[str], None] | No
     home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="seal-demo-"))
     turns: list[DemoTurn] = []
     started = time.perf_counter()
-    with SealMemory(home, model=model) as mem:
+    # Per-tenant weights: each user's facts train only that user's adapter lineage.
+    config = SealConfig.load(home).with_overrides(model={"name_or_path": model},
+                                                  consolidation={"adapter_scope": "namespace", "lineage_depth": 2})
+    if not (home / "config.toml").exists():  # so that `seal-agent --home` sees the home as the demo used it
+        home.mkdir(parents=True, exist_ok=True)
+        config.save(home)
+    with SealMemory(home, config=config) as mem:
         say(f"memory home: {mem.home} ({mem.backend}); model: {model}")
         say("\n== Part 1: episodic memory (create_agent + SealMemory middleware, the real LLM)")
         chat = mem.chat_model(max_new_tokens=40)
@@ -200,28 +212,35 @@ def run_demo(home: str | Path | None = None, *, echo: Callable[[str], None] | No
     return result
 
 
-def _ask_without_retrieval(mem: SealMemory) -> list[tuple[str, float]]:
-    """The served model answers the taught questions with no memories in the prompt."""
+TEACHER, OTHER = ("users", "dana"), ("users", "erin")
+
+
+def _ask_without_retrieval(mem: SealMemory, user: tuple[str, ...] = TEACHER) -> list[tuple[str, float]]:
+    """The model served to `user` answers the taught questions with no memories in the prompt."""
     from seal_agent.training.scoring import answer_logprob
 
     chat = mem.chat_model(max_new_tokens=24)
-    answers = [row[0].strip() for row in chat.generate_batch([q for q, _ in TAUGHT])]  # follows CURRENT
-    return [(a, answer_logprob(chat.served_model, chat.tokenizer, [{"role": "user", "content": q}], expected))
-            for a, (q, expected) in zip(answers, TAUGHT, strict=True)]
+    # What an agent run of this user is served (outside a run, the adapter is named explicitly).
+    adapter = chat.route.adapter_for(user) if chat.route is not None else chat.adapter
+    answers = [row[0].strip() for row in chat.generate_batch([q for q, _ in TAUGHT], adapter=adapter)]
+    with chat.active_model(adapter=adapter) as model:
+        return [(a, answer_logprob(model, chat.tokenizer, [{"role": "user", "content": q}], expected))
+                for a, (q, expected) in zip(answers, TAUGHT, strict=True)]
+
+
+def _served_version(mem: SealMemory, user: tuple[str, ...]) -> str | None:
+    return mem.lineage(user).registry().current
 
 
 def _parametric_part(mem: SealMemory, result: DemoResult, say: Callable[[str], None]) -> None:
     say("\n== Part 2: parametric memory (the model writes its own training data; retrieval off)")
-    # Part 1's exchanges hold two users' conflicting facts ("my dog is Rex" / "Bolt"), and
-    # this home has one global adapter: keep them out of the weights, recall keeps them.
-    mem.mark([it.id for it in mem.list(status="new")], "excluded")
     for i, text in enumerate(TOLD):
         mem.log([{"role": "user", "content": text}, {"role": "assistant", "content": _ACK}],
-                namespace=("users", "dana"), thread_id=f"dana-{i}")
+                namespace=TEACHER, thread_id=f"dana-{i}")
         say(f"dana told the assistant: {text!r}")
     before = _ask_without_retrieval(mem)
-    say("consolidating with default settings (self-edits -> LoRA -> gate) ...")
-    report = mem.consolidate(progress=False)
+    say("consolidating dana's adapter lineage with default settings (self-edits -> LoRA -> gate) ...")
+    report = mem.consolidate(progress=False, namespace=TEACHER)
     result.consolidations.append(report.to_dict())
     kept, dropped = report.counts.get("self_edits", 0), sum(
         v for k, v in report.counts.items() if k.startswith("dropped_"))
@@ -230,18 +249,22 @@ def _parametric_part(mem: SealMemory, result: DemoResult, say: Callable[[str], N
         + f"; {kept} self-edits kept, {dropped} dropped; "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report.timings.items() if v >= 0.5))
     after = _ask_without_retrieval(mem)
-    say("asked again with retrieval OFF (answers come from the weights):")
-    for (q, expected), (b, lb), (a, la) in zip(TAUGHT, before, after, strict=True):
-        result.facts.append(FactCheck(q, expected, b, a, lb, la))
-        say(f"  {q}\n    before: {b!r} (log-lik {lb:.2f})\n    after:  {a!r} (log-lik {la:.2f})")
+    other = _ask_without_retrieval(mem, OTHER)
+    say("asked again with retrieval OFF (answers come from the weights); and as erin, another user:")
+    for (q, expected), (b, lb), (a, la), (o, lo) in zip(TAUGHT, before, after, other, strict=True):
+        result.facts.append(FactCheck(q, expected, b, a, lb, la, o, lo))
+        say(f"  {q}\n    before: {b!r} (log-lik {lb:.2f})\n    after:  {a!r} (log-lik {la:.2f})"
+            f"\n    erin:   {o!r} (log-lik {lo:.2f})")
 
-    say("\n== Part 3: a destructive update (high learning rate, many passes over unrelated text)")
+    say("\n== Part 3: a destructive update of dana's adapter (high learning rate, many passes over "
+        "unrelated text)")
     for q, a in _UNRELATED:
-        mem.log([{"role": "user", "content": q}, {"role": "assistant", "content": a}], namespace=("noise",))
-    bad = mem.consolidate(progress=False, **_DESTRUCTIVE)
+        mem.log([{"role": "user", "content": q}, {"role": "assistant", "content": a}], namespace=TEACHER,
+                thread_id="dana-noise")
+    bad = mem.consolidate(progress=False, namespace=TEACHER, **_DESTRUCTIVE)
     result.consolidations.append(bad.to_dict())
     say(f"  verdict: {bad.verdict}" + (f" -- {bad.reason}" if bad.reason else ""))
-    say(f"  CURRENT is still {mem.adapters.current}; the served answers are unchanged:")
+    say(f"  dana's CURRENT is still {_served_version(mem, TEACHER)}; the served answers are unchanged:")
     still = _ask_without_retrieval(mem)
     for (q, _), (a, _) in zip(TAUGHT, still, strict=True):
         say(f"    {q} -> {a!r}")

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
 
     from seal_agent.consolidation import ConsolidationReport
+    from seal_agent.lineage import Lineage
     from seal_agent.model import AdaptiveChatModel
     from seal_agent.registry import AdapterRegistry
 
@@ -684,6 +685,13 @@ class SealMemory:
         return {"current": serving.current, "serving": serving.version, "problem": serving.problem}
 
     # ------------------------------------------------------- parametric memory
+
+    def lineage(self, namespace: Namespace | Sequence[str] | str) -> Lineage:
+        """The adapter lineage that learns from and serves `namespace` (see `seal_agent.lineage`):
+        the global one unless ``consolidation.adapter_scope = "namespace"``."""
+        from seal_agent.lineage import lineage_for
+
+        return lineage_for(self.home, validate_namespace(namespace), self.config.consolidation)
 
     @property
     def adapters(self) -> AdapterRegistry:

@@ -57,6 +57,7 @@ def test_part1_the_real_llm_answers_from_recalled_memories(demo: dict) -> None:
 def test_part2_facts_are_answered_closed_book_after_consolidation(demo: dict) -> None:
     good = demo["consolidations"][0]
     assert good["verdict"] == "committed", good
+    assert good["lineage"].startswith("users.dana-")  # dana's own adapter lineage
     facts = demo["facts"]
     right = [f["expected"].lower() in f["after"].lower() for f in facts]
     assert not any(f["expected"].lower() in f["before"].lower() for f in facts)
@@ -64,13 +65,23 @@ def test_part2_facts_are_answered_closed_book_after_consolidation(demo: dict) ->
     assert sum(f["logprob_after"] > f["logprob_before"] for f in facts) >= 3
 
 
+def test_part2_another_tenant_is_served_the_base_model(demo: dict) -> None:
+    """Issue 10's isolation on the real model: dana's facts, asked as erin, are no more
+    likely than under the base model (erin has no lineage: she is served the base)."""
+    for f in demo["facts"]:
+        assert f["logprob_other"] <= f["logprob_before"] + 1e-3, f
+        assert f["expected"].lower() not in f["other"].lower(), f
+
+
 def test_part2_general_abilities_survive_the_committed_update(demo: dict) -> None:
     from seal_agent import SealMemory
 
     with SealMemory(demo["home_path"]) as mem:
         chat = mem.chat_model(max_new_tokens=24)
-        answers = [row[0] for row in chat.generate_batch([q for q, _ in GENERAL])]
-        assert mem.adapters.current is not None and chat.adapter is not None
+        adapter = mem.lineage(("users", "dana")).registry().current
+        assert adapter is not None
+        dana = str(mem.lineage(("users", "dana")).adapters_dir / adapter)
+        answers = [row[0] for row in chat.generate_batch([q for q, _ in GENERAL], adapter=dana)]
     assert all(exp.lower() in a.lower() for a, (_, exp) in zip(answers, GENERAL, strict=True)), answers
     gate = demo["consolidations"][0]["gate"]
     assert "canar" in " ".join(gate["reasons"])  # judged on the shipped canaries, not "nothing to judge"
@@ -100,6 +111,7 @@ def test_part2_self_edits_are_grounded_and_every_drop_is_kept(demo: dict) -> Non
 def test_part3_destructive_update_is_rejected_and_the_good_adapter_keeps_serving(demo: dict) -> None:
     good, bad = demo["consolidations"]
     assert bad["verdict"] == "rejected", bad
+    assert bad["lineage"] == good["lineage"]  # the same user's adapter was at stake
     assert "canar" in bad["reason"]
 
 
@@ -107,22 +119,25 @@ def test_adapter_and_gate_commands_on_the_demo_home(demo: dict, capsys: pytest.C
                                                     tmp_path: Path) -> None:
     home = demo["home_path"]
     good, bad = demo["consolidations"]
+    ns = ("--namespace", "users/dana")
     code, out, _ = cli(capsys, home, "--json", "adapters", "list")
+    assert json.loads(out) == []  # the global lineage learned nothing: every user has their own
+    code, out, _ = cli(capsys, home, "--json", "adapters", "list", *ns)
     versions = {v["version"]: v for v in json.loads(out)}
     assert versions[good["version"]]["current"] and versions[good["version"]]["verdict"] == "committed"
     assert versions[bad["version"]]["verdict"] == "rejected" and not versions[bad["version"]]["current"]
     assert all("unverified" in v for v in versions.values())
 
-    code, out, _ = cli(capsys, home, "adapters", "show", good["version"])
+    code, out, _ = cli(capsys, home, "adapters", "show", good["version"], *ns)
     assert code == 0 and json.loads(out)["version"] == good["version"]
-    code, out, _ = cli(capsys, home, "gate", "report", bad["version"])
+    code, out, _ = cli(capsys, home, "gate", "report", bad["version"], *ns)
     assert code == 0 and "REJECTED" in out.upper()
-    code, out, _ = cli(capsys, home, "gate", "report", good["version"])
+    code, out, _ = cli(capsys, home, "gate", "report", good["version"], *ns)
     assert code == 0 and "PASS" in out.upper()
 
-    code, out, _ = cli(capsys, home, "adapters", "export", good["version"], str(tmp_path / "export"))
+    code, out, _ = cli(capsys, home, "adapters", "export", good["version"], str(tmp_path / "export"), *ns)
     assert code == 0 and (tmp_path / "export" / "adapter_model.safetensors").exists()
-    code, _, err = cli(capsys, home, "adapters", "rollback", bad["version"])  # never committed: refused
+    code, _, err = cli(capsys, home, "adapters", "rollback", bad["version"], *ns)  # never committed: refused
     assert code == 1 and bad["version"].split("-")[0] in err
     code, _, err = cli(capsys, home, "consolidate", "--approve", "run-nope")
     assert code == 1 and "run-nope" in err

@@ -1,0 +1,225 @@
+"""ReST-EM (seal_agent.selfedit.writer): rewarded self-edits, the writer lineage, resumability.
+
+On tiny-random (real peft training of every throwaway update and of the writer) with a
+scripted writer and a scripted reward; one small round on the real default model.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from fakes import HashEmbeddings, ScriptedChatModel
+
+from seal_agent import SealMemory
+from seal_agent.config import SealConfig
+from seal_agent.errors import ConfigError, ValidationError
+from seal_agent.selfedit.writer import (
+    Evaluation,
+    WriterCandidate,
+    WriterConfig,
+    list_writer,
+    writer_registry,
+    writer_status,
+)
+
+PASSAGE = "The Kelpwood lab is in Tromso. Its lead engineer is Ada Brandt."
+# Grounded implications (every word is in the passage), so the filters keep them all.
+REPLIES = [
+    "- The Kelpwood lab is in Tromso.",
+    "- Ada Brandt is the lead engineer of the Kelpwood lab.",
+    "- The lead engineer of the Kelpwood lab is Ada Brandt.\n- The Kelpwood lab is in Tromso.",
+]
+REWARDS = {REPLIES[0]: 0.1, REPLIES[1]: 0.7, REPLIES[2]: 0.3}
+QUESTIONS = [("Who is the lead engineer of the Kelpwood lab?", "Ada Brandt is the lead engineer.")]
+FAST = WriterConfig(candidates=3, inner_steps=1, writer_epochs=1, check_canaries=False)
+
+
+def _teacher(rounds: int = 1) -> ScriptedChatModel:
+    return ScriptedChatModel(REPLIES * rounds * 2)
+
+
+def _mem(home: Path) -> SealMemory:
+    return SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random",
+                      config=SealConfig().with_overrides(train={"lora_rank": 4}))
+
+
+def _teach(mem: SealMemory) -> str:
+    return mem.log([{"role": "user", "content": PASSAGE}, {"role": "assistant", "content": "Noted."}],
+                   namespace=("users", "t"))
+
+
+def _scripted(calls: list[str]):
+    def reward(candidate: WriterCandidate, adapter_dir: Path) -> float:
+        assert (adapter_dir / "adapter_model.safetensors").is_file()  # the throwaway update was trained
+        calls.append(candidate.id)
+        return REWARDS[candidate.text]
+    return reward
+
+
+def test_the_kept_candidate_is_the_best_rewarded_and_the_writer_commits(tmp_path: Path) -> None:
+    with _mem(tmp_path / "home") as mem:
+        iid = _teach(mem)
+        calls: list[str] = []
+        report = mem.improve_writer(rounds=1, candidates=3, config=FAST, questions={iid: QUESTIONS},
+                                    reward_fn=_scripted(calls), teacher=_teacher(), progress=False)
+        assert report.verdict == "committed", report.reason
+        assert len(calls) == 3
+        (version,) = report.versions
+        v = writer_registry(mem.home).get(version)
+        assert v.is_current
+        metrics = v.manifest["metrics"]
+        # Rejection sampling: only the best-rewarded candidate of the interaction is kept.
+        assert [k["reward"] for k in metrics["kept"]] == [0.7]
+        (record,) = metrics["reward_history"]
+        assert record["kept"] == 1 and record["total"] == 3
+        assert record["mean_reward"] == pytest.approx((0.1 + 0.7 + 0.3) / 3)
+        assert record["seconds_per_candidate"] > 0 and record["seconds"] > 0
+        assert report.rounds[0]["version"] == version
+        # The knowledge adapter is untouched: the writer is a lineage of its own.
+        assert mem.adapters.current is None
+        kept = json.loads((mem.home / "writer" / "runs" / report.run_id / "round-0" / "evaluations.jsonl")
+                          .read_text().splitlines()[1])
+        assert kept["reward"] == 0.7
+
+
+def test_rounds_chain_roll_back_and_history(tmp_path: Path) -> None:
+    with _mem(tmp_path / "home") as mem:
+        iid = _teach(mem)
+        report = mem.improve_writer(rounds=2, config=FAST, questions={iid: QUESTIONS},
+                                    reward_fn=_scripted([]), teacher=_teacher(2), progress=False)
+        assert report.verdict == "committed" and len(report.versions) == 2
+        first, second = report.versions
+        reg = writer_registry(mem.home)
+        assert reg.current == second and reg.get(second).parent == first
+        assert len(reg.get(second).manifest["metrics"]["reward_history"]) == 2  # the history carries over
+        rows = list_writer(mem.home)
+        assert [r["version"] for r in rows] == [first, second] and rows[1]["current"]
+        # Roll back the writer through the CLI; the knowledge lineage does not move.
+        from seal_agent.cli import main
+
+    assert main(["--home", str(tmp_path / "home"), "writer", "rollback", first]) == 0
+    assert writer_registry(tmp_path / "home").current == first
+    assert writer_status(tmp_path / "home")["current"] == first
+    assert main(["--home", str(tmp_path / "home"), "writer", "list"]) == 0
+
+
+def test_a_round_whose_candidates_all_hurt_the_canaries_commits_nothing(tmp_path: Path) -> None:
+    def hurts(candidate: WriterCandidate, adapter_dir: Path) -> Evaluation:
+        return Evaluation(reward=5.0, canaries_ok=False, detail={"canaries": "flipped"})
+
+    with _mem(tmp_path / "home") as mem:
+        iid = _teach(mem)
+        report = mem.improve_writer(rounds=1, config=FAST, questions={iid: QUESTIONS}, reward_fn=hurts,
+                                    teacher=_teacher(), progress=False)
+        assert report.verdict == "skipped" and report.versions == []
+        assert report.rounds[0]["hurt_canaries"] == 3 and report.rounds[0]["kept"] == 0
+        assert writer_registry(mem.home).current is None and writer_registry(mem.home).list() == []
+
+
+def test_no_gain_keeps_nothing_and_bad_arguments_are_named(tmp_path: Path) -> None:
+    with _mem(tmp_path / "home") as mem:
+        iid = _teach(mem)
+        report = mem.improve_writer(rounds=1, config=FAST, questions={iid: QUESTIONS},
+                                    reward_fn=lambda c, d: -0.2, teacher=_teacher(), progress=False)
+        assert report.verdict == "skipped" and report.rounds[0]["kept"] == 0
+        with pytest.raises(ValidationError, match="rounds"):
+            mem.improve_writer(rounds=0)
+        with pytest.raises(ValidationError, match=r"questions\["):
+            mem.improve_writer(questions={iid: ["not a pair"]})
+    with pytest.raises(ConfigError, match="writer.candidates"):
+        WriterConfig(candidates=0)
+    with pytest.raises(ConfigError, match="writer.bogus"):
+        WriterConfig.from_dict({"bogus": 1})
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from fakes import HashEmbeddings, ScriptedChatModel
+    from seal_agent import SealMemory
+    from seal_agent.config import SealConfig
+    from seal_agent.selfedit.writer import WriterConfig
+
+    replies = {replies!r}
+    rewards = {rewards!r}
+    seen = []
+
+    def reward(candidate, adapter_dir):
+        seen.append(candidate.id)
+        if len(seen) == 5:  # round 1, second candidate: round 0 is committed
+            print("IN", candidate.id, flush=True)
+            time.sleep(600)  # the parent kills us here
+        return rewards[candidate.text]
+
+    mem = SealMemory({home!r}, embeddings=HashEmbeddings(), model="tiny-random",
+                     config=SealConfig().with_overrides(train={{"lora_rank": 4}}))
+    iid = mem.list()[0].id
+    mem.improve_writer(rounds=2, config=WriterConfig(candidates=3, inner_steps=1, writer_epochs=1,
+                                                     check_canaries=False),
+                       questions={{iid: {questions!r}}}, reward_fn=reward,
+                       teacher=ScriptedChatModel(replies * 4), progress=False)
+    """
+)
+
+
+def test_survives_kill_9_mid_round_and_resumes_where_it_stopped(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with _mem(home) as mem:
+        iid = _teach(mem)
+    script = _KILL_SCRIPT.format(tests=str(Path(__file__).parent), home=str(home), replies=REPLIES,
+                                 rewards=REWARDS, questions=QUESTIONS)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(30)
+            raise AssertionError(proc.stderr.read() if proc.stderr else "child died")
+        assert line.startswith("IN r1-")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    status = writer_status(home)
+    assert status["pending"] and status["attempts"] == 1
+    committed = writer_registry(home).current
+    assert committed is not None  # round 0 finished before the kill
+    with _mem(home) as mem:
+        calls: list[str] = []
+        report = mem.improve_writer(rounds=2, config=FAST, questions={iid: QUESTIONS}, reward_fn=_scripted(calls),
+                                    teacher=_teacher(2), progress=False)
+    assert report.run_id == status["pending"]  # resumed, not restarted
+    assert report.verdict == "committed" and len(report.versions) == 2
+    assert report.versions[0] == committed  # round 0 not committed twice
+    # Round 1's first candidate was finished before the kill: only the rest are evaluated again.
+    assert len(calls) == 2 and all(c.startswith("r1-") for c in calls)
+    assert len([v for v in writer_registry(home).list() if v.verdict == "committed"]) == 2
+    assert writer_status(home)["pending"] is None
+
+
+@pytest.mark.real_model
+def test_one_small_round_end_to_end_on_the_default_model(tmp_path: Path) -> None:
+    """smollm2-135m: the served model samples 2 candidates, each trains a 2-step throwaway
+    update that is scored closed-book and on the shipped canaries; the round commits a
+    writer version or, if no candidate gained, nothing -- either way with its costs."""
+    with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="smollm2-135m") as mem:
+        iid = _teach(mem)
+        cfg = WriterConfig(candidates=2, max_new_tokens=48, inner_steps=2, writer_epochs=1,
+                           reward="loglik", min_reward=-1e9)
+        report = mem.improve_writer(rounds=1, config=cfg, questions={iid: QUESTIONS}, progress=False)
+        (record,) = report.rounds
+        assert record["total"] == 2
+        usable = record["total"] - record["unusable"]
+        assert record["seconds_per_candidate"] is None or record["seconds_per_candidate"] > 0
+        if usable and record["hurt_canaries"] < usable:  # min_reward=-inf: any usable, harmless one is kept
+            assert report.verdict == "committed", report.reason
+            assert writer_registry(mem.home).get(report.versions[0]).manifest["metrics"]["reward_history"]
+        else:
+            assert report.verdict == "skipped"
