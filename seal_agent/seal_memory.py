@@ -778,6 +778,31 @@ class SealMemory:
         return consolidate(self, dry_run=dry_run, teacher=teacher, cancel_event=cancel_event,
                            progress=progress, config=self.config.with_overrides(**overrides), namespace=ns)
 
+    def improve_writer(self, *, rounds: int = 1, candidates: int | None = None, **kwargs: Any) -> Any:
+        """ReST-EM: teach the model to write self-edits whose updates work (SEAL's outer loop).
+
+        Each round samples `candidates` self-edits per interaction from the current
+        writer, rewards each by what a throwaway LoRA update trained on it does to the
+        interaction's questions (closed-book), keeps the best per interaction unless it
+        hurt the canaries, fine-tunes the writer adapter on them and commits it to its
+        own lineage (``home/writer/adapters``); consolidation then writes with it. Thin
+        facade over `seal_agent.selfedit.writer.improve_writer` (``config``,
+        ``questions``, ``interactions``, ``reward_fn``, ``teacher``, ``cancel_event``,
+        ``progress`` pass through). Resumable after a kill; cancellable.
+
+        Returns:
+            A `seal_agent.selfedit.writer.WriterReport`.
+        """
+        self._check_open()
+        self._check_writable("improve_writer")
+        from seal_agent.selfedit.writer import improve_writer
+
+        return improve_writer(self, rounds=rounds, candidates=candidates, **kwargs)
+
+    async def aimprove_writer(self, **kwargs: Any) -> Any:
+        """Async `improve_writer` (runs in a thread; cancel with ``cancel_event``)."""
+        return await asyncio.to_thread(self.improve_writer, **kwargs)
+
     def start_scheduler(
         self,
         *,
