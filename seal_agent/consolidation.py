@@ -321,6 +321,9 @@ class _Run:
                 # The run has no user in its config: without a pin the served model would
                 # route to the default namespace. The lineage's own adapter writes its self-edits.
                 pin = teacher.pinned(route.adapter_for(lineage.namespace))
+            from seal_agent.selfedit.writer import writer_pin
+
+            pin = writer_pin(self.memory, teacher, pin)  # ReST-EM: a committed writer writes the self-edits
         elif teacher is None:  # teacher = "none": only what needs no model
             selfedit_config, interactions, skipped = _model_free(selfedit_config, interactions)
         with pin:

@@ -223,3 +223,26 @@ def test_one_small_round_end_to_end_on_the_default_model(tmp_path: Path) -> None
             assert writer_registry(mem.home).get(report.versions[0]).manifest["metrics"]["reward_history"]
         else:
             assert report.verdict == "skipped"
+
+
+def test_consolidation_writes_self_edits_with_the_committed_writer(tmp_path: Path, monkeypatch) -> None:
+    """The served model writes with the writer adapter pinned; the knowledge adapter keeps serving."""
+    from seal_agent.model import AdaptiveChatModel
+
+    with _mem(tmp_path / "home") as mem:
+        iid = _teach(mem)
+        report = mem.improve_writer(rounds=1, config=FAST, questions={iid: QUESTIONS},
+                                    reward_fn=_scripted([]), teacher=_teacher(), progress=False)
+        writer_dir = str(writer_registry(mem.home).get(report.versions[0]).path)
+        pins: list[object] = []
+        original = AdaptiveChatModel.pinned
+
+        def spy(self, adapter):  # type: ignore[no-untyped-def]
+            pins.append(adapter)
+            return original(self, adapter)
+
+        monkeypatch.setattr(AdaptiveChatModel, "pinned", spy)
+        mem.consolidate(progress=False, dry_run=True, selfedit={"strategies": ["implications"], "max_new_tokens": 8,
+                                                                "samples": 1})
+        assert pins == [writer_dir]
+        assert mem.chat_model().adapter is None  # serving is untouched: no knowledge adapter yet
