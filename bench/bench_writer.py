@@ -94,7 +94,8 @@ def evaluate_heldout(ctx: bk.Context, home: Path, strategy: str, seed: int, writ
     return out
 
 
-def improve_round(train_home: Path, train_passages: list[dict], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def improve_round(train_home: Path, train_passages: list[dict], args: argparse.Namespace, seed: int,
+                  r: int) -> dict[str, Any]:
     """One ReST-EM round on the training passages (their questions reward the candidates)."""
     from seal_agent.selfedit.writer import Question, WriterConfig
 
@@ -105,7 +106,7 @@ def improve_round(train_home: Path, train_passages: list[dict], args: argparse.N
         by_thread = {it.thread_id: it.id for it in mem.list()}
         questions = {by_thread[p["id"]]: [Question(q, acc[0], tuple(acc)) for q, acc in p["questions"]]
                      for p in train_passages}
-        cfg = WriterConfig(candidates=args.candidates, seed=seed + 7 * len(mem.list()), inner_steps=args.inner_steps,
+        cfg = WriterConfig(candidates=args.candidates, seed=seed + 100 * r, inner_steps=args.inner_steps,
                            max_interactions=len(train_passages))
         t0 = time.perf_counter()
         report = mem.improve_writer(rounds=1, config=cfg, questions=questions, progress=args.progress)
@@ -209,7 +210,9 @@ def main() -> None:
     heldout = bk.select_passages("heldout", args.heldout)
     bk_args = argparse.Namespace(homes=None, progress=args.progress)
     ctx = bk.Context(bk_args, heldout)
-    print(machine_header())
+    import seal_agent
+
+    machine, device, load_before = machine_header(threads=0, extra=f"seal_agent {seal_agent.__version__}, ")
     print(f"model {MODEL}; writer trained on {[x['id'] for x in train]}, evaluated on {[x['id'] for x in heldout]} "
           f"({len(ctx.questions)} questions); K={args.candidates}, rounds 0..{args.rounds}, seeds {args.seeds}; "
           f"load {_load()}")
@@ -222,7 +225,7 @@ def main() -> None:
     def record(done: bool) -> None:
         data = {"settings": {**vars(args), "model": MODEL, "train": [x["id"] for x in train],
                              "heldout": [x["id"] for x in heldout]},
-                "machine": machine_header(), "done": done, "seconds": time.perf_counter() - t_start,
+                "machine": machine, "device": device, "load_before": load_before, "done": done, "seconds": time.perf_counter() - t_start,
                 "base_canaries": ctx.base_canaries, "runs": runs, "summary": summarize(runs)}
         out_json.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
 
@@ -241,7 +244,7 @@ def main() -> None:
             writer_run: dict[str, Any] = {}
             for r in range(args.rounds + 1):
                 if r > 0:
-                    writer_run = improve_round(train_home, train, args, seed)
+                    writer_run = improve_round(train_home, train, args, seed, r)
                     w = writer_run["rounds"][0] if writer_run["rounds"] else {}
                     print(f"seed {seed} writer round {r}: {writer_run['verdict']} {writer_run['versions']}; mean reward "
                           f"{w.get('mean_reward')}, kept {w.get('kept')}/{w.get('total')}, hurt canaries "

@@ -512,6 +512,9 @@ class ScheduleConfig:
         check_seconds: How often the new-interaction threshold is checked.
         jobstore_url: SQLAlchemy URL of a persistent job store; ``"default"`` means a
             SQLite file in the memory home, None keeps jobs in memory only.
+        writer_cron: A crontab expression for a ReST-EM round (`SealMemory.improve_writer`,
+            one round, default `WriterConfig`), or None (off, the default): it trains the
+            self-edit writer and never runs alongside a consolidation of this scheduler.
     """
 
     cron: str | None = None
@@ -519,11 +522,14 @@ class ScheduleConfig:
     min_new_interactions: int | None = None
     check_seconds: float = 30.0
     jobstore_url: str | None = "default"
+    writer_cron: str | None = None
 
     def __post_init__(self) -> None:
         s = "schedule"
         _check(self.cron is None or (isinstance(self.cron, str) and len(self.cron.split()) == 5),
                s, "cron", self.cron, "must be a 5-field crontab expression or None")
+        _check(self.writer_cron is None or (isinstance(self.writer_cron, str) and len(self.writer_cron.split()) == 5),
+               s, "writer_cron", self.writer_cron, "must be a 5-field crontab expression or None")
         if self.interval_minutes is not None:
             _number(s, "interval_minutes", self.interval_minutes, 0.0, 525_600.0, lo_open=True)
         if self.min_new_interactions is not None:

@@ -99,7 +99,8 @@ class RunRecord:
     """One attempt to consolidate, as the scheduler saw it.
 
     Attributes:
-        trigger: What started it: ``cron``, ``interval``, ``threshold`` or ``manual``.
+        trigger: What started it: ``cron``, ``interval``, ``threshold``, ``manual``, or
+            ``writer`` (a ReST-EM round, ``schedule.writer_cron``: its report is a `WriterReport`).
         outcome: ``completed`` (the run returned a report, whatever its verdict),
             ``busy`` (another consolidation was running in this process; nothing ran)
             or ``error`` (the run raised; see `error` and the log for the traceback).
@@ -142,8 +143,9 @@ def _run_job(home: str, kind: str) -> None:
 
 
 def _check_triggers(config: ScheduleConfig) -> None:
-    if config.cron is None and config.interval_minutes is None and config.min_new_interactions is None:
-        raise ConfigError("schedule", config, "set cron, interval_minutes or min_new_interactions")
+    if (config.cron is None and config.interval_minutes is None and config.min_new_interactions is None
+            and config.writer_cron is None):
+        raise ConfigError("schedule", config, "set cron, interval_minutes or min_new_interactions (or writer_cron)")
 
 
 class ConsolidationScheduler:
@@ -185,7 +187,7 @@ class ConsolidationScheduler:
         key = hashlib.sha1(self.home.encode("utf-8")).hexdigest()[:12]
         self._table = f"seal_jobs_{key}"
         self._job_ids = {kind: f"seal-consolidation-{key}-{kind}"
-                         for kind in ("cron", "interval", "check", "threshold")}
+                         for kind in ("cron", "interval", "check", "threshold", "writer")}
         self._scheduler: BackgroundScheduler | None = None
         self._run_lock = threading.Lock()  # single flight within this process
         self._state_lock = threading.Lock()  # guards _baseline and _history
@@ -317,12 +319,15 @@ class ConsolidationScheduler:
         """Entry point of every job (through `_run_job`)."""
         if kind == "check":
             self._check_threshold()
+        elif kind == "writer":  # a ReST-EM round; single flight with the consolidations
+            self._run("writer", fn=lambda: self.memory.improve_writer(rounds=1, progress=False,
+                                                                      cancel_event=self._cancel))
         elif kind == "threshold":
             self._run("threshold", only_if_due=True)
         else:
             self._run(kind)
 
-    def _run(self, trigger: str, *, only_if_due: bool = False) -> RunRecord | None:
+    def _run(self, trigger: str, *, only_if_due: bool = False, fn: Callable[[], Any] | None = None) -> RunRecord | None:
         started = _now()
         if not self._run_lock.acquire(blocking=False):
             logger.info("consolidation already running; skipping (%s trigger)", trigger)
@@ -335,7 +340,7 @@ class ConsolidationScheduler:
                 return None
             logger.info("consolidation starting (%s trigger) for %s", trigger, self.home)
             try:
-                report = self._run_fn()
+                report = (fn or self._run_fn)()
             except Exception as exc:  # a failed run must not take the daemon down
                 logger.exception("consolidation (%s trigger) failed; the scheduler keeps running", trigger)
                 record = RunRecord(trigger, "error", started, _now(), error=f"{type(exc).__name__}: {exc}")
@@ -412,6 +417,11 @@ class ConsolidationScheduler:
             triggers["interval"] = IntervalTrigger(seconds=config.interval_minutes * 60.0)
         if config.min_new_interactions is not None:
             triggers["check"] = IntervalTrigger(seconds=config.check_seconds)
+        if config.writer_cron is not None:
+            try:
+                triggers["writer"] = CronTrigger.from_crontab(config.writer_cron)
+            except ValueError as exc:
+                raise ConfigError("schedule.writer_cron", config.writer_cron, str(exc)) from exc
         return triggers
 
     def _make_jobstore(self) -> Any:
@@ -440,7 +450,7 @@ class ConsolidationScheduler:
                 "func": _JOB_FUNC,
                 "args": (self.home, kind),
                 # APScheduler wants whole seconds; a late probe is harmless, a skipped one too.
-                "misfire_grace_time": (CATCH_UP_S if kind in ("cron", "interval")
+                "misfire_grace_time": (CATCH_UP_S if kind in ("cron", "interval", "writer")
                                        else max(5, math.ceil(2 * self.config.check_seconds))),
                 "max_instances": 1,
                 "coalesce": True,

@@ -246,3 +246,26 @@ def test_consolidation_writes_self_edits_with_the_committed_writer(tmp_path: Pat
                                                                 "samples": 1})
         assert pins == [writer_dir]
         assert mem.chat_model().adapter is None  # serving is untouched: no knowledge adapter yet
+
+
+def test_the_optional_scheduled_writer_job(tmp_path: Path) -> None:
+    """``schedule.writer_cron`` (off by default) adds a job that runs one ReST-EM round."""
+    from seal_agent.config import ScheduleConfig
+    from seal_agent.scheduler import ConsolidationScheduler
+
+    assert ScheduleConfig().writer_cron is None
+    with pytest.raises(ConfigError, match="writer_cron"):
+        ScheduleConfig(writer_cron="every day")
+    with _mem(tmp_path / "home") as mem:
+        _teach(mem)
+        sched = ConsolidationScheduler(mem, ScheduleConfig(writer_cron="0 4 * * *", jobstore_url=None))
+        sched.start()
+        try:
+            assert set(sched.next_run_times()) == {"writer"}
+            sched._fire("writer")  # what the cron job calls
+        finally:
+            sched.stop()
+        (record,) = sched.history
+        assert record.trigger == "writer" and record.outcome == "completed", record.error
+        # tiny-random writes no usable questions: the round says so and commits nothing.
+        assert record.report.verdict == "skipped" and record.report.reason
