@@ -211,7 +211,7 @@ def test_one_small_round_end_to_end_on_the_default_model(tmp_path: Path) -> None
     writer version or, if no candidate gained, nothing -- either way with its costs."""
     with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="smollm2-135m") as mem:
         iid = _teach(mem)
-        cfg = WriterConfig(candidates=2, max_new_tokens=48, inner_steps=2, writer_epochs=1,
+        cfg = WriterConfig(candidates=2, max_new_tokens=32, inner_steps=2, writer_epochs=1,
                            reward="loglik", min_reward=-1e9)
         report = mem.improve_writer(rounds=1, config=cfg, questions={iid: QUESTIONS}, progress=False)
         (record,) = report.rounds
@@ -269,3 +269,27 @@ def test_the_optional_scheduled_writer_job(tmp_path: Path) -> None:
         assert record.trigger == "writer" and record.outcome == "completed", record.error
         # tiny-random writes no usable questions: the round says so and commits nothing.
         assert record.report.verdict == "skipped" and record.report.reason
+
+
+def test_cancel_stops_between_candidates_and_the_next_call_resumes(tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    cancel = threading.Event()
+
+    def reward(candidate: WriterCandidate, adapter_dir: Path) -> float:
+        cancel.set()  # stop after this candidate
+        return REWARDS[candidate.text]
+
+    with _mem(tmp_path / "home") as mem:
+        iid = _teach(mem)
+        report = asyncio.run(mem.aimprove_writer(rounds=1, config=FAST, questions={iid: QUESTIONS}, reward_fn=reward,
+                                                 teacher=_teacher(), cancel_event=cancel, progress=False))
+        assert report.verdict == "cancelled" and report.versions == []
+        assert writer_status(mem.home)["pending"] == report.run_id
+        assert writer_status(mem.home)["attempts"] == 0  # a cancel is not a failed attempt
+        calls: list[str] = []
+        resumed = mem.improve_writer(rounds=1, config=FAST, questions={iid: QUESTIONS}, reward_fn=_scripted(calls),
+                                     teacher=_teacher(), progress=False)
+        assert resumed.run_id == report.run_id and resumed.verdict == "committed"
+        assert len(calls) == 2  # the first candidate's reward was kept
