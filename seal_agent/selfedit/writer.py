@@ -667,7 +667,7 @@ class _Run:
                 best[key] = (ev["reward"], c)
         kept = [{**c, "reward": rew} for rew, c in best.values()]
         usable = [e for e in state["evaluations"] if e["usable"]]
-        rewards = [e["reward"] for e in usable if e["canaries_ok"]]
+        rewards = [e["reward"] for e in usable]  # the writer's average, canary-hurting candidates included
         secs = [e["seconds"] for e in usable]
         record = {**state.get("round_record", {}),
                   "total": len(state["evaluations"]), "unusable": len(state["evaluations"]) - len(usable),
@@ -684,6 +684,9 @@ class _Run:
         t0 = time.perf_counter()
         model, tokenizer = self.base_model()
         _, parent_path = _current_writer(self.memory.home)
+        # The prompt as the writer saw it (the strategy's worked example is a previous chat
+        # turn, so its fixed answer is trained on too: the same text every time, it only
+        # reinforces the format), then the kept reply as the target.
         examples = [{"messages": [*k["prompt"], {"role": "assistant", "content": k["text"]}]} for k in state["kept"]]
         tc = dataclasses.replace(self.memory.config.train, epochs=self.config.writer_epochs,
                                  learning_rate=self.config.writer_learning_rate, replay_ratio=0.0, rehearsal_size=0,
