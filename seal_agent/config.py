@@ -90,6 +90,16 @@ class MemoryConfig:
             in a child process, so the model never holds the interpreter lock that
             `log()` needs (this keeps `log()`'s tail latency low; costs one more copy of
             the small model in memory). Ignored when you pass your own embeddings.
+        ttl_s: Default time-to-live of an interaction in seconds (0: never expires). A
+            ``ttl_s`` given to `log` wins; else the namespace's entry in `ttl_namespaces`.
+        ttl_namespaces: Namespace path (``"users/alice"``) -> time-to-live in seconds
+            for interactions logged in it or below it (the longest matching path wins;
+            0: never). An expired interaction is never returned and is forgotten
+            (everywhere, like `forget`, its facts included) by the sweep.
+        ttl_sweep_s: How often a background thread forgets expired interactions.
+        facts: Consolidation also writes distilled facts (a second Chroma collection,
+            `facts_collection`) that ``recall(kinds=("episodes", "facts"))`` returns.
+        facts_collection: Chroma collection holding the facts.
     """
 
     collection: str = "seal_interactions"
@@ -104,9 +114,26 @@ class MemoryConfig:
     poll_interval_s: float = 1.0
     close_timeout_s: float = 30.0
     embed_in_subprocess: bool = True
+    ttl_s: float = 0.0
+    ttl_namespaces: dict[str, float] = field(default_factory=dict)
+    ttl_sweep_s: float = 60.0
+    facts: bool = False
+    facts_collection: str = "seal_facts"
 
     def __post_init__(self) -> None:
         s = "memory"
+        _number(s, "ttl_s", self.ttl_s, 0.0, 1e10)
+        _check(isinstance(self.ttl_namespaces, dict), s, "ttl_namespaces", self.ttl_namespaces,
+               "must be a table of namespace path -> seconds")
+        for path, ttl in self.ttl_namespaces.items():
+            _check(isinstance(path, str) and bool(path.strip("/")), s, "ttl_namespaces", path,
+                   "keys must be namespace paths such as 'users/alice'")
+            _number(s, f"ttl_namespaces.{path}", ttl, 0.0, 1e10)
+        _number(s, "ttl_sweep_s", self.ttl_sweep_s, 0.0, 86_400.0, lo_open=True)
+        _check(isinstance(self.facts, bool), s, "facts", self.facts, "must be true or false")
+        _check(isinstance(self.facts_collection, str) and 3 <= len(self.facts_collection) <= 63
+               and self.facts_collection != self.collection, s, "facts_collection", self.facts_collection,
+               "must be a string of 3-63 characters, not the interactions' collection")
         _check(isinstance(self.collection, str) and 3 <= len(self.collection) <= 63,
                s, "collection", self.collection, "must be a string of 3-63 characters")
         for name in ("recall_k", "max_message_chars", "max_messages", "embed_batch_size",
@@ -657,4 +684,6 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. memory.ttl_namespaces
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -329,6 +329,10 @@ class _Run:
         with pin:
             batch = generate_self_edits(interactions, teacher, selfedit_config,
                                         progress=self.progress, cancel_event=self.cancel_event)
+        if self.config.memory.facts and not state.get("dry_run") and not batch.cancelled:
+            from seal_agent.memory.facts import record_facts  # one pass feeds both memories
+
+            record_facts(self.memory, batch.edits, interactions)
         run_dir = _run_dir(self.memory, state["run_id"])
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "selfedits.json").write_text(json.dumps(batch.to_dict(), indent=1), encoding="utf-8")

@@ -22,7 +22,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,10 +45,12 @@ from seal_agent.memory.chroma import (
     snapshot_embedded,
 )
 from seal_agent.memory.embeddings import SubprocessEmbeddings, default_embeddings
+from seal_agent.memory.facts import Fact, FactStore, forget_facts
 from seal_agent.memory.index import ChromaIndex, IndexWorker
 from seal_agent.memory.journal import Journal
 from seal_agent.memory.owner import IndexOwnership
 from seal_agent.memory.records import (
+    HistoryEvent,
     Interaction,
     InteractionStatus,
     Memory,
@@ -59,12 +61,14 @@ from seal_agent.memory.records import (
     parse_time,
     task_and_outcome,
     utc_now,
+    validate_filter,
     validate_metadata,
     validate_min_score,
     validate_namespace,
     validate_score,
     validate_text,
     validate_thread_id,
+    validate_ttl,
 )
 
 if TYPE_CHECKING:
@@ -213,6 +217,15 @@ class SealMemory:
                                 else None)
         self._index = ChromaIndex(client, mc.collection, self.embeddings, text_chars=mc.embedding_text_chars,
                                   document_embeddings=self._doc_embeddings)
+        index = self._index
+
+        def facts_client() -> Any:  # the interactions' client: one client per home and process
+            _ = index.collection  # opens the client
+            return index._client
+
+        self._facts = FactStore(self._journal, ChromaIndex(facts_client, mc.facts_collection, self.embeddings,
+                                                           text_chars=mc.embedding_text_chars),
+                                read_only=self.read_only, shares_client_of=self._index)
         self._worker = (_ReadOnlyWorker if self.read_only else IndexWorker)(
             self._journal, self._index,
             batch_size=mc.embed_batch_size, interval_s=mc.flush_interval_s,
@@ -229,6 +242,12 @@ class SealMemory:
         self._lock = threading.RLock()  # guards the lazily built registry, chat model, scheduler
         self._indexing = False  # True once this process writes the index (see _take_index)
         self._take_index()
+        # TTL: expired rows are hidden from every read at once; this thread forgets them.
+        self._sweep_stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        if not self.read_only:
+            self._sweeper = threading.Thread(target=self._sweep, name="seal-ttl-sweep", daemon=True)
+            self._sweeper.start()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -313,6 +332,9 @@ class SealMemory:
         if self._closed:
             return
         self.stop_scheduler()
+        self._sweep_stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(30)
         self._closed = True
         if self._indexing and not self._wait_indexed(self.config.memory.close_timeout_s):
             logger.warning(
@@ -377,6 +399,7 @@ class SealMemory:
         thread_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         feedback: float | None = None,
+        ttl_s: float | None = None,
     ) -> str:
         """Record one exchange; return its id once it is durable (fsync'd).
 
@@ -395,6 +418,9 @@ class SealMemory:
             thread_id: Conversation thread.
             metadata: JSON-serialisable extras, returned with recalled memories.
             feedback: Optional score in [-1, 1] (same as calling `feedback` afterwards).
+            ttl_s: Seconds until it expires (default: the namespace's ``memory.ttl_namespaces``
+                entry, else ``memory.ttl_s``; 0 there means never). Expired, it is never
+                returned and the sweep forgets it everywhere (see `expire`).
 
         Raises:
             ValidationError: Bad messages, namespace, metadata or score (lone surrogates,
@@ -402,7 +428,7 @@ class SealMemory:
         """
         self._check_open()
         interaction = self._new_interaction(messages, namespace=namespace, thread_id=thread_id,
-                                            metadata=metadata, feedback=feedback)
+                                            metadata=metadata, feedback=feedback, ttl_s=ttl_s)
         id_, inserted = self._journal.insert(interaction)
         if inserted:
             self._worker.notify()
@@ -416,6 +442,7 @@ class SealMemory:
         thread_id: Any = None,
         metadata: Any = None,
         feedback: Any = None,
+        ttl_s: Any = None,
     ) -> Interaction:
         """Validate one exchange and build its record; writes nothing.
 
@@ -429,11 +456,28 @@ class SealMemory:
         md = validate_metadata(metadata)
         score = None if feedback is None else validate_score(feedback, "feedback")
         task, outcome = task_and_outcome(msgs)
+        ttl = self._ttl_for(ns, validate_ttl(ttl_s))
+        now = utc_now()
         return Interaction(
-            id=new_interaction_id(), namespace=ns, thread_id=thread_id, created_at=utc_now(),
+            id=new_interaction_id(), namespace=ns, thread_id=thread_id, created_at=now,
             messages=tuple(msgs), task=task, outcome=outcome, metadata=md, feedback=score,
-            content_hash=content_hash(msgs),
+            content_hash=content_hash(msgs), expires_at=None if ttl is None else now + timedelta(seconds=ttl),
         )
+
+    def _ttl_for(self, namespace: Namespace, ttl_s: float | None) -> float | None:
+        """The time-to-live of a new interaction: its own, else its namespace's (longest
+        matching path of ``memory.ttl_namespaces``), else ``memory.ttl_s``; None: never."""
+        if ttl_s is not None:
+            return ttl_s
+        mc = self.config.memory
+        path = "/".join(namespace)
+        best = None
+        for prefix, ttl in mc.ttl_namespaces.items():
+            p = prefix.strip("/")
+            if (path == p or path.startswith(p + "/")) and (best is None or len(p) > len(best[0])):
+                best = (p, ttl)
+        ttl = best[1] if best is not None else mc.ttl_s
+        return float(ttl) if ttl else None
 
     def log_many(
         self,
@@ -461,7 +505,7 @@ class SealMemory:
                 ``in.jsonl:3: thread_id``. Nothing is written.
         """
         self._check_open()
-        allowed = {"messages", "namespace", "thread_id", "metadata", "feedback"}
+        allowed = {"messages", "namespace", "thread_id", "metadata", "feedback", "ttl_s"}
         items = []
         for i, row in enumerate(rows):
             label = labels[i] if labels is not None else f"rows[{i}]"
@@ -475,7 +519,8 @@ class SealMemory:
                     raise ValidationError("messages", None, "is required")
                 items.append(self._new_interaction(
                     row["messages"], namespace=row.get("namespace", DEFAULT_NAMESPACE),
-                    thread_id=row.get("thread_id"), metadata=row.get("metadata"), feedback=row.get("feedback")))
+                    thread_id=row.get("thread_id"), metadata=row.get("metadata"), feedback=row.get("feedback"),
+                    ttl_s=row.get("ttl_s")))
             except ValidationError as exc:
                 raise ValidationError(f"{label}: {exc.field}", exc.value, exc.reason) from exc
         done = self._journal.insert_many(items)
@@ -516,6 +561,124 @@ class SealMemory:
             raise ValidationError("status", status, f"must be one of {[s.value for s in InteractionStatus]}") from exc
         return self._journal.set_status(list(ids), st, version if st is InteractionStatus.CONSOLIDATED else None)
 
+    _KEEP: Any = object()
+
+    def update(self, interaction_id: str, *, messages: Sequence[Any] | None = None,
+               metadata: dict[str, Any] | None = None, feedback: Any = _KEEP,
+               comment: str | None = None) -> Interaction:
+        """Change a logged interaction in place; return it as it is now.
+
+        The previous version stays in `history` (written in the same transaction).
+        New messages are re-embedded (recall finds the new text, never the old one);
+        new metadata replaces the old (and is what recall's filters see). An update
+        does not retrain adapters that learned the old text: the next consolidation
+        learns the new one, and the gate's supersede rule treats it as a knowledge update.
+
+        Args:
+            messages: The new exchange (validated like `log`'s).
+            metadata: The new metadata, whole (use `log` of the same exchange to merge keys).
+            feedback: A new score in [-1, 1], or None to clear it; with `comment`.
+
+        Raises:
+            NotFoundError: No such interaction (or it expired).
+            ValidationError: A bad value, or the new messages duplicate another
+                interaction of the same namespace and thread.
+        """
+        import sqlite3
+
+        self._check_open()
+        self._check_writable("update")
+        interaction_id = _interaction_id(interaction_id, "interaction_id")
+        fields: dict[str, Any] = {}
+        if messages is not None:
+            mc = self.config.memory
+            msgs = normalize_messages(messages, max_messages=mc.max_messages, max_message_chars=mc.max_message_chars)
+            task, outcome = task_and_outcome(msgs)
+            fields.update(messages=msgs, task=task, outcome=outcome, content_hash=content_hash(msgs))
+        if metadata is not None:
+            fields["metadata"] = validate_metadata(metadata)
+        if feedback is not self._KEEP:
+            if comment is not None:
+                if not isinstance(comment, str):
+                    raise ValidationError("comment", comment, "must be a string or None")
+                validate_text(comment, "comment")
+            fields.update(feedback=None if feedback is None else validate_score(feedback, "feedback"),
+                          feedback_comment=comment)
+        try:
+            found = self._journal.update(interaction_id, **fields)
+        except sqlite3.IntegrityError as exc:
+            raise ValidationError("messages", messages, "an identical exchange is already logged in this namespace "
+                                  "and thread (log it to merge metadata instead)") from exc
+        if not found:
+            raise NotFoundError("interaction", interaction_id)
+        self._worker.notify()
+        return self.get(interaction_id)
+
+    async def aupdate(self, interaction_id: str, **kwargs: Any) -> Interaction:
+        """Async `update`."""
+        return await asyncio.to_thread(self.update, interaction_id, **kwargs)
+
+    def history(self, id_: str) -> list[HistoryEvent]:
+        """Every version of an interaction or a fact, oldest first.
+
+        An interaction: ``created``, ``updated`` (each with the version's messages,
+        metadata, feedback) and ``forgotten``/``expired`` (content removed: forget
+        reaches the history too). A fact (id ``fact-...``): its ``created`` and
+        ``superseded`` events and those of the facts it superseded or that superseded it.
+        An unknown id has no history (an empty list).
+        """
+        self._check_open()
+        id_ = _interaction_id(id_, "id")
+        if id_.startswith("fact-"):
+            return self._facts.history(id_)
+        return self._journal.history(id_)
+
+    async def ahistory(self, id_: str) -> list[HistoryEvent]:
+        """Async `history`."""
+        return await asyncio.to_thread(self.history, id_)
+
+    def facts(self, *, namespace: Namespace | Sequence[str] | str | None = None,
+              include_superseded: bool = False) -> list[Fact]:
+        """Stored facts (see `seal_agent.memory.facts`), of one namespace or all; the
+        active ones unless `include_superseded`."""
+        self._check_open()
+        ns = validate_namespace(namespace) if namespace is not None else None
+        return self._facts.list(ns, include_superseded=include_superseded)
+
+    def expire(self) -> int:
+        """Forget every interaction whose time-to-live has passed, through `forget`
+        (everywhere: Chroma, replay buffers, adapters, facts); how many.
+
+        Expired interactions are never returned by `get`, `list` or `recall`, even
+        before this runs; a background thread calls it every ``memory.ttl_sweep_s``.
+        """
+        self._check_open()
+        self._check_writable("expire")
+        total = 0
+        while True:
+            ids = self._journal.expired()
+            if not ids:
+                return total
+            self._journal.note_expired(ids)
+            self.forget(ids=ids)
+            forget_facts(self, ids)  # idempotent when `forget` already did it
+            total += len(ids)
+
+    async def aexpire(self) -> int:
+        """Async `expire`."""
+        return await asyncio.to_thread(self.expire)
+
+    def _sweep(self) -> None:
+        while not self._sweep_stop.wait(self.config.memory.ttl_sweep_s):
+            try:
+                n = self.expire()
+                if n:
+                    logger.info("TTL sweep: forgot %d expired interactions", n)
+            except Exception:  # a closed memory, a busy lock: the next sweep retries
+                if self._sweep_stop.is_set():
+                    return
+                logger.warning("TTL sweep failed; retrying in %ss", self.config.memory.ttl_sweep_s, exc_info=True)
+
     def forget(self, *, namespace: Namespace | Sequence[str] | str | None = None,
                ids: Sequence[str] | None = None) -> int:
         """Delete interactions by namespace, by ids, or both (their intersection).
@@ -555,8 +718,10 @@ class SealMemory:
         since: datetime | str | None = None,
         status: InteractionStatus | str | None = None,
         limit: int | None = None,
+        filter: dict[str, Any] | None = None,
     ) -> list[Interaction]:
-        """Interactions in logging order, filtered by namespace (exact), time and status."""
+        """Interactions in logging order, filtered by namespace (exact), time, status and
+        metadata (`filter`, as in `recall`). Expired interactions are never listed."""
         self._check_open()
         ns = validate_namespace(namespace) if namespace is not None else None
         t = parse_time(since, "since") if since is not None else None
@@ -569,7 +734,8 @@ class SealMemory:
                                       f"must be one of {[s.value for s in InteractionStatus]}") from exc
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValidationError("limit", limit, "must be a positive integer or None")
-        return self._journal.list(namespace=ns, since=t, status=st, limit=limit)
+        flt = validate_filter(filter)
+        return self._journal.list(namespace=ns, since=t, status=st, limit=limit, filter=flt)
 
     def recall(
         self,
@@ -579,6 +745,8 @@ class SealMemory:
         k: int | None = None,
         min_score: float | None = None,
         include_descendants: bool = False,
+        filter: dict[str, Any] | None = None,
+        kinds: Sequence[str] = ("episodes",),
     ) -> list[Memory]:
         """The `k` past interactions most relevant to `query`, best first.
 
@@ -593,6 +761,13 @@ class SealMemory:
             min_score: Drop memories whose cosine similarity is below this.
             include_descendants: Also search sub-namespaces (``("users",)`` covers
                 ``("users", "alice")``). Off by default: recall stays within one scope.
+            filter: Metadata filter on the episodes, a hard ``where`` clause like the
+                namespace: ``{"topic": "billing"}``, ``{"priority": {"$gte": 2}}``,
+                ``$eq $ne $gt $gte $lt $lte $in $nin``, ``$and``/``$or``; a dotted key
+                names a nested field (see `seal_agent.memory.records.validate_filter`).
+            kinds: ``"episodes"`` (logged interactions, the default) and/or ``"facts"``
+                (distilled facts, ``Memory.kind == "fact"``): facts come first, up to
+                `k` of each.
 
         Raises:
             ValidationError: Bad query, namespace, k or min_score.
@@ -608,16 +783,26 @@ class SealMemory:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
             raise ValidationError("k", k, "must be an integer in [1, 1000]")
         min_score = validate_min_score(min_score)  # finite, in [-1, 1]: NaN would disable the filter
+        flt = validate_filter(filter)
+        if isinstance(kinds, str) or not kinds or not set(kinds) <= {"episodes", "facts"}:
+            raise ValidationError("kinds", kinds, "must be a non-empty list of 'episodes' and/or 'facts'")
         if not self._take_index():
             raise self._not_owner_error()
         watermark = new_interaction_id()  # ids sort by time: everything logged before this call
         vector = self._index.embed_query(query)
+        facts: list[Memory] = []
+        if "facts" in kinds:
+            self._facts.sync()
+            facts = [f for f in self._facts.query(vector, ns, k, include_descendants=include_descendants)
+                     if min_score is None or f.score >= min_score]
+            if "episodes" not in kinds:
+                return facts
         # Read-your-writes whatever the load: what this namespace logged before the call
         # and the background worker has not indexed yet (it may be starved, or busy with
         # another tenant's import) is indexed now, in this thread, before the query.
         self._worker.catch_up(ns, watermark, include_descendants=include_descendants)
-        hits = self._index.query(vector, ns, k, include_descendants=include_descendants)
-        if self.read_only:  # nothing may write the index here: score what it lacks exactly
+        hits = self._index.query(vector, ns, k, include_descendants=include_descendants, filter=flt)
+        if self.read_only and flt is None:  # nothing may write the index here: score what it lacks exactly
             hits = self._with_unindexed(hits, vector, ns, watermark, k, include_descendants)
         # The journal is the truth: an id forgotten but not yet deleted from Chroma is dropped.
         rows = self._journal.get_many([i for i, _ in hits])
@@ -630,7 +815,7 @@ class SealMemory:
             md.update(thread_id=it.thread_id, feedback=it.feedback, status=it.status.value)
             out.append(Memory(id=it.id, text=it.text, score=score, namespace=it.namespace,
                               created_at=it.created_at, metadata=md))
-        return out
+        return facts + out
 
     def _with_unindexed(self, hits: list[tuple[str, float]], vector: list[float], ns: Namespace, watermark: str,
                         k: int, include_descendants: bool) -> list[tuple[str, float]]:

@@ -393,7 +393,6 @@ def test_namespace_prefix_is_a_hard_filter(
         (("users", ""), ""),
         (("x", 3), "3"),
         ((), "()"),
-        (("langgraph", "x"), "langgraph"),
     ],
 )
 def test_invalid_namespace_is_rejected_and_named(tmp_path: Path, namespace: tuple, bad: str) -> None:
@@ -405,6 +404,56 @@ def test_invalid_namespace_is_rejected_and_named(tmp_path: Path, namespace: tupl
     assert isinstance(caught.value, ValidationError) and isinstance(caught.value, InvalidNamespaceError)
     assert bad in str(caught.value)
     assert store.get(("users", "ok"), "k") is None  # nothing of the batch was written
+
+
+def test_root_label_langgraph_like_langgraphs_own_stores(tmp_path: Path) -> None:
+    """`batch` accepts writes under "langgraph" (LangGraph's stores do: their internal
+    writes use it); `put` refuses them (BaseStore's rule for callers), on both stores."""
+    answers = []
+    for store in (InMemoryStore(), ChromaStore(home=tmp_path)):
+        assert store.batch([PutOp(("langgraph", "x"), "k", {"v": 1})]) == [None]
+        got, found = store.batch([GetOp(("langgraph", "x"), "k"), SearchOp(("langgraph",), limit=10)])
+        answers.append((tuple(got.namespace), got.key, got.value,
+                        [(tuple(h.namespace), h.key, h.value) for h in found]))
+        with pytest.raises(InvalidNamespaceError, match="langgraph"):
+            store.put(("langgraph", "y"), "k", {"v": 2})
+    assert answers[0] == answers[1] == (("langgraph", "x"), "k", {"v": 1}, [(("langgraph", "x"), "k", {"v": 1})])
+
+
+def test_dotted_filter_keys_match_nested_fields_like_langgraphs_sql_stores(tmp_path: Path) -> None:
+    """``{"user.access-level": ...}`` names a nested field in LangGraph's SQLite (and
+    Postgres) stores; it used to match nothing here. A top-level key spelled with a dot
+    still matches as InMemoryStore reads it."""
+    import sqlite3
+
+    from langgraph.store.sqlite import SqliteStore
+
+    nested = {"a": {"user": {"access-level": "admin", "n": 3}}, "b": {"user": {"access-level": "guest", "n": 1}},
+              "c": {"other": 1}}
+    # ($ne on a missing field: SqliteStore excludes the item, InMemoryStore and ChromaStore include it)
+    filters = [{"user.access-level": "admin"}, {"user.n": {"$gt": 2}}, {"user.n": {"$lt": 3}},
+               {"user.n": {"$lte": 3}}, {"user.access-level": "admin", "user.n": 3}]
+    sql = SqliteStore(sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None))
+    sql.setup()
+    chroma = ChromaStore(home=tmp_path, index={"dims": 128, "embed": TrigramEmbeddings(), "fields": ["$"]})
+    for store in (sql, chroma):
+        for key, value in nested.items():
+            store.put(("users",), key, value, index=False)
+
+    def keys(store: Any, flt: dict[str, Any], query: str | None = None) -> list[str]:
+        return sorted(h.key for h in store.search(("users",), filter=flt, query=query, limit=10))
+
+    for flt in filters:
+        want = keys(sql, flt)
+        assert keys(chroma, flt) == want, flt
+        assert keys(chroma, flt, query="admin") == want, flt
+    assert keys(chroma, {"user.access-level": "admin"}) == ["a"]  # not vacuous
+    # a literal dotted top-level key: InMemoryStore's reading, kept
+    mem = InMemoryStore()
+    for store in (mem, chroma):
+        store.put(("flat",), "d", {"user.access-level": "admin"}, index=False)
+    assert [h.key for h in chroma.search(("flat",), filter={"user.access-level": "admin"})] == \
+        [h.key for h in mem.search(("flat",), filter={"user.access-level": "admin"})] == ["d"]
 
 
 def test_invalid_input_through_the_public_methods(tmp_path: Path) -> None:

@@ -43,7 +43,6 @@ import logging
 import os
 import random
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any, Literal
 
 from seal_agent._fs import write_atomic
 from seal_agent.errors import ValidationError
+from seal_agent.memory.facts import normalize_text, supersedes
 from seal_agent.memory.records import Interaction, join_namespace
 from seal_agent.selfedit.base import Probe, chat_messages, final_answer_index
 
@@ -150,13 +150,6 @@ class SuiteItem:
         return cls(**d)
 
 
-def normalize_text(text: str) -> str:
-    """Lowercase, strip accents' compatibility forms and punctuation, collapse whitespace."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = re.sub(r"[^\w\s]", " ", text)
-    return " ".join(text.split())
-
-
 def past_item(interaction: Interaction) -> SuiteItem | None:
     """The replay item of a consolidated interaction, or None when it has none.
 
@@ -198,8 +191,8 @@ def probe_items(probes: Sequence[Probe]) -> list[SuiteItem]:
 
 
 def _supersedes(newer_key: str, newer_ns: str, newer_answer: str, item: SuiteItem) -> bool:
-    return (bool(newer_key) and newer_key == item.key and newer_ns == item.namespace
-            and normalize_text(newer_answer) != normalize_text(item.expected))
+    # the decision the facts use too: one rule for "a knowledge update is not forgetting"
+    return supersedes(newer_key, newer_ns, newer_answer, item.key, item.namespace, item.expected)
 
 
 @dataclass

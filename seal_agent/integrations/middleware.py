@@ -5,7 +5,9 @@
   by the model but not stored in the conversation state, so the history does not grow
   with them. The model is called several times per turn when tools run; the block is
   recalled once and reused for those calls as long as the memory has not changed (see
-  `SealMemoryMiddleware._memory_block`), so it is never stale.
+  `SealMemoryMiddleware._memory_block`), so it is never stale. With ``facts=True`` the
+  block starts with the namespace's distilled facts (see `seal_agent.memory.facts`):
+  current knowledge first, superseded facts never, then the episodes.
 * After the agent finishes a turn it logs the turn (last user message to the final
   answer, tool calls and results included) with the run's thread id. A turn that
   cannot be logged is reported with a ``logging`` warning; the run goes on.
@@ -33,6 +35,7 @@ from seal_agent.integrations.langgraph import (
     DEFAULT_HEADER,
     _log_turn,
     _recall_text,
+    format_memories,
     last_user_text,
     resolve_scope,
 )
@@ -43,7 +46,9 @@ if TYPE_CHECKING:
 
     from seal_agent.seal_memory import SealMemory
 
-__all__ = ["SealMemoryMiddleware"]
+__all__ = ["FACTS_HEADER", "SealMemoryMiddleware"]
+
+FACTS_HEADER = "What you know about this user (current facts, most relevant first):"
 
 
 def _current_config() -> dict[str, Any]:
@@ -66,6 +71,8 @@ class SealMemoryMiddleware(AgentMiddleware):
         log: Log turns after the agent finishes (set False for read-only use).
         recall: Recall before model calls (set False for write-only use).
         metadata: Extra metadata stored with every logged turn.
+        facts: Also recall distilled facts and show them before the episodes
+            (``memory.facts`` writes them at consolidation).
     """
 
     def __init__(
@@ -79,8 +86,10 @@ class SealMemoryMiddleware(AgentMiddleware):
         log: bool = True,
         recall: bool = True,
         metadata: Mapping[str, Any] | None = None,
+        facts: bool = False,
     ) -> None:
         super().__init__()
+        self.facts = bool(facts)
         self.memory = memory
         self.namespace = validate_namespace(namespace)
         self.k = k
@@ -120,13 +129,27 @@ class SealMemoryMiddleware(AgentMiddleware):
                 self._cache_revision = revision
             elif key in self._cache:
                 return self._cache[key]
-        block = _recall_text(self.memory, request.messages, ns, self.k, self.min_score, self.header)
+        block = (self._facts_first(query, ns) if self.facts
+                 else _recall_text(self.memory, request.messages, ns, self.k, self.min_score, self.header))
         with self._lock:
             if revision == self._cache_revision:
                 if len(self._cache) >= 256:  # many users between two writes: bound the memory
                     self._cache.clear()
                 self._cache[key] = block
         return block
+
+    def _facts_first(self, query: str, ns: Namespace) -> str | None:
+        """Facts block, then episodes block (either left out when empty)."""
+        found = self.memory.recall(query, namespace=ns, k=self.k, min_score=self.min_score,
+                                   kinds=("episodes", "facts"))
+        facts = [m for m in found if m.kind == "fact"]
+        episodes = [m for m in found if m.kind != "fact"]
+        parts = []
+        if facts:
+            parts.append("\n".join([FACTS_HEADER, *(f"- {m.text}" for m in facts)]))
+        if episodes:
+            parts.append(format_memories(episodes, self.header))
+        return "\n\n".join(parts) or None
 
     def _with_memories(self, request: ModelRequest, block: str | None) -> ModelRequest:
         if block is None:

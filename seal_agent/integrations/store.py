@@ -46,6 +46,8 @@ Where this differs from InMemoryStore (which is lax in these places):
   (InMemoryStore raises ``TypeError``); negative ``limit``/``offset`` are rejected.
 * Values go through JSON: tuples come back as lists; non-JSON values are rejected.
 * No TTL support.
+* A dotted filter key matches a top-level key of that name when the value has one
+  (InMemoryStore), else the nested field (SqliteStore/PostgresStore).
 
 Writes are not atomic across the two collections: a crash in the middle of a ``put``
 can leave the previous vectors of that key, which the next ``put`` of the key
@@ -620,8 +622,9 @@ def _check_namespace(
                 raise StoreNamespaceError(
                     where, label, f"must not contain {char!r}: {why} (in {tuple(namespace)!r})"
                 )
-    if writing and namespace[0] == "langgraph":
-        raise StoreNamespaceError(f"{field}[0]", namespace[0], "the root label 'langgraph' is reserved")
+    # The root label "langgraph" is refused by BaseStore.put (LangGraph's own rule, for
+    # callers); through `batch` LangGraph's stores accept it (their internal writes use
+    # it), and so does this one.
 
 
 def _check_key(key: Any) -> None:
@@ -723,8 +726,25 @@ def _chunks(values: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _matches_filter(value: dict[str, Any], filter: dict[str, Any] | None) -> bool:
-    """InMemoryStore's filter semantics: every top-level key must match."""
-    return all(_matches(value.get(name), expected) for name, expected in (filter or {}).items())
+    """InMemoryStore's filter semantics: every key must match; a dotted key names a
+    nested field as in LangGraph's SQLite and Postgres stores (see `_field`)."""
+    return all(_matches(_field(value, name), expected) for name, expected in (filter or {}).items())
+
+
+def _field(value: dict[str, Any], name: str) -> Any:
+    """The value's field `name`: a top-level key of that name (InMemoryStore's reading),
+    else the nested field a dotted name walks to (``"user.access-level"`` ->
+    ``value["user"]["access-level"]``, SqliteStore/PostgresStore's ``$.user.access-level``);
+    None when there is none. Before, only the first was tried, so a dotted filter on
+    nested values silently matched nothing."""
+    if name in value or "." not in name:
+        return value.get(name)
+    current: Any = value
+    for part in name.split("."):
+        if not isinstance(current, dict) or part not in current:
+            return None
+        current = current[part]
+    return current
 
 
 def _matches(actual: Any, expected: Any) -> bool:

@@ -4,6 +4,9 @@ Chroma holds one record per interaction: the embedding, the text, and scalar met
 (Chroma metadata cannot hold lists or dicts). The namespace is stored as the joined
 path ``ns`` plus one field per level (``ns_0``, ``ns_1``, ...) and ``ns_depth``, so a
 namespace filter is a hard ``where`` clause evaluated by Chroma, never a relevance hint.
+The caller's metadata goes in too, each scalar leaf under ``md_<dotted path>``
+(``{"user": {"tier": 2}}`` -> ``md_user.tier = 2``), so `recall`'s metadata filters are
+hard ``where`` clauses as well (`metadata_where`), joined with the namespace's.
 
 The `IndexWorker` thread moves interactions from the journal into Chroma in batches
 (one embedding call per batch, namespaces served in turn) and deletes forgotten ones.
@@ -27,13 +30,37 @@ from langchain_core.embeddings import Embeddings
 from seal_agent.errors import BackendUnavailableError, ConfigError, StorageError, ValidationError
 from seal_agent.memory.embeddings import embedding_identity
 from seal_agent.memory.journal import Journal
-from seal_agent.memory.records import Interaction, Namespace, join_namespace
+from seal_agent.memory.records import Interaction, Namespace, flat_metadata, join_namespace
 
-__all__ = ["ChromaIndex", "IndexWorker", "namespace_where"]
+__all__ = ["ChromaIndex", "IndexWorker", "METADATA_PREFIX", "metadata_where", "namespace_where"]
 
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT_VERSION = 1
+
+
+METADATA_PREFIX = "md_"
+
+
+def metadata_where(flt: dict[str, Any]) -> dict[str, Any]:
+    """A validated metadata filter (`seal_agent.memory.records.validate_filter`) as a Chroma
+    ``where``: keys prefixed with `METADATA_PREFIX`, several keys joined with ``$and``."""
+    clauses: list[dict[str, Any]] = []
+    for key, cond in flt.items():
+        if key in ("$and", "$or"):
+            subs = [metadata_where(c) for c in cond]
+            clauses.append(subs[0] if len(subs) == 1 else {key: subs})
+        else:
+            clauses.append({METADATA_PREFIX + key: dict(cond)})
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def with_filter(where: dict[str, Any], flt: dict[str, Any] | None) -> dict[str, Any]:
+    """`where` (the namespace's) AND the metadata filter `flt`, if any."""
+    if not flt:
+        return where
+    parts = where["$and"] if set(where) == {"$and"} else [where]
+    return {"$and": [*parts, metadata_where(flt)]}
 
 
 def namespace_where(namespace: Namespace, *, include_descendants: bool = False) -> dict[str, Any]:
@@ -142,7 +169,14 @@ class ChromaIndex:
                 "thread_id": it.thread_id or "",
             }
             md.update({f"ns_{i}": label for i, label in enumerate(it.namespace)})
+            md.update({METADATA_PREFIX + k: v for k, v in flat_metadata(it.metadata).items()})
             metadatas.append(md)
+        # An upsert merges metadata into a stored record's: a key the caller removed
+        # (`SealMemory.update`) is deleted explicitly (None), or filters would still match it.
+        stored = self.collection.get(ids=[it.id for it in interactions], include=["metadatas"])
+        old = dict(zip(stored["ids"], stored["metadatas"] or [], strict=False))
+        for it, md in zip(interactions, metadatas, strict=True):
+            md.update({k: None for k in (old.get(it.id) or {}) if k.startswith(METADATA_PREFIX) and k not in md})
         self.collection.upsert(
             ids=[it.id for it in interactions],
             embeddings=vectors,
@@ -158,14 +192,16 @@ class ChromaIndex:
         return self.embeddings.embed_query(query)
 
     def query(
-        self, vector: list[float], namespace: Namespace, k: int, *, include_descendants: bool = False
+        self, vector: list[float], namespace: Namespace, k: int, *, include_descendants: bool = False,
+        filter: dict[str, Any] | None = None,
     ) -> list[tuple[str, float]]:
-        """Top-k (id, cosine similarity) nearest to `vector` within the namespace, best first."""
+        """Top-k (id, cosine similarity) nearest to `vector` within the namespace (and
+        matching the validated metadata `filter`, if any), best first."""
         try:
             res = self.collection.query(
                 query_embeddings=[vector],
                 n_results=k,
-                where=namespace_where(namespace, include_descendants=include_descendants),
+                where=with_filter(namespace_where(namespace, include_descendants=include_descendants), filter),
                 include=["distances"],
             )
         except BackendUnavailableError:

@@ -15,6 +15,11 @@ Columns worth knowing:
     UNIQUE index, so duplicates are keyed on this instead.
   * table ``forgotten`` -- ids deleted by `forget`, kept so the worker can delete them
     from Chroma (``chroma_deleted``) and so adapter lineages can be checked later.
+  * ``expires_at`` -- unix time after which the row is expired (None: never). Reads
+    never return an expired row; `SealMemory.expire` forgets them.
+  * table ``history`` -- every version of an interaction (``created``, ``updated``,
+    ``forgotten``/``expired``), written in the same transaction as the change; forget
+    empties the ``data`` of the forgotten ids' versions (their content must go too).
 """
 
 from __future__ import annotations
@@ -27,12 +32,21 @@ import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from seal_agent.errors import StorageError
-from seal_agent.memory.records import Interaction, InteractionStatus, Namespace, iso, join_namespace, utc_now
+from seal_agent.memory.records import (
+    HistoryEvent,
+    Interaction,
+    InteractionStatus,
+    Namespace,
+    iso,
+    join_namespace,
+    parse_namespace,
+    utc_now,
+)
 
 __all__ = ["Journal", "JOURNAL_FORMAT_VERSION"]
 
@@ -71,7 +85,21 @@ CREATE TABLE IF NOT EXISTS forgotten (
     chroma_deleted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS forgotten_pending ON forgotten (chroma_deleted) WHERE chroma_deleted=0;
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    at TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS history_id ON history (id, seq);
 """
+
+# An expired row is one whose expires_at (unix seconds) has passed; SQLite's clock, so a
+# read and the sweep agree whatever the caller's clock says.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_LIVE = f"(expires_at IS NULL OR expires_at > {_NOW})"
 
 _COLUMNS = (
     "id, namespace, thread_id, created_at, messages, task, outcome, metadata, feedback, "
@@ -154,6 +182,43 @@ def _check_file(path: Path) -> None:
                              "announces)")
 
 
+_SQL_OPS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def _filter_sql(flt: dict[str, Any]) -> tuple[str, list[Any]]:
+    """A validated metadata filter as an SQL condition on ``metadata`` (Chroma's meaning:
+    ``$ne``/``$nin`` also match rows that lack the key, like Chroma does)."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for key, cond in flt.items():
+        if key in ("$and", "$or"):
+            subs = [_filter_sql(c) for c in cond]
+            parts.append("(" + (" AND " if key == "$and" else " OR ").join(s for s, _ in subs) + ")")
+            for _, p in subs:
+                params.extend(p)
+            continue
+        path = "$" + "".join(f'."{part}"' for part in key.split("."))
+        (op, value), = cond.items()
+        col = "json_extract(metadata, ?)"
+        kind = "COALESCE(json_type(metadata, ?), 'none')"  # a missing key: not NULL, or NOT(...) is NULL
+        scalar = f"{kind} IN ('text', 'integer', 'real', 'true', 'false')"
+        if op in ("$in", "$nin"):
+            marks = ",".join("?" * len(value))
+            if op == "$in":
+                parts.append(f"({scalar} AND {col} IN ({marks}))")
+                params += [path, path, *value]
+            else:
+                parts.append(f"(NOT ({scalar}) OR {col} NOT IN ({marks}))")
+                params += [path, path, *value]
+        elif op == "$ne":
+            parts.append(f"(NOT ({scalar}) OR {col} != ?)")
+            params += [path, path, value]
+        else:
+            parts.append(f"({scalar} AND {col} {_SQL_OPS[op]} ?)")
+            params += [path, path, value]
+    return "(" + " AND ".join(parts) + ")", params
+
+
 class _Cursor(sqlite3.Cursor):
     """A cursor whose storage faults come out as `StorageError` naming the journal."""
 
@@ -214,7 +279,8 @@ class _Connection(sqlite3.Connection):
 
 def _row_to_interaction(row: Sequence[Any]) -> Interaction:
     (id_, ns, thread_id, created_at, messages, task, outcome, metadata, feedback,
-     comment, chash, status, version) = row
+     comment, chash, status, version) = row[:13]
+    expires = row[13] if len(row) > 13 else None
     return Interaction(
         id=id_,
         namespace=tuple(ns.split("/")),
@@ -229,7 +295,30 @@ def _row_to_interaction(row: Sequence[Any]) -> Interaction:
         content_hash=chash,
         status=InteractionStatus(status),
         consolidated_version=version,
+        expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
     )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _history(db: sqlite3.Connection, id_: str, event: str, namespace: str, data: Any) -> None:
+    db.execute("INSERT INTO history (id, event, at, namespace, data) VALUES (?,?,?,?,?)",
+               (id_, event, iso(utc_now()), namespace, None if data is None else _json(data)))
+
+
+def _snapshot(db: sqlite3.Connection, id_: str, event: str) -> None:
+    """Record the row `id_` as it is now, as a `event` version in ``history``."""
+    row = db.execute("SELECT namespace, messages, metadata, feedback, feedback_comment, expires_at "
+                     "FROM interactions WHERE id=?", (id_,)).fetchone()
+    if row is not None:
+        ns, messages, metadata, feedback, comment, expires = row
+        _history(db, id_, event, ns, {"messages": json.loads(messages), "metadata": json.loads(metadata),
+                                      "feedback": feedback, "feedback_comment": comment, "expires_at": expires})
+
+
+_UNSET: Any = object()
 
 
 class Journal:
@@ -264,6 +353,14 @@ class Journal:
                     db.execute(statement)
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)",
                            (str(JOURNAL_FORMAT_VERSION),))
+                if "expires_at" not in {r[1] for r in db.execute("PRAGMA table_info(interactions)")}:
+                    db.execute("ALTER TABLE interactions ADD COLUMN expires_at REAL")  # journals before TTL
+                db.execute("CREATE INDEX IF NOT EXISTS interactions_expiry ON interactions (expires_at) "
+                           "WHERE expires_at IS NOT NULL")
+        # A journal written before TTL and opened read-only has no expires_at: nothing expires.
+        ttl = "expires_at" in {r[1] for r in self._db().execute("PRAGMA table_info(interactions)")}
+        self._cols = _COLUMNS + (", expires_at" if ttl else "")
+        self._live = _LIVE if ttl else "1=1"
         row = self._db().execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
         version = int(row[0]) if row else JOURNAL_FORMAT_VERSION
         if version > JOURNAL_FORMAT_VERSION:
@@ -384,23 +481,28 @@ class Journal:
             id_, stored = row
             if it.metadata:
                 merged = {**json.loads(stored), **dict(it.metadata)}
-                db.execute("UPDATE interactions SET metadata=? WHERE id=?",
+                # indexed=0: Chroma holds the scalar metadata too (recall's filters)
+                db.execute("UPDATE interactions SET metadata=?, indexed=0 WHERE id=?",
                            (json.dumps(merged, ensure_ascii=False, allow_nan=False), id_))
             if it.feedback is not None:
                 db.execute("UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=?",
                            (it.feedback, it.feedback_comment, id_))
+            if it.metadata or it.feedback is not None:
+                _snapshot(db, id_, "updated")
             return id_, False
         db.execute(
             "INSERT INTO interactions (id, namespace, thread_id, thread_key, created_at, messages, task,"
-            " outcome, metadata, feedback, feedback_comment, content_hash, status, consolidated_version)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " outcome, metadata, feedback, feedback_comment, content_hash, status, consolidated_version,"
+            " expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 it.id, ns, it.thread_id, thread_key, iso(it.created_at),
                 json.dumps(list(it.messages), ensure_ascii=False, allow_nan=False), it.task, it.outcome,
                 json.dumps(dict(it.metadata), ensure_ascii=False, allow_nan=False), it.feedback,
                 it.feedback_comment, it.content_hash, it.status.value, it.consolidated_version,
+                None if it.expires_at is None else it.expires_at.timestamp(),
             ),
         )
+        _snapshot(db, it.id, "created")
         return it.id, True
 
     def revision(self) -> int:
@@ -434,9 +536,71 @@ class Journal:
     def set_feedback(self, id_: str, score: float, comment: str | None) -> bool:
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=?", (score, comment, id_)
+                f"UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=? AND {self._live}",
+                (score, comment, id_)
             )
+            if cur.rowcount:
+                _snapshot(db, id_, "updated")
             return cur.rowcount > 0
+
+    def update(self, id_: str, *, messages: Sequence[dict[str, Any]] | None = None, task: str = "",
+               outcome: str = "", content_hash: str = "", metadata: dict[str, Any] | None = None,
+               feedback: Any = _UNSET, feedback_comment: str | None = None) -> bool:
+        """Change a live interaction in place and record the new version in ``history``
+        (one transaction); False when there is no such (unexpired) interaction.
+
+        New messages (with their `task`, `outcome` and `content_hash`) or metadata set
+        ``indexed=0``: the worker re-embeds the row and rewrites its Chroma metadata
+        (`recall` catches up with it first). `feedback` given (None clears it) replaces
+        the score and comment. Raises `sqlite3.IntegrityError` when new messages would
+        duplicate another interaction of the same namespace and thread.
+        """
+        sets: list[str] = []
+        params: list[Any] = []
+        if messages is not None:
+            sets += ["messages=?", "task=?", "outcome=?", "content_hash=?"]
+            params += [_json(list(messages)), task, outcome, content_hash]
+        if metadata is not None:
+            sets.append("metadata=?")
+            params.append(_json(dict(metadata)))
+        if messages is not None or metadata is not None:
+            sets.append("indexed=0")
+        if feedback is not _UNSET:
+            sets += ["feedback=?", "feedback_comment=?"]
+            params += [feedback, feedback_comment]
+        if not sets:
+            return self.get(id_) is not None
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE interactions SET {', '.join(sets)} WHERE id=? AND {self._live}",
+                             (*params, id_))
+            if not cur.rowcount:
+                return False
+            _snapshot(db, id_, "updated")
+            return True
+
+    def history(self, id_: str) -> list[HistoryEvent]:
+        """Every recorded version of `id_`, oldest first (empty for an unknown id)."""
+        rows = self._db().execute("SELECT id, event, at, namespace, data FROM history WHERE id=? ORDER BY seq",
+                                  (id_,)).fetchall()
+        return [HistoryEvent(id=r[0], event=r[1], at=datetime.fromisoformat(r[2]),
+                             namespace=parse_namespace(r[3]), data=json.loads(r[4]) if r[4] else {})
+                for r in rows]
+
+    def expired(self, limit: int = 500) -> list[str]:
+        """Ids of interactions whose time-to-live has passed (the sweep forgets them)."""
+        if self._live == "1=1":
+            return []
+        rows = self._db().execute(f"SELECT id FROM interactions WHERE expires_at <= {_NOW} ORDER BY expires_at "
+                                  "LIMIT ?", (limit,)).fetchall()
+        return [r[0] for r in rows]
+
+    def note_expired(self, ids: Sequence[str]) -> None:
+        """Record an ``expired`` event for each of `ids` (the sweep, before it forgets them)."""
+        with self._tx() as db:
+            for id_ in ids:
+                row = db.execute("SELECT namespace FROM interactions WHERE id=?", (id_,)).fetchone()
+                if row is not None:
+                    _history(db, id_, "expired", row[0], None)
 
     def set_status(self, ids: Sequence[str], status: InteractionStatus, version: str | None) -> int:
         with self._tx() as db:
@@ -448,8 +612,12 @@ class Journal:
                 ).rowcount
             return n
 
-    def forget(self, *, namespace: Namespace | None, ids: Sequence[str] | None) -> list[str]:
-        """Delete interactions; record them in ``forgotten`` for Chroma and lineage."""
+    def forget(self, *, namespace: Namespace | None, ids: Sequence[str] | None,
+               event: str = "forgotten") -> list[str]:
+        """Delete interactions; record them in ``forgotten`` for Chroma and lineage.
+
+        Their ``history`` loses every version's content in the same transaction and
+        gains one `event` (``forgotten``, or ``expired`` from the TTL sweep) with none."""
         clauses, params = [], []
         if namespace is not None:
             clauses.append("namespace=?")
@@ -466,6 +634,14 @@ class Journal:
                 [(r[0], r[1], now) for r in rows],
             )
             db.execute(f"DELETE FROM interactions WHERE {where}", params)
+            for start in range(0, len(rows), 500):
+                chunk = [r[0] for r in rows[start:start + 500]]
+                db.execute(f"UPDATE history SET data=NULL WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            for r in rows:
+                _history(db, r[0], event, r[1], None)
+            from seal_agent.memory.facts import forget_in_transaction  # facts build on the journal
+
+            forget_in_transaction(db, [r[0] for r in rows])
         return [r[0] for r in rows]
 
     # -- the indexing queue ----------------------------------------------------
@@ -486,7 +662,7 @@ class Journal:
             " GROUP BY namespace ORDER BY first LIMIT ?", (*exclude, limit))]
         if not spaces:
             return []
-        queues = [db.execute(f"SELECT {_COLUMNS} FROM interactions WHERE indexed=0 AND namespace=?{skip}"
+        queues = [db.execute(f"SELECT {self._cols} FROM interactions WHERE indexed=0 AND namespace=?{skip}"
                              " ORDER BY id LIMIT ?", (ns, *exclude, limit)).fetchall() for ns in spaces]
         rows: list[Any] = []
         depth = 0
@@ -499,7 +675,7 @@ class Journal:
                           include_descendants: bool = False, limit: int = 64) -> list[Interaction]:
         """Rows of one namespace (and its sub-namespaces) not yet in Chroma, newest first."""
         where, params = self._ns_clause(namespace, include_descendants)
-        sql = f"SELECT {_COLUMNS} FROM interactions WHERE indexed=0 AND {where}"
+        sql = f"SELECT {self._cols} FROM interactions WHERE indexed=0 AND {where}"
         if up_to_id is not None:
             sql += " AND id<=?"
             params.append(up_to_id)
@@ -560,14 +736,17 @@ class Journal:
     # -- reads -----------------------------------------------------------------
 
     def get(self, id_: str) -> Interaction | None:
-        row = self._db().execute(f"SELECT {_COLUMNS} FROM interactions WHERE id=?", (id_,)).fetchone()
+        """The live interaction `id_` (None when unknown, forgotten or expired)."""
+        row = self._db().execute(f"SELECT {self._cols} FROM interactions WHERE id=? AND {self._live}",
+                                 (id_,)).fetchone()
         return _row_to_interaction(row) if row else None
 
     def get_many(self, ids: Sequence[str]) -> dict[str, Interaction]:
         if not ids:
             return {}
         rows = self._db().execute(
-            f"SELECT {_COLUMNS} FROM interactions WHERE id IN ({','.join('?' * len(ids))})", list(ids)
+            f"SELECT {self._cols} FROM interactions WHERE id IN ({','.join('?' * len(ids))}) AND {self._live}",
+            list(ids)
         ).fetchall()
         return {r[0]: _row_to_interaction(r) for r in rows}
 
@@ -578,8 +757,15 @@ class Journal:
         since: datetime | None = None,
         status: InteractionStatus | None = None,
         limit: int | None = None,
+        filter: dict[str, Any] | None = None,
     ) -> list[Interaction]:
-        clauses, params = ["1=1"], []
+        """Live interactions in logging order; `filter` is a `validate_filter` result,
+        evaluated on the metadata with ``json_extract``."""
+        clauses, params = [self._live], []
+        if filter is not None:
+            sql, fparams = _filter_sql(filter)
+            clauses.append(sql)
+            params.extend(fparams)
         if namespace is not None:
             clauses.append("namespace=?")
             params.append(join_namespace(namespace))
@@ -589,7 +775,7 @@ class Journal:
         if status is not None:
             clauses.append("status=?")
             params.append(status.value)
-        sql = f"SELECT {_COLUMNS} FROM interactions WHERE {' AND '.join(clauses)} ORDER BY id"
+        sql = f"SELECT {self._cols} FROM interactions WHERE {' AND '.join(clauses)} ORDER BY id"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)

@@ -42,11 +42,14 @@ from typing import Any
 from seal_agent.errors import ValidationError
 
 __all__ = [
+    "HistoryEvent",
     "Interaction",
     "InteractionStatus",
     "Memory",
+    "METADATA_OPERATORS",
     "Namespace",
     "content_hash",
+    "flat_metadata",
     "interaction_text",
     "iso",
     "join_namespace",
@@ -58,10 +61,12 @@ __all__ = [
     "utc_now",
     "validate_namespace",
     "validate_metadata",
+    "validate_filter",
     "validate_min_score",
     "validate_score",
     "validate_text",
     "validate_thread_id",
+    "validate_ttl",
 ]
 
 Namespace = tuple[str, ...]
@@ -107,6 +112,9 @@ class Interaction:
         content_hash: sha256 of the canonical messages; duplicates share it.
         status: See `InteractionStatus`.
         consolidated_version: Adapter version that learned it, when consolidated.
+        expires_at: When it expires (UTC), from a ``ttl_s`` at log time or its
+            namespace's default; None: never. An expired interaction is never returned
+            and is forgotten by the next sweep (see `SealMemory.expire`).
     """
 
     id: str
@@ -122,6 +130,7 @@ class Interaction:
     content_hash: str = ""
     status: InteractionStatus = InteractionStatus.NEW
     consolidated_version: str | None = None
+    expires_at: datetime | None = None
 
     @property
     def text(self) -> str:
@@ -144,6 +153,7 @@ class Interaction:
             "content_hash": self.content_hash,
             "status": self.status.value,
             "consolidated_version": self.consolidated_version,
+            "expires_at": iso(self.expires_at) if self.expires_at is not None else None,
         }
 
 
@@ -157,7 +167,10 @@ class Memory:
         score: Cosine similarity to the query, in [-1, 1]; higher is more relevant.
         namespace: The interaction's namespace (always the one recalled from).
         created_at: When the interaction was logged (UTC).
-        metadata: The interaction's metadata plus ``thread_id``, ``feedback`` and ``status``.
+        metadata: The interaction's metadata plus ``thread_id``, ``feedback`` and ``status``
+            (a fact's: ``sources``, its source interaction ids, and ``key``).
+        kind: ``"episode"`` (a logged interaction) or ``"fact"`` (a distilled fact, see
+            `seal_agent.memory.facts`; recalled with ``kinds=("facts",)``).
     """
 
     id: str
@@ -166,6 +179,34 @@ class Memory:
     namespace: Namespace
     created_at: datetime
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = "episode"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    """One version of an interaction or a fact, as `SealMemory.history` returns it.
+
+    Attributes:
+        id: The interaction's (or fact's) id.
+        event: ``created``, ``updated``, ``forgotten`` (``expired`` first when the TTL sweep forgot it)
+            for interactions; ``created``, ``updated`` (a new source), ``superseded``, ``forgotten`` for facts.
+        at: When it happened (UTC).
+        namespace: Its namespace.
+        data: The version after the event: for an interaction ``messages``,
+            ``metadata``, ``feedback``, ``feedback_comment``, ``expires_at``; for a fact
+            ``text``, ``key``, ``sources`` (and ``superseded_by``). Empty once the
+            interaction was forgotten: forget reaches its history too.
+    """
+
+    id: str
+    event: str
+    at: datetime
+    namespace: Namespace
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "event": self.event, "at": iso(self.at), "namespace": list(self.namespace),
+                "data": dict(self.data)}
 
 
 # --------------------------------------------------------------------------- ids
@@ -579,3 +620,83 @@ def parse_time(value: Any, field_name: str) -> datetime:
     if not isinstance(value, datetime):
         raise ValidationError(field_name, value, "must be a datetime or an ISO-8601 string")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def validate_ttl(value: Any, field_name: str = "ttl_s") -> float | None:
+    """A time-to-live in seconds: a finite number > 0, or None (never expires)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValidationError(field_name, value, "must be a number of seconds > 0, or None (never expires)")
+    return float(value)
+
+
+METADATA_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"})
+"""The comparison operators a metadata filter accepts: Chroma's, with its meaning."""
+
+
+def _filter_scalar(value: Any, where: str) -> Any:
+    if isinstance(value, bool) or isinstance(value, str):
+        return validate_text(value, where) if isinstance(value, str) else value
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return value
+    raise ValidationError(where, value, "must be a string, a finite number or a bool (what metadata filters compare)")
+
+
+def validate_filter(flt: Any, field_name: str = "filter") -> dict[str, Any] | None:
+    """A metadata filter, checked and returned as a plain dict (None: no filter).
+
+    Shape (Chroma's ``where`` language, on the interaction's metadata)::
+
+        {"key": value}                      equality
+        {"key": {"$op": value}}             $eq $ne $gt $gte $lt $lte, $in/$nin with a list
+        {"$and": [filter, ...]}, {"$or": [filter, ...]}
+        several keys in one dict            all of them ($and)
+
+    A dotted key (``"user.tier"``) names a field of a nested dict. Values are strings,
+    finite numbers or bools. Raises `ValidationError` naming the offending part.
+    """
+    if flt is None:
+        return None
+    if not isinstance(flt, Mapping) or not flt:
+        raise ValidationError(field_name, flt, "must be a non-empty dict such as {'topic': 'billing'}")
+    out: dict[str, Any] = {}
+    for key, cond in flt.items():
+        where = f"{field_name}.{key}"
+        if key in ("$and", "$or"):
+            if not isinstance(cond, Sequence) or isinstance(cond, str) or not cond:
+                raise ValidationError(where, cond, "must be a non-empty list of filters")
+            out[key] = [validate_filter(c, f"{where}[{i}]") for i, c in enumerate(cond)]
+            continue
+        if not isinstance(key, str) or not key or key.startswith("$") or '"' in key or "" in key.split("."):
+            raise ValidationError(field_name, key, "keys must be metadata field names (no '$' prefix, no '\"', "
+                                  "no empty dotted part), or $and/$or")
+        if isinstance(cond, Mapping):
+            if len(cond) != 1:
+                raise ValidationError(where, cond, "must hold exactly one operator, e.g. {'$gte': 3}")
+            (op, value), = cond.items()
+            if op not in METADATA_OPERATORS:
+                raise ValidationError(where, op, f"unknown operator; one of {sorted(METADATA_OPERATORS)}")
+            if op in ("$in", "$nin"):
+                if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+                    raise ValidationError(f"{where}.{op}", value, "must be a non-empty list")
+                value = [_filter_scalar(v, f"{where}.{op}") for v in value]
+            else:
+                value = _filter_scalar(value, f"{where}.{op}")
+            out[key] = {op: value}
+        else:
+            out[key] = {"$eq": _filter_scalar(cond, where)}
+    return out
+
+
+def flat_metadata(metadata: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalar leaves of `metadata` by dotted path (``{"user": {"tier": 1}}`` -> ``{"user.tier": 1}``);
+    lists and None are left out (a Chroma metadata value must be a scalar)."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_metadata(value, path + "."))
+        elif isinstance(value, (str, bool, int, float)):
+            out[path] = value
+    return out
