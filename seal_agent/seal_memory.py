@@ -792,7 +792,8 @@ class SealMemory:
         vector = self._index.embed_query(query)
         facts: list[Memory] = []
         if "facts" in kinds:
-            self._facts.sync()
+            if not self.read_only:  # a read-only home recalls the facts Chroma already holds
+                self._facts.sync()
             facts = [f for f in self._facts.query(vector, ns, k, include_descendants=include_descendants)
                      if min_score is None or f.score >= min_score]
             if "episodes" not in kinds:

@@ -189,3 +189,12 @@ def test_bad_kinds_are_named(tmp_path: Path, kinds: Any) -> None:
 
     with _mem(tmp_path / "home") as mem, pytest.raises(ValidationError, match="kinds"):
         mem.recall("x", kinds=kinds)
+
+
+def test_a_read_only_home_recalls_facts(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with _mem(home) as mem:
+        _consolidate_statements(mem, [_say(mem, "My cat is called Pim.", ALICE)])
+    cfg = SealConfig().with_overrides(memory={"facts": True, "embed_in_subprocess": False})
+    with SealMemory(home, embeddings=HashEmbeddings(), config=cfg, model="tiny-random", read_only=True) as ro:
+        assert _texts(ro.recall("my cat", namespace=ALICE, kinds=("facts",))) == ["My cat is called Pim."]
