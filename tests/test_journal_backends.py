@@ -1,0 +1,246 @@
+"""The journal's contract, run against both backends: SQLite (a file) and PostgreSQL (a real
+server on loopback, the `postgres` fixture). Same calls, same answers."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seal_agent.errors import BackendUnavailableError, ValidationError
+from seal_agent.memory.journal_base import JournalBackend, open_journal, validate_journal_url
+from seal_agent.memory.records import (
+    Interaction,
+    InteractionStatus,
+    content_hash,
+    new_interaction_id,
+    normalize_messages,
+    utc_now,
+    validate_filter,
+)
+
+
+def make(text: str, ns: tuple[str, ...] = ("default",), thread: str | None = None, *,
+         metadata: dict[str, Any] | None = None, feedback: float | None = None,
+         expires_in: float | None = None) -> Interaction:
+    msgs = normalize_messages([{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],
+                              max_messages=5, max_message_chars=1000)
+    return Interaction(id=new_interaction_id(), namespace=ns, thread_id=thread, created_at=utc_now(),
+                       messages=tuple(msgs), task=text, outcome="ok", content_hash=content_hash(msgs),
+                       metadata=metadata or {}, feedback=feedback,
+                       expires_at=None if expires_in is None else utc_now() + timedelta(seconds=expires_in))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """What `open_journal` is given: a file path, or the URL of a fresh database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "journal.sqlite3")
+    return request.getfixturevalue("postgres").create_database("journal")
+
+
+@pytest.fixture
+def journal(target: str) -> Iterator[JournalBackend]:
+    j = open_journal(target)
+    yield j
+    j.close()
+
+
+def test_backend_is_chosen_by_url(journal: JournalBackend, target: str) -> None:
+    assert isinstance(journal, JournalBackend)
+    assert type(journal).__name__ == ("PostgresJournal" if target.startswith("postgresql") else "Journal")
+
+
+def test_insert_dedup_merges_metadata_and_feedback(journal: JournalBackend) -> None:
+    first = make("my dog is Rex", thread="t", metadata={"channel": "web", "rating": 1})
+    assert journal.insert(first) == (first.id, True)
+    again = make("my dog is Rex", thread="t", metadata={"rating": 2}, feedback=0.5)
+    assert journal.insert(again) == (first.id, False)
+    other_thread = make("my dog is Rex", thread="u")
+    assert journal.insert(other_thread)[1]
+    got = journal.get(first.id)
+    assert got is not None and got.metadata == {"channel": "web", "rating": 2} and got.feedback == 0.5
+    assert journal.count() == 2
+    assert [e.event for e in journal.history(first.id)] == ["created", "updated"]
+
+
+def test_insert_many_dedups_within_the_batch(journal: JournalBackend) -> None:
+    a, b, a2 = make("one"), make("two"), make("one", metadata={"k": 1})
+    out = journal.insert_many([a, b, a2])
+    assert out == [(a.id, True), (b.id, True), (a.id, False)]
+    assert journal.get(a.id).metadata == {"k": 1}
+
+
+def test_concurrent_writers_store_a_duplicate_once(journal: JournalBackend, target: str) -> None:
+    """Eight threads, each with its own journal object (as separate processes would be),
+    log the same 20 exchanges: 20 rows, every call answered with the stored id."""
+    answers: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        j = open_journal(target)
+        try:
+            for i in range(20):
+                it = make(f"shared {i}")
+                answers.append((f"shared {i}", j.insert(it)[0]))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            j.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert journal.count() == 20
+    by_text: dict[str, set[str]] = {}
+    for text, id_ in answers:
+        by_text.setdefault(text, set()).add(id_)
+    assert all(len(ids) == 1 for ids in by_text.values())
+    assert {i for ids in by_text.values() for i in ids} == {it.id for it in journal.list()}
+
+
+def test_status_transitions_and_requeue(journal: JournalBackend) -> None:
+    a, b = make("a"), make("b")
+    journal.insert_many([a, b])
+    assert journal.set_status([a.id, b.id], InteractionStatus.CONSOLIDATED, "v0001") == 2
+    assert {it.id for it in journal.list(status=InteractionStatus.CONSOLIDATED)} == {a.id, b.id}
+    assert journal.get(a.id).consolidated_version == "v0001"
+    assert journal.requeue([a.id]) == 1
+    assert journal.get(a.id).status == InteractionStatus.NEW and journal.get(a.id).consolidated_version is None
+    assert journal.counts() == {"default": {"new": 1, "consolidated": 1}}
+
+
+def test_forget_records_ids_and_empties_history(journal: JournalBackend) -> None:
+    a, b, c = make("a", ("users", "al")), make("b", ("users", "al")), make("c", ("users", "bo"))
+    journal.insert_many([a, b, c])
+    journal.mark_indexed([a.id, b.id, c.id])
+    assert sorted(journal.forget(namespace=("users", "al"), ids=None)) == sorted([a.id, b.id])
+    assert journal.get(a.id) is None and journal.get(c.id) is not None
+    assert journal.forgotten_ids() == {a.id, b.id} and journal.has_forgotten()
+    assert sorted(journal.pending_deletes(10)) == sorted([a.id, b.id])
+    assert journal.forgotten_among([a.id, c.id]) == [a.id]
+    hist = journal.history(a.id)
+    assert [e.event for e in hist] == ["created", "forgotten"] and all(e.data == {} for e in hist)
+    assert journal.backlog() == 2
+    journal.mark_deleted([a.id, b.id])
+    assert journal.pending_deletes(10) == [] and journal.backlog() == 0
+    assert journal.forget(namespace=None, ids=[c.id]) == [c.id]
+    assert journal.count() == 0 and not journal.is_empty()  # the forgotten ids stay
+
+
+def test_indexing_queue_is_fair_between_namespaces(journal: JournalBackend) -> None:
+    bulk = [make(f"bulk {i}", ("tenants", "big")) for i in range(30)]
+    journal.insert_many(bulk)
+    lone = make("lone", ("tenants", "small"))
+    journal.insert(lone)
+    batch = journal.unindexed(8)
+    assert lone.id in {it.id for it in batch} and len(batch) == 8
+    assert journal.unindexed_in(("tenants",), include_descendants=True) == 31
+    assert journal.unindexed_in(("tenants", "small")) == 1
+    assert [it.id for it in journal.unindexed_rows_in(("tenants", "big"), limit=2)] == [bulk[-1].id, bulk[-2].id]
+    journal.mark_indexed([it.id for it in batch])
+    assert journal.backlog() == 23
+    assert {it.id for it in journal.unindexed(100, exclude=[bulk[-1].id])} == \
+        {it.id for it in bulk[7:-1]}
+    assert journal.indexed_ids() == {it.id for it in batch}
+
+
+def test_update_feedback_and_duplicate_update(journal: JournalBackend) -> None:
+    a, b = make("a"), make("b")
+    journal.insert_many([a, b])
+    assert journal.set_feedback(a.id, 0.25, "meh")
+    assert journal.update(a.id, metadata={"x": 1})
+    assert journal.get(a.id).metadata == {"x": 1} and journal.get(a.id).feedback == 0.25
+    with pytest.raises(sqlite3.IntegrityError):  # SealMemory turns it into a ValidationError
+        journal.update(b.id, messages=list(a.messages), task=a.task, outcome=a.outcome,
+                       content_hash=a.content_hash)
+    assert not journal.set_feedback("nope", 0.1, None) and not journal.update("nope", metadata={})
+
+
+def test_list_filters_and_expiry(journal: JournalBackend) -> None:
+    a = make("a", metadata={"topic": "billing", "n": 3, "ok": True})
+    b = make("b", metadata={"topic": "support", "n": 10})
+    c = make("c", metadata={})
+    d = make("d", expires_in=-1)  # already expired
+    journal.insert_many([a, b, c, d])
+
+    def ids(flt: dict[str, Any]) -> set[str]:
+        return {it.id for it in journal.list(filter=validate_filter(flt))}
+
+    assert ids({"topic": "billing"}) == {a.id}
+    assert ids({"topic": {"$ne": "billing"}}) == {b.id, c.id}
+    assert ids({"n": {"$gte": 3}}) == {a.id, b.id}
+    assert ids({"topic": {"$in": ["billing", "support"]}}) == {a.id, b.id}
+    assert ids({"topic": {"$nin": ["billing"]}}) == {b.id, c.id}
+    assert ids({"$or": [{"n": {"$gt": 5}}, {"ok": True}]}) == {a.id, b.id}
+    assert journal.get(d.id) is None and d.id not in {it.id for it in journal.list()}
+    assert journal.expired() == [d.id]
+    journal.note_expired([d.id])
+    assert journal.forget(namespace=None, ids=[d.id], event="expired") == [d.id]
+    assert [e.event for e in journal.history(d.id)][-1] == "expired"
+    assert [it.id for it in journal.list(limit=2)] == [a.id, b.id]
+
+
+def test_revision_changes_on_every_write_by_anyone(journal: JournalBackend, target: str) -> None:
+    seen = [journal.revision()]
+
+    def changed() -> bool:
+        seen.append(journal.revision())
+        return seen[-1] != seen[-2]
+
+    assert not changed()
+    a = make("a")
+    journal.insert(a)
+    assert changed()
+    other = open_journal(target)
+    try:
+        other.insert(make("from elsewhere"))
+    finally:
+        other.close()
+    assert changed()
+    journal.forget(namespace=None, ids=[a.id])
+    assert changed()
+    assert not changed()
+
+
+def test_read_only_journal_refuses_writes(journal: JournalBackend, target: str) -> None:
+    journal.insert(make("a"))
+    ro = open_journal(target, read_only=True)
+    try:
+        assert ro.count() == 1
+        with pytest.raises(Exception) as err:
+            ro.insert(make("b"))
+        assert "read-only" in str(err.value)
+    finally:
+        ro.close()
+
+
+def test_journal_url_validation() -> None:
+    assert validate_journal_url(None) is None
+    for bad in ["journal.sqlite3", "mysql://x/y", 5, "postgresql:///db"]:
+        with pytest.raises(ValidationError) as err:
+            validate_journal_url(bad)
+        assert err.value.field == "journal_url"
+    with pytest.raises(ValidationError) as err:
+        validate_journal_url("mysql://al:secret@h/db")
+    assert "secret" not in str(err.value)
+
+
+def test_unreachable_postgres_is_named_and_nothing_acknowledged() -> None:
+    pytest.importorskip("psycopg")
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BackendUnavailableError) as err:
+        open_journal(f"postgresql://al:secret@127.0.0.1:{port}/seal")
+    assert f"127.0.0.1:{port}/seal" in str(err.value) and "secret" not in str(err.value)
