@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from seal_agent._fs import write_atomic
-from seal_agent.errors import ConfigError
+from seal_agent.errors import ConfigError, ValidationError
 
 __all__ = [
     "CONFIG_FILENAME",
@@ -100,6 +100,11 @@ class MemoryConfig:
         facts: Consolidation also writes distilled facts (a second Chroma collection,
             `facts_collection`) that ``recall(kinds=("episodes", "facts"))`` returns.
         facts_collection: Chroma collection holding the facts.
+        journal_url: Where the journal lives: None (the default) for
+            ``home/journal.sqlite3``; a ``postgresql://user@host:port/db`` URL to share
+            one journal between processes and hosts (then consolidation's lock, the
+            scheduler's slots and the consolidation checkpoints live there too).
+            ``SEAL_JOURNAL_URL`` and ``SealMemory(journal_url=...)`` override it.
     """
 
     collection: str = "seal_interactions"
@@ -119,9 +124,17 @@ class MemoryConfig:
     ttl_sweep_s: float = 60.0
     facts: bool = False
     facts_collection: str = "seal_facts"
+    journal_url: str | None = None
 
     def __post_init__(self) -> None:
         s = "memory"
+        if self.journal_url is not None:
+            from seal_agent.memory.journal_base import validate_journal_url
+
+            try:
+                validate_journal_url(self.journal_url, "memory.journal_url")
+            except ValidationError as exc:
+                raise ConfigError(exc.field, exc.value, exc.reason) from None
         _number(s, "ttl_s", self.ttl_s, 0.0, 1e10)
         _check(isinstance(self.ttl_namespaces, dict), s, "ttl_namespaces", self.ttl_namespaces,
                "must be a table of namespace path -> seconds")

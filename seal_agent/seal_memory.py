@@ -173,9 +173,13 @@ class SealMemory:
         chroma_client: Any = None,
         model: str | None = None,
         read_only: bool | None = None,
+        journal_url: str | None = None,
     ) -> None:
         if chroma_url is not None:
             parse_chroma_url(chroma_url)  # fail before anything is created
+        from seal_agent.memory.journal_base import journal_url_from_env, open_journal, validate_journal_url
+
+        journal_url = validate_journal_url(journal_url or journal_url_from_env())
         self.home = Path(home).expanduser().resolve()
         if read_only is None:
             read_only = _unwritable(self.home)
@@ -195,7 +199,11 @@ class SealMemory:
         self.chroma_url = chroma_url
         self.embeddings = embeddings if embeddings is not None else default_embeddings()
         mc = self.config.memory
-        self._journal = Journal(self.home / "journal.sqlite3", read_only=self.read_only)
+        # The journal: home/journal.sqlite3, or PostgreSQL for many processes and hosts
+        # (argument, then SEAL_JOURNAL_URL, then memory.journal_url; see journal_base).
+        self.journal_url = journal_url or mc.journal_url
+        self._journal = (open_journal(self.journal_url, read_only=self.read_only) if self.journal_url
+                         else Journal(self.home / "journal.sqlite3", read_only=self.read_only))
         self._snapshot: Path | None = None  # read-only: the private copy of the embedded index
         try:
             if chroma_url is None and chroma_client is None:
