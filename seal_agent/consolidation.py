@@ -45,12 +45,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
 from seal_agent._fs import write_atomic
 from seal_agent.config import SealConfig
+from seal_agent.coordination import run_lock
 from seal_agent.errors import ConsolidationError, NotFoundError, TrainingCancelled
 from seal_agent.lineage import Lineage, lineage_for
 from seal_agent.memory.records import InteractionStatus, Namespace, new_interaction_id, parse_namespace
@@ -618,13 +619,12 @@ class _Run:
 
 
 def _checkpointer(memory: SealMemory) -> Any:
-    import sqlite3
+    """SqliteSaver on home/consolidation/checkpoints.sqlite3, or PostgresSaver on a
+    Postgres journal's database (a run is resumed from any host)."""
+    from seal_agent.coordination import checkpointer
 
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    _root(memory).mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(_root(memory) / "checkpoints.sqlite3", check_same_thread=False)
-    return SqliteSaver(conn)
+    _root(memory).mkdir(parents=True, exist_ok=True)  # the run's other files live there on both
+    return checkpointer(memory, _root(memory) / "checkpoints.sqlite3")
 
 
 def _report(memory: SealMemory, graph: Any, run_id: str) -> ConsolidationReport:
@@ -831,7 +831,8 @@ def consolidate(
         NotFoundError: `run_id` is not a pending run.
     """
     config = config or memory.config
-    lock = FileLock(str(memory.home / "consolidation.lock"))
+    # home/consolidation.lock, or an advisory lock on a Postgres journal (every host)
+    lock = run_lock(memory, "consolidation")
     try:
         lock.acquire(timeout=0)
     except Timeout:

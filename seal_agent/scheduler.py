@@ -30,6 +30,10 @@ Each home gets its own table (``seal_jobs_<hash of home>``) and stable job ids, 
 several homes can share one database without firing each other's jobs. APScheduler 3
 does not coordinate several *processes* on one job store: if you share one, each
 process fires the jobs, and the file lock in `consolidate` lets only one of them run.
+With a Postgres journal (``memory.journal_url``) that is done on the database instead:
+each cron, interval and writer fire time is claimed in table ``seal_schedule_slots``
+(`seal_agent.coordination.claim_slot`) and runs in the one process that claimed it,
+whichever host it is on; the others record the outcome ``elsewhere``.
 
 Failures. A run that raises is logged and recorded (`RunRecord`, outcome ``error``) and
 the scheduler keeps firing. `SealMemory.consolidate` resumes a failed run at most
@@ -54,7 +58,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -68,6 +72,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from seal_agent.config import ScheduleConfig
+from seal_agent.coordination import claim_slot, journal_url_of
 from seal_agent.errors import ConfigError, SealAgentError
 
 if TYPE_CHECKING:
@@ -91,7 +96,7 @@ _REGISTRY: dict[str, ConsolidationScheduler] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 Trigger = Literal["cron", "interval", "threshold", "manual"]
-Outcome = Literal["completed", "busy", "error"]
+Outcome = Literal["completed", "busy", "error", "elsewhere"]
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,9 @@ class RunRecord:
         trigger: What started it: ``cron``, ``interval``, ``threshold``, ``manual``, or
             ``writer`` (a ReST-EM round, ``schedule.writer_cron``: its report is a `WriterReport`).
         outcome: ``completed`` (the run returned a report, whatever its verdict),
-            ``busy`` (another consolidation was running in this process; nothing ran)
-            or ``error`` (the run raised; see `error` and the log for the traceback).
+            ``busy`` (another consolidation was running in this process; nothing ran),
+            ``elsewhere`` (a Postgres journal: another process claimed this fire time
+            and runs it) or ``error`` (the run raised; see `error` and the log).
         started_at: When the attempt began (UTC).
         finished_at: When it ended (UTC).
         report: What the run returned (a `ConsolidationReport`), when it completed.
@@ -184,6 +190,13 @@ class ConsolidationScheduler:
         self.home = str(Path(memory.home).resolve())
         self._run_fn: Callable[[], Any] = run if run is not None else self._consolidate
         self._triggers = self._build_triggers(config)  # fail on a bad crontab before anything starts
+        # A Postgres journal is shared by every process and host: each cron or interval
+        # fire time runs once among all schedulers (`claim_slot`). Interval triggers then
+        # count from the epoch, so every process fires at the same instants.
+        self._slots_url = journal_url_of(memory)
+        if self._slots_url is not None and config.interval_minutes is not None:
+            self._triggers["interval"] = IntervalTrigger(seconds=config.interval_minutes * 60.0,
+                                                         start_date=datetime(1970, 1, 1, tzinfo=UTC))
         key = hashlib.sha1(self.home.encode("utf-8")).hexdigest()[:12]
         self._table = f"seal_jobs_{key}"
         self._job_ids = {kind: f"seal-consolidation-{key}-{kind}"
@@ -315,8 +328,40 @@ class ConsolidationScheduler:
     def _consolidate(self) -> Any:
         return self.memory.consolidate(progress=False, cancel_event=self._cancel)
 
+    def _slot(self, kind: str) -> str:
+        """The fire time this `kind` job is firing for (the same text in every process)."""
+        now = _now()
+        if kind == "interval":
+            period = self.config.interval_minutes * 60.0
+            return datetime.fromtimestamp(math.floor(now.timestamp() / period) * period, UTC).isoformat()
+        trigger = self._triggers[kind]  # cron or writer: the latest fire time not after now
+        at = trigger.get_next_fire_time(None, now - timedelta(seconds=CATCH_UP_S))
+        latest = at
+        while at is not None and at <= now:
+            latest = at
+            at = trigger.get_next_fire_time(at, at + timedelta(microseconds=1))
+        return (latest or now).astimezone(UTC).isoformat()
+
+    def _claimed_elsewhere(self, kind: str) -> bool:
+        """With a Postgres journal: True when another scheduler process claimed this fire."""
+        if self._slots_url is None or kind not in ("cron", "interval", "writer"):
+            return False
+        slot = self._slot(kind)
+        if claim_slot(self._slots_url, kind, slot):
+            logger.info("claimed the %s slot %s for %s", kind, slot, self.home)
+            return False
+        logger.info("the %s slot %s was claimed by another process; skipping", kind, slot)
+        self._record(RunRecord(kind, "elsewhere", _now(), _now()))
+        return True
+
     def _fire(self, kind: str) -> None:
         """Entry point of every job (through `_run_job`)."""
+        try:
+            if self._claimed_elsewhere(kind):
+                return
+        except Exception:  # the database is down: this fire is lost, the next one tries again
+            logger.exception("could not claim the %s slot for %s; skipping this fire", kind, self.home)
+            return
         if kind == "check":
             self._check_threshold()
         elif kind == "writer":  # a ReST-EM round; single flight with the consolidations

@@ -1,0 +1,195 @@
+"""Coordination between processes and hosts that share one memory: locks, scheduler slots
+and the consolidation checkpointer, on the journal's database when it is PostgreSQL.
+
+Why on the database and not beside it: with the SQLite journal every process runs on
+one host, and a file lock on the home (``filelock``) is exact. With a Postgres journal
+the processes may run on several hosts whose home is a shared volume, where file locks
+are unreliable (NFS) or absent; the database they all reach already offers what is
+needed, with no coordinator of our own:
+
+  * `run_lock`: ``pg_try_advisory_lock`` on a connection held for the lock's life. The
+    server releases it when that connection ends -- also when its process is killed -- so
+    a crashed consolidation never leaves a stale lock;
+  * `claim_slot`: ``INSERT ... ON CONFLICT DO NOTHING`` on ``(job, slot)`` in table
+    ``seal_schedule_slots``: the first scheduler process to claim a fire time runs it,
+    the others skip it; one row per fire, so the claim is also a record of who ran what;
+  * `checkpointer`: LangGraph's ``PostgresSaver`` for the consolidation graph, so a run
+    started on one host is resumed by the next consolidation on any host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock, Timeout
+
+from seal_agent.errors import BackendUnavailableError
+from seal_agent.memory.journal_base import is_postgres_url, redact_url
+
+if TYPE_CHECKING:
+    from seal_agent.seal_memory import SealMemory
+
+__all__ = ["AdvisoryLock", "checkpointer", "claim_slot", "journal_url_of", "run_lock"]
+
+logger = logging.getLogger(__name__)
+
+_SLOTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seal_schedule_slots (
+    job TEXT NOT NULL,
+    slot TEXT NOT NULL,
+    claimed_by TEXT NOT NULL,
+    claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, slot)
+)"""
+
+
+def journal_url_of(memory: SealMemory) -> str | None:
+    """The Postgres URL of `memory`'s journal, or None for the home's SQLite journal."""
+    url = getattr(memory, "journal_url", None)
+    return url if is_postgres_url(url) else None
+
+
+def _key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for `name` (stable across hosts and versions)."""
+    return int.from_bytes(hashlib.blake2b(f"seal_agent:{name}".encode(), digest_size=8).digest(), "big",
+                          signed=True)
+
+
+def _connect(url: str) -> Any:
+    import psycopg
+
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise BackendUnavailableError(f"the journal database {redact_url(url)} is unreachable ({exc})") from exc
+
+
+class AdvisoryLock:
+    """A cross-host lock named `name` on the database at `url`; FileLock's interface
+    (``acquire(timeout=0)`` raises ``filelock.Timeout`` when another session holds it),
+    so `consolidate` uses either without knowing which."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url, self.name, self.key = url, name, _key(name)
+        self._conn: Any = None
+        self._depth = 0
+        self._mutex = threading.RLock()
+
+    @property
+    def is_locked(self) -> bool:
+        return self._depth > 0
+
+    def acquire(self, timeout: float = 0) -> AdvisoryLock:
+        """Take the lock or raise ``filelock.Timeout`` at once (`timeout` is accepted for
+        FileLock's interface; only 0, "do not wait", is used here)."""
+        with self._mutex:
+            if self._depth:
+                self._depth += 1
+                return self
+            conn = _connect(self.url)
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
+            if not got:
+                conn.close()
+                raise Timeout(f"advisory lock {self.name!r} on {redact_url(self.url)}")
+            self._conn, self._depth = conn, 1
+            return self
+
+    def release(self) -> None:
+        with self._mutex:
+            if not self._depth:
+                return
+            self._depth -= 1
+            if self._depth:
+                return
+            conn, self._conn = self._conn, None
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            except Exception:  # the connection is gone: so is the lock
+                logger.debug("advisory unlock of %s failed; the server dropped it with the connection", self.name,
+                             exc_info=True)
+            finally:
+                conn.close()
+
+    def __enter__(self) -> AdvisoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def run_lock(memory: SealMemory, name: str = "consolidation") -> Any:
+    """The single-flight lock `name` of `memory`: an `AdvisoryLock` on its Postgres journal
+    (one per database: every host sharing it), else ``FileLock(home/<name>.lock)``."""
+    url = journal_url_of(memory)
+    if url is not None:
+        return AdvisoryLock(url, name)
+    return FileLock(str(Path(memory.home) / f"{name}.lock"))
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_slot(url: str, job: str, slot: str) -> bool:
+    """Claim fire time `slot` of scheduler job `job`; True for exactly one caller across
+    every process and host sharing the database."""
+    conn = _connect(url)
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key("schema:slots"),))
+            conn.execute(_SLOTS_SCHEMA)
+        row = conn.execute("INSERT INTO seal_schedule_slots (job, slot, claimed_by) VALUES (%s, %s, %s) "
+                           "ON CONFLICT (job, slot) DO NOTHING RETURNING claimed_by",
+                           (job, slot, _holder())).fetchone()
+        return row is not None
+    finally:
+        conn.close()
+
+
+def slot_claims(url: str, job: str) -> list[tuple[str, str]]:
+    """``[(slot, claimed_by)]`` of `job`, oldest first (what ran where)."""
+    conn = _connect(url)
+    try:
+        if conn.execute("SELECT to_regclass('seal_schedule_slots')").fetchone()[0] is None:
+            return []
+        return [(r[0], r[1]) for r in conn.execute(
+            "SELECT slot, claimed_by FROM seal_schedule_slots WHERE job=%s ORDER BY slot", (job,))]
+    finally:
+        conn.close()
+
+
+def checkpointer(memory: SealMemory, sqlite_path: Path) -> Any:
+    """The consolidation graph's checkpointer: LangGraph's ``PostgresSaver`` on the
+    Postgres journal's database (tables ``checkpoints*``, created by ``setup()``), else
+    ``SqliteSaver`` on `sqlite_path`."""
+    url = journal_url_of(memory)
+    if url is None:
+        import sqlite3
+
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteSaver(sqlite3.connect(sqlite_path, check_same_thread=False))
+    import psycopg
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from psycopg.rows import dict_row
+
+    try:  # the settings LangGraph's docs require for a connection given to PostgresSaver
+        conn = psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row,
+                               connect_timeout=10)
+    except psycopg.Error as exc:
+        raise BackendUnavailableError(f"the journal database {redact_url(url)} is unreachable ({exc})") from exc
+    saver = PostgresSaver(conn)
+    # two processes setting up at once would collide in the catalog: one at a time
+    conn.execute("SELECT pg_advisory_lock(%s)", (_key("schema:checkpoints"),))
+    try:
+        saver.setup()
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_key("schema:checkpoints"),))
+    return saver
