@@ -422,7 +422,7 @@ class ChatApp:
         ns = "/".join(self.namespace)
         if args:
             consolidated = self._consolidated(args)
-            n = self.memory.forget(namespace=self.namespace, ids=args)
+            n = self.memory.forget(namespace=self.namespace, ids=args).forgotten
             text = f"forgot {n} of {len(args)}" + ("" if n == len(args) else f" (the others are not memories of {ns})")
         else:
             items = self.memory.list(namespace=self.namespace)
@@ -431,12 +431,12 @@ class ChatApp:
             if not self.confirm(f"forget all {len(items)} memories of {ns}? [y/N] "):
                 return self._done("nothing forgotten")
             consolidated = sum(1 for it in items if it.status.value == "consolidated")
-            n = self.memory.forget(namespace=self.namespace)
+            n = self.memory.forget(namespace=self.namespace).forgotten
             self.new_conversation()  # the history holds the forgotten exchanges too
             text = f"forgot {n} memories of {ns}; new conversation"
         if consolidated:
-            text += (f"\nnote: {consolidated} of them were already consolidated into adapter weights, "
-                     "which forget does not reach (README: Privacy)")
+            text += (f"\nnote: {consolidated} of them had been consolidated: the adapter versions that learned them "
+                     "were deleted and an earlier one (or the base model) serves now (README: Privacy model)")
         return self._done(text)
 
     def _consolidated(self, ids: list[str]) -> int:

@@ -53,6 +53,7 @@ from seal_agent._fs import write_atomic
 from seal_agent.config import SealConfig
 from seal_agent.coordination import run_lock
 from seal_agent.errors import ConsolidationError, NotFoundError, TrainingCancelled
+from seal_agent.forget import finish_pending, guard_node
 from seal_agent.lineage import Lineage, lineage_for
 from seal_agent.memory.records import InteractionStatus, Namespace, new_interaction_id, parse_namespace
 
@@ -590,9 +591,10 @@ class _Run:
         g.add_node("train", self.train)
         g.add_node("gate", self.gate)
         g.add_node("approve", self.approve)
-        g.add_node("commit", self.commit)
-        g.add_node("reject", self.reject)
-        g.add_node("mark", self.mark)
+        # a run never stores or marks what learned from an interaction forgotten meanwhile
+        g.add_node("commit", guard_node(self.memory, self.commit))
+        g.add_node("reject", guard_node(self.memory, self.reject))
+        g.add_node("mark", guard_node(self.memory, self.mark))
 
         def stop_or(next_node: str) -> Any:
             return lambda s: END if s.get("verdict") == "skipped" else next_node
@@ -840,13 +842,17 @@ def consolidate(
         logger.info("another consolidation holds %s; skipping", memory.home)
         return ConsolidationReport(run_id=rid, verdict="skipped", reason="another consolidation is running")
     try:
+        finish_pending(memory)  # drop an unfinished run that holds forgotten interactions
         kwargs = dict(config=config, dry_run=dry_run, teacher=teacher, cancel_event=cancel_event,
                       progress=progress, resume=resume, run_id=run_id)
         if config.consolidation.adapter_scope == "global":
             return _consolidate_one(memory, lineage=Lineage(memory.home), **kwargs)
         return _consolidate_lineages(memory, namespace, **kwargs)
     finally:
-        lock.release()
+        try:
+            finish_pending(memory)  # what a forget during the run left to it
+        finally:
+            lock.release()
 
 
 def _waiting_lineages(memory: SealMemory, config: SealConfig) -> list[Lineage]:

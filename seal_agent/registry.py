@@ -46,6 +46,13 @@ Opening a registry repairs an interrupted commit: temp folders are deleted, and 
 versions named in ``.pending`` are deleted too when the first of them never became
 CURRENT (its commit never returned, so it never existed). CURRENT therefore always
 names a complete version.
+
+Crash safety of `AdapterRegistry.delete_versions` (what `forget` uses to remove the
+versions that learned from forgotten interactions): ``.deleting`` (naming the versions)
+is written atomically first; then CURRENT is moved off them (replaced atomically, or
+removed: the base model serves); then each folder is renamed out of the version
+namespace and removed; ``.deleting`` goes last. Opening a registry finishes a deletion
+that a crash interrupted, so a version once condemned is never served again.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ import shutil
 import struct
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,6 +108,8 @@ Verdict = Literal["committed", "rejected", "staged"]
 
 _CURRENT = "CURRENT"
 _PENDING = ".pending"
+_DELETING = ".deleting"
+_KEEP_CURRENT: Any = object()  # `delete_versions`: leave CURRENT as it is
 _LOCK = ".lock"
 _TMP_PREFIX = ".tmp-"
 _VERSION_RE = re.compile(r"^v(\d{4,})-(\d{8}T\d{6}Z)$")
@@ -121,6 +130,11 @@ _CALLER_FIELDS: dict[str, Any] = {
 
 # Test hook: called with the name of each step of a commit (crash simulation).
 _fault_hook: Callable[[str], None] | None = None
+
+COMMIT_HOOKS: list[Callable[[AdapterRegistry, str], None]] = []
+"""Called as ``hook(registry, version)`` after every commit in this process, e.g. by
+`seal_agent.serving.vllm.VLLMPublisher.install` (registers the version with a vLLM
+server). A hook that raises is logged; the commit stands."""
 
 
 def _fault_point(name: str) -> None:
@@ -427,7 +441,13 @@ class AdapterRegistry:
             ValidationError: A manifest field is unknown or malformed.
             RegistryError: The registry is locked by another process for too long.
         """
-        return self._store(adapter_dir, manifest, verdict="committed", full_candidate=full_candidate)
+        name = self._store(adapter_dir, manifest, verdict="committed", full_candidate=full_candidate)
+        for hook in list(COMMIT_HOOKS):
+            try:
+                hook(self, name)
+            except Exception:  # serving elsewhere must not undo or fail a commit
+                logger.warning("commit hook %r failed for %s of %s", hook, name, self.root, exc_info=True)
+        return name
 
     def stage(self, adapter_dir: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> str:
         """Keep an adapter that is not served (a rejected or pending candidate) for inspection.
@@ -475,6 +495,89 @@ class AdapterRegistry:
             self._write_current(v.version)
             logger.info("registry %s: rolled back to %s", self.root, v.version)
             return v.version
+
+    def set_current(self, version: str | None) -> str | None:
+        """Point CURRENT at a committed version, or remove it (None: the base model serves).
+
+        Unlike `rollback`, None is allowed: it is where `forget` leaves a lineage none of
+        whose committed versions is free of forgotten data. The change is atomic (a
+        replaced or removed file, the folder fsync'd).
+
+        Raises:
+            NotFoundError, RegistryError, AdapterError: As `rollback`, for a version.
+        """
+        if version is not None:
+            return self.rollback(version)
+        with self._locked():
+            (self.root / _CURRENT).unlink(missing_ok=True)
+            _fsync_dir(self.root)
+            logger.info("registry %s: CURRENT removed; the base model serves", self.root)
+            return None
+
+    def replace_gate_report(self, version: str, gate: Mapping[str, Any] | None) -> None:
+        """Replace the gate report embedded in a version's manifest (atomically).
+
+        Only `forget` uses it: a kept version's report may quote a past task that was
+        forgotten since. Nothing else in a manifest may change after it was stored.
+        """
+        with self._locked():
+            v = self.get(version)
+            body = {**v.manifest, "gate": dict(gate) if gate is not None else None}
+            _write_atomic(v.path / MANIFEST_FILENAME, json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+    def delete_versions(self, versions: Iterable[str], *, new_current: str | None = _KEEP_CURRENT) -> list[str]:
+        """Delete versions from disk (committed, staged or rejected), crash-safe.
+
+        Args:
+            versions: Version names (full or ``vNNNN``); unknown ones are skipped.
+            new_current: What CURRENT names afterwards: a committed version that is
+                kept, or None (the base model serves). Required when CURRENT is among
+                `versions`; by default CURRENT is left as it is.
+
+        Returns:
+            The full names deleted.
+
+        Raises:
+            RegistryError: CURRENT would name a deleted version, or `new_current` is
+                not a committed version that is kept.
+        """
+        with self._locked():
+            names = []
+            for v in versions:
+                try:
+                    names.append(self._resolve(v))
+                except NotFoundError:
+                    continue
+            names = list(dict.fromkeys(names))
+            current = self._current_or_none()
+            target = current if new_current is _KEEP_CURRENT else new_current
+            if target is not None:
+                if target in names or self.get(target).verdict != "committed":
+                    raise RegistryError(f"cannot delete {names} and serve {target!r}: CURRENT must name a "
+                                        "committed version that is kept")
+            elif current in names and new_current is _KEEP_CURRENT:
+                raise RegistryError(f"cannot delete CURRENT ({current}) without saying what serves instead")
+            if not names and target == current:
+                return []
+            # first line: what CURRENT must name ("-": nothing), so recovery can finish the move
+            _write_atomic(self.root / _DELETING, "\n".join([target or "-", *names]))
+            _fault_point("deleting")
+            if target != current:
+                if target is None:
+                    (self.root / _CURRENT).unlink(missing_ok=True)
+                    _fsync_dir(self.root)
+                else:
+                    self._write_current(target)
+            _fault_point("deleting-current")
+            for name in names:
+                _remove_dir(self.root / name)
+                _fault_point("deleted-one")
+            (self.root / _DELETING).unlink()
+            _fsync_dir(self.root)
+            if names:
+                logger.info("registry %s: deleted %s; CURRENT is %s", self.root, ", ".join(names),
+                            target or "none (base model)")
+            return names
 
     def export(self, version: str, dest: str | os.PathLike[str]) -> Path:
         """Copy a version (adapter files and manifest) to ``dest``, e.g. for vLLM or sharing.
@@ -647,9 +750,23 @@ class AdapterRegistry:
                         logger.warning("registry %s: removing %s, whose commit was interrupted", self.root, name)
                         _remove_dir(self.root / name)
             pending.unlink()
+        deleting = self.root / _DELETING
+        if deleting.exists():  # a `delete_versions` that a crash interrupted: finish it
+            target, *names = deleting.read_bytes().decode("utf-8", errors="replace").split() or ["-"]
+            current = self._current_or_none()
+            if current in names:  # CURRENT had not moved yet: move it as the deletion meant to
+                if target != "-" and target not in names and (self.root / target / MANIFEST_FILENAME).is_file():
+                    self._write_current(target)
+                else:
+                    (self.root / _CURRENT).unlink(missing_ok=True)
+            for name in names:
+                if _VERSION_RE.match(name) and (self.root / name).is_dir():
+                    logger.warning("registry %s: removing %s, whose deletion was interrupted", self.root, name)
+                    _remove_dir(self.root / name)
+            deleting.unlink()
         for p in self.root.iterdir():
             # temp version folders, and temp files of `write_atomic` (".CURRENT.tmp-...")
-            if p.name.startswith((_TMP_PREFIX, f".{_CURRENT}.tmp-", f".{_PENDING}.tmp-")):
+            if p.name.startswith((_TMP_PREFIX, f".{_CURRENT}.tmp-", f".{_PENDING}.tmp-", f".{_DELETING}.tmp-")):
                 logger.info("registry %s: removing leftover %s", self.root, p.name)
                 _remove_dir(p) if p.is_dir() else p.unlink()
         _fsync_dir(self.root)

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
 
     from seal_agent.consolidation import ConsolidationReport
+    from seal_agent.forget import ForgetReport
     from seal_agent.lineage import Lineage
     from seal_agent.model import AdaptiveChatModel
     from seal_agent.registry import AdapterRegistry
@@ -243,6 +244,17 @@ class SealMemory:
         # server or a client of your own every process indexes for itself.
         self._ownership = (IndexOwnership(self.home / "chroma.lock")
                            if chroma_url is None and chroma_client is None and not self.read_only else None)
+        if self._ownership is not None:  # forgotten records' text leaves Chroma's files too
+            from seal_agent.forget import close_and_scrub
+
+            chroma_dir, journal, index = self.home / "chroma", self._journal, self._index
+
+            def scrub(_ids: list[str]) -> None:
+                problem, _ = close_and_scrub(index, chroma_dir, journal.forgotten_ids())
+                if problem:
+                    logger.warning("after deleting forgotten records: %s", problem)
+
+            self._worker.after_delete = scrub
         self._closed = False
         self._registry: AdapterRegistry | None = None
         self._chat: AdaptiveChatModel | None = None
@@ -351,6 +363,8 @@ class SealMemory:
             )
         self._worker.stop()
         self._index.close()
+        if self._indexing and self._ownership is not None:
+            self._clear_vector_slack()
         if self._ownership is not None:
             self._ownership.release()
         if self._doc_embeddings is not None:
@@ -358,6 +372,18 @@ class SealMemory:
         self._journal.close()
         if self._snapshot is not None:
             shutil.rmtree(self._snapshot, ignore_errors=True)
+
+    def _clear_vector_slack(self) -> None:
+        """Chroma just wrote its vector files from memory, unused slots included, which may
+        hold text of forgotten interactions (see `seal_agent.forget.zero_hnsw_slack`): clear
+        them before another process can open the index. Only in a home that forgot anything."""
+        from seal_agent.forget import _chroma_open_here, zero_hnsw_slack
+
+        try:
+            if self._journal.has_forgotten() and not _chroma_open_here(self.home / "chroma"):
+                zero_hnsw_slack(self.home / "chroma")
+        except Exception:  # closing must not fail on it
+            logger.warning("could not clear the unused slots of %s", self.home / "chroma", exc_info=True)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -688,13 +714,31 @@ class SealMemory:
                 logger.warning("TTL sweep failed; retrying in %ss", self.config.memory.ttl_sweep_s, exc_info=True)
 
     def forget(self, *, namespace: Namespace | Sequence[str] | str | None = None,
-               ids: Sequence[str] | None = None) -> int:
-        """Delete interactions by namespace, by ids, or both (their intersection).
+               ids: Sequence[str] | None = None) -> ForgetReport:
+        """Forget interactions by namespace (exactly), by ids, or both (their intersection),
+        everywhere the memory home holds them (see `seal_agent.forget`).
 
-        They vanish from `get`, `list` and `recall` at once; the Chroma deletion follows
-        in the background. Returns how many were deleted.
+        When it returns they are gone from `get`, `list` and `recall`; from the journal's
+        and (in the process that owns the embedded index, or with a server) Chroma's
+        records, verified, and from their files; from replay buffers, gate suites, gate
+        reports, self-edit sets, consolidation checkpoints; and from the served weights:
+        every adapter version that learned from them is deleted and CURRENT serves the
+        newest version that never saw them (or the base model); a namespace lineage of a
+        forgotten namespace is deleted whole. A consolidation running meanwhile never
+        commits what it learned from them. What could not be done at once (another
+        process owns the index, a run in progress holds files) is in ``pending``.
+
+        Returns:
+            A `ForgetReport` (``report.forgotten``: how many were deleted).
+
+        Raises:
+            ValidationError: Neither namespace nor ids, or a bad one.
+            StorageError: The home is read-only.
         """
+        from seal_agent.forget import ForgetReport, forget_interactions
+
         self._check_open()
+        self._check_writable("forget")
         if namespace is None and ids is None:
             raise ValidationError("namespace", None, "give a namespace, ids, or both (refusing to forget everything)")
         ns = validate_namespace(namespace) if namespace is not None else None
@@ -703,11 +747,12 @@ class SealMemory:
                 raise ValidationError("ids", ids, "must be a list of interaction ids")
             ids = [_interaction_id(i, f"ids[{n}]") for n, i in enumerate(ids)]
             if not ids:
-                return 0
-        gone = self._journal.forget(namespace=ns, ids=list(ids) if ids is not None else None)
-        if gone:
-            self._worker.notify()
-        return len(gone)
+                return ForgetReport()
+        return forget_interactions(self, namespace=ns, ids=ids)
+
+    async def aforget(self, **kwargs: Any) -> ForgetReport:
+        """Async `forget` (the purge runs in a thread)."""
+        return await asyncio.to_thread(self.forget, **kwargs)
 
     # ----------------------------------------------------------------------- read
 

@@ -239,7 +239,7 @@ def test_pty_session_teach_consolidate_closed_book_forget(tmp_path: Path, chat_s
     s.expect(r"\[y/N\] ")
     s.send("y")
     s.expect(r"forgot 3 memories of users/ann; new conversation")
-    s.expect(r"note: 2 of them were already consolidated into adapter weights")
+    s.expect(r"note: 2 of them had been consolidated: the adapter versions that learned them were deleted")
     s.send("/quit")
     assert s.wait() == 0
     assert "Traceback" not in s.buffer, s.buffer

@@ -74,7 +74,7 @@ def test_item8_middleware_never_shows_a_forgotten_memory(mem: SealMemory) -> Non
     ask = "what are my pets called?"
     agent.invoke({"messages": [HumanMessage(ask)]}, cfg("t1", user_id="al"))
     assert "Rex" in system_text(model.prompts[-1])
-    assert mem.forget(ids=[rex]) == 1
+    assert mem.forget(ids=[rex]).forgotten == 1
     agent.invoke({"messages": [HumanMessage(ask)]}, cfg("t2", user_id="al"))
     shown = system_text(model.prompts[-1])
     assert "Tom" in shown and "Rex" not in shown  # the old cache showed the forgotten memory

@@ -129,7 +129,7 @@ def test_item14_new_home_and_forgotten_everything_still_open(tmp_path: Path) -> 
     home = tmp_path / "home"
     _home_with(home, 2)
     with _open(home) as mem:
-        assert mem.forget(namespace=("default",)) == 2
+        assert mem.forget(namespace=("default",)).forgotten == 2
         mem.flush()
     with _open(home) as mem:
         assert mem.list() == []

@@ -185,15 +185,15 @@ def test_forget(mem: SealMemory) -> None:
     b = mem.log(ex("bob likes tea"), namespace=("users", "bob"))
     keep = mem.log(EXCHANGE, namespace=("users", "ann"))
     mem.flush()
-    assert mem.forget(ids=[a]) == 1
-    assert mem.forget(namespace=("users", "bob")) == 1
+    assert mem.forget(ids=[a]).forgotten == 1
+    assert mem.forget(namespace=("users", "bob")).forgotten == 1
     assert {i.id for i in mem.list()} == {keep}
     assert mem.recall("dog", namespace=("users", "bob")) == []
     mem.flush()
     assert set(mem._index.all_ids()) == {keep}  # deleted from Chroma too
     with pytest.raises(ValidationError):
         mem.forget()
-    assert mem.forget(ids=[b]) == 0
+    assert mem.forget(ids=[b]).forgotten == 0
 
 
 def test_async_pairs(mem: SealMemory) -> None:

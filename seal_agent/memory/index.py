@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -106,6 +107,41 @@ class ChromaIndex:
         self.identity = embedding_identity(embeddings)
         self._collection: Any = None
         self._lock = threading.Lock()
+        # `exclusive` (a forget scrubbing Chroma's files from a child process) waits for the
+        # operations in flight and holds new ones back: a VACUUM under a write made
+        # Chroma's write fail half-applied (deleted records came back).
+        self._gate = threading.Condition()
+        self._ops = 0
+        self._exclusive = False
+
+    @contextmanager
+    def _op(self) -> Iterator[None]:
+        with self._gate:
+            while self._exclusive:
+                self._gate.wait()
+            self._ops += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._ops -= 1
+                self._gate.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No operation of this index runs while the block runs (it waits for those in flight)."""
+        with self._gate:
+            while self._exclusive:
+                self._gate.wait()
+            self._exclusive = True
+            while self._ops:
+                self._gate.wait()
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._exclusive = False
+                self._gate.notify_all()
 
     @property
     def collection(self) -> Any:
@@ -171,22 +207,31 @@ class ChromaIndex:
             md.update({f"ns_{i}": label for i, label in enumerate(it.namespace)})
             md.update({METADATA_PREFIX + k: v for k, v in flat_metadata(it.metadata).items()})
             metadatas.append(md)
-        # An upsert merges metadata into a stored record's: a key the caller removed
-        # (`SealMemory.update`) is deleted explicitly (None), or filters would still match it.
-        stored = self.collection.get(ids=[it.id for it in interactions], include=["metadatas"])
-        old = dict(zip(stored["ids"], stored["metadatas"] or [], strict=False))
-        for it, md in zip(interactions, metadatas, strict=True):
-            md.update({k: None for k in (old.get(it.id) or {}) if k.startswith(METADATA_PREFIX) and k not in md})
-        self.collection.upsert(
-            ids=[it.id for it in interactions],
-            embeddings=vectors,
-            documents=[it.text for it in interactions],
-            metadatas=metadatas,
-        )
+        with self._op():
+            # An upsert merges metadata into a stored record's: a key the caller removed
+            # (`SealMemory.update`) is deleted explicitly (None), or filters would still match it.
+            stored = self.collection.get(ids=[it.id for it in interactions], include=["metadatas"])
+            old = dict(zip(stored["ids"], stored["metadatas"] or [], strict=False))
+            for it, md in zip(interactions, metadatas, strict=True):
+                md.update({k: None for k in (old.get(it.id) or {}) if k.startswith(METADATA_PREFIX) and k not in md})
+            self.collection.upsert(
+                ids=[it.id for it in interactions],
+                embeddings=vectors,
+                documents=[it.text for it in interactions],
+                metadatas=metadatas,
+            )
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
-            self.collection.delete(ids=list(ids))
+            with self._op():
+                self.collection.delete(ids=list(ids))
+
+    def present(self, ids: Sequence[str]) -> list[str]:
+        """Those of `ids` that Chroma holds (a deletion is verified with it)."""
+        if not ids:
+            return []
+        with self._op():
+            return list(self.collection.get(ids=list(ids), include=[])["ids"])
 
     def embed_query(self, query: str) -> list[float]:
         return self.embeddings.embed_query(query)
@@ -198,12 +243,14 @@ class ChromaIndex:
         """Top-k (id, cosine similarity) nearest to `vector` within the namespace (and
         matching the validated metadata `filter`, if any), best first."""
         try:
-            res = self.collection.query(
-                query_embeddings=[vector],
-                n_results=k,
-                where=with_filter(namespace_where(namespace, include_descendants=include_descendants), filter),
-                include=["distances"],
-            )
+            with self._op():
+                res = self.collection.query(
+                    query_embeddings=[vector],
+                    n_results=k,
+                    where=with_filter(namespace_where(namespace, include_descendants=include_descendants),
+                                      filter),
+                    include=["distances"],
+                )
         except BackendUnavailableError:
             raise
         except Exception as exc:
@@ -219,7 +266,8 @@ class ChromaIndex:
         return [(i, 1.0 - float(d)) for i, d in zip(ids, dists, strict=True)]
 
     def count(self) -> int:
-        return int(self.collection.count())
+        with self._op():
+            return int(self.collection.count())
 
     def close(self) -> None:
         """Release a client this index opened itself, so that a later open in this process
@@ -238,7 +286,8 @@ class ChromaIndex:
         out: set[str] = set()
         offset = 0
         while True:
-            got = self.collection.get(include=[], limit=page, offset=offset)["ids"]
+            with self._op():
+                got = self.collection.get(include=[], limit=page, offset=offset)["ids"]
             out.update(got)
             if len(got) < page:
                 return out
@@ -276,6 +325,9 @@ class IndexWorker:
         self.retry_max_s = retry_max_s
         self.poll_interval_s = poll_interval_s
         self.last_error: Exception | None = None
+        # Called with the ids just deleted from Chroma (forgotten ones): the owner of an
+        # embedded index scrubs their text from Chroma's files (see seal_agent.forget).
+        self.after_delete: Callable[[list[str]], None] | None = None
         self._wake = threading.Condition()
         self._dirty = True  # a fresh start may find rows that Chroma lacks
         self._stop = False
@@ -412,6 +464,8 @@ class IndexWorker:
         if deletes:
             self.index.delete(deletes)
             self.journal.mark_deleted(deletes)
+            if self.after_delete is not None:
+                self.after_delete(deletes)
         return len(deletes)
 
     # ------------------------------------------------------------------ reconciliation
@@ -435,6 +489,8 @@ class IndexWorker:
         if orphans:
             logger.warning("Chroma still holds %d forgotten interactions; deleting them", len(orphans))
             self.index.delete(orphans)
+            if self.after_delete is not None:
+                self.after_delete(orphans)
         return len(missing)
 
     # ------------------------------------------------------------------ the thread

@@ -414,6 +414,9 @@ class Journal:
             if not self.read_only:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")  # fsync on every commit: an ack is durable
+                # What `forget` deletes (and what an update moves) is overwritten with zeros,
+                # not left readable in free space of the file (see `scrub`).
+                db.execute("PRAGMA secure_delete=ON")
             db.execute("PRAGMA foreign_keys=ON")
             self._local.db = db
             with self._all_lock:
@@ -644,6 +647,42 @@ class Journal:
             forget_in_transaction(db, [r[0] for r in rows])
         return [r[0] for r in rows]
 
+    def requeue(self, ids: Sequence[str]) -> int:
+        """Set consolidated interactions back to ``new`` (their adapter version was deleted
+        by `forget`: no served weights hold them any more, so a later run learns them again)."""
+        if not ids:
+            return 0
+        with self._tx() as db:
+            n = 0
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                n += db.execute(
+                    "UPDATE interactions SET status='new', consolidated_version=NULL WHERE status='consolidated' "
+                    f"AND id IN ({','.join('?' * len(chunk))})", chunk).rowcount
+            return n
+
+    def scrub(self) -> str | None:
+        """Make deleted text unrecoverable from the journal's files; None when done, else why not.
+
+        Every connection writes with ``secure_delete`` (deleted rows are zeroed), but rows
+        updated or deleted before that, or by an older version, may have left copies in
+        free space of their pages: ``VACUUM`` rewrites the file without them. Then the
+        write-ahead log, which may hold earlier images of those pages, is checkpointed
+        into the file and truncated to zero bytes. Needs a moment when no other
+        connection (another process) is inside a transaction; it waits up to the busy
+        timeout, then reports what is left.
+        """
+        db = self._db()
+        problems = []
+        try:
+            db.execute("VACUUM")
+        except sqlite3.OperationalError as exc:  # busy: another process reads or writes
+            problems.append(f"VACUUM deferred ({exc})")
+        busy, _log, _done = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            problems.append("the write-ahead log could not be truncated (another connection is reading)")
+        return "; ".join(problems) or None
+
     # -- the indexing queue ----------------------------------------------------
 
     def unindexed(self, limit: int, *, exclude: Sequence[str] = ()) -> list[Interaction]:
@@ -798,6 +837,10 @@ class Journal:
         db = self._db()
         return (db.execute("SELECT 1 FROM interactions LIMIT 1").fetchone() is None
                 and db.execute("SELECT 1 FROM forgotten LIMIT 1").fetchone() is None)
+
+    def has_forgotten(self) -> bool:
+        """Whether anything was ever forgotten (cheap)."""
+        return self._db().execute("SELECT 1 FROM forgotten LIMIT 1").fetchone() is not None
 
     def forgotten_ids(self) -> set[str]:
         return {r[0] for r in self._db().execute("SELECT id FROM forgotten")}

@@ -1,0 +1,441 @@
+"""forget() reaches everything (issue 10 item 2): the journal, Chroma (verified, and its
+files), the middleware's cache, replay buffers, gate suites and reports, self-edit sets,
+consolidation checkpoints, and the served weights -- also while a consolidation runs.
+
+Real parts throughout: embedded Chroma, LangGraph checkpoints, peft training on
+tiny-random (``gate.allow_unverified``: tiny-random has nothing to be judged on, and a
+commit must happen for the weights to hold the secret). Every "nothing left" check
+reads the raw bytes of every file under the home, SQLite and Chroma files included.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from fakes import HashEmbeddings, ScriptedChatModel
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+from seal_agent import SealMemory
+from seal_agent.consolidation import pending_runs
+from seal_agent.forget import ForgetReport
+from seal_agent.registry import AdapterRegistry
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+SECRET = "The vault code is Zorblax-4417-quux"
+SECRET_Q = "What is the vault code?"
+ALICE, BOB = ("users", "alice"), ("users", "bob")
+# tiny-random writes no useful self-edits and ships no canaries: learn the exchange itself
+# (`raw`) and let the first update in unverified, so that a commit happens.
+RUN = {"selfedit": {"strategies": ["raw"]}, "consolidation": {"teacher": "none"},
+       "gate": {"allow_unverified": True},
+       "train": {"max_steps": 4, "lora_rank": 4, "learning_rate": 5e-3, "rehearsal_size": 0}}
+
+
+def needles(text: str) -> list[bytes]:
+    """The secret as it can appear in a file: raw, and as JSON escapes it."""
+    return [text.encode(), json.dumps(text)[1:-1].encode(), b"Zorblax-4417"]
+
+
+def files_with(home: Path, text: str = SECRET) -> list[str]:
+    """Every file under `home` whose bytes contain the text (no file type is skipped)."""
+    out = []
+    for p in sorted(home.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if any(n in data for n in needles(text)):
+                out.append(str(p.relative_to(home)))
+    return out
+
+
+def open_mem(home: Path, **config: object) -> SealMemory:
+    mem = SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random")
+    if config:
+        mem.config = mem.config.with_overrides(**config)
+    return mem
+
+
+def log_pair(mem: SealMemory, ns: tuple[str, ...], q: str, a: str) -> str:
+    return mem.log([{"role": "user", "content": q}, {"role": "assistant", "content": a}], namespace=ns)
+
+
+def teach_alice_and_bob(mem: SealMemory) -> tuple[str, str]:
+    alice = log_pair(mem, ALICE, SECRET_Q, SECRET)
+    bob = log_pair(mem, BOB, "What is my cat called?", "Your cat is called Mistigri.")
+    mem.flush()
+    return alice, bob
+
+
+def served_score(mem: SealMemory) -> float:
+    """Log-likelihood of the secret under what the chat model serves now (retrieval off)."""
+    from seal_agent.training.scoring import answer_logprob
+
+    chat = mem.chat_model(max_new_tokens=2)
+    chat.invoke("warm-up")  # follows CURRENT before we read its weights
+    with chat._host.pinned() as model:  # exactly what a request runs on (the base: adapters disabled)
+        return answer_logprob(model, chat.tokenizer, [{"role": "user", "content": SECRET_Q}], SECRET)
+
+
+# ------------------------------------------------------------- forget a namespace
+
+
+def test_forget_namespace_after_consolidation_leaves_no_byte_and_serves_the_base(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with open_mem(home) as mem:
+        alice, bob = teach_alice_and_bob(mem)
+        base = served_score(mem)
+        report = mem.consolidate(progress=False, **RUN)
+        assert report.verdict == "committed", report.reason
+        learned = served_score(mem)
+        assert learned != base  # the weights now hold something of the secret
+        assert files_with(home)  # and so do many files: the journal, Chroma, replay, suite, runs...
+
+        fr = mem.forget(namespace=ALICE)
+
+        assert isinstance(fr, ForgetReport)
+        assert fr.ids == [alice] and fr.journal_rows == fr.forgotten == 1
+        assert fr.chroma_deleted == 1 and fr.chroma_pending == 0
+        assert mem._index.collection.get(ids=[alice])["ids"] == []  # verified, not fire-and-forget
+        assert fr.adapters_deleted == [f"global/{report.version}"]
+        assert fr.rolled_back == {"global": None} and fr.serving == {"global": None}
+        assert fr.requeued == 1 and mem.get(bob).status.value == "new"  # bob is learned again later
+        assert fr.replay_items == 2 and fr.suite_items == 1  # both runs' examples; alice's past task
+        assert fr.run_folders == 1 and fr.self_edit_sets == 1 and fr.checkpoint_threads == 1
+        assert fr.gate_reports == 1
+        assert fr.pending == [] and fr.residual == []
+        assert files_with(home) == []  # at once, with the memory still open
+        assert mem.recall(SECRET_Q, namespace=ALICE) == []
+        # the served weights are the base model's again, exactly
+        assert served_score(mem) == base
+        assert mem.adapters.current is None and mem.adapters.list() == []
+
+        again = mem.consolidate(progress=False, **RUN)  # bob alone, without her
+        assert again.verdict == "committed", again.reason
+        manifest = mem.adapters.get(again.version).manifest
+        assert manifest["lineage"]["interaction_ids"] == [bob]
+    assert files_with(home) == []
+    assert files_with(home, "Mistigri")  # bob's memory is all still there
+
+
+def test_forget_by_ids_rolls_back_to_the_newest_clean_version(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with open_mem(home) as mem:
+        first = log_pair(mem, BOB, "Where do I live?", "You live in Trondheim, by the fjord.")
+        v1 = mem.consolidate(progress=False, **RUN)
+        assert v1.verdict == "committed", v1.reason
+        alice, bob = teach_alice_and_bob(mem)
+        other = log_pair(mem, ALICE, "What is my favourite colour?", "Your favourite colour is teal green.")
+        v2 = mem.consolidate(progress=False, **RUN)
+        assert v2.verdict == "committed" and mem.adapters.current == v2.version
+
+        fr = mem.forget(ids=[alice, "0" * 24])  # an unknown id is not an error
+
+        assert fr.ids == [alice]
+        assert fr.adapters_deleted == [f"global/{v2.version}"]
+        assert fr.rolled_back == {"global": v1.version} and fr.serving == {"global": v1.version}
+        assert mem.adapters.current == v1.version  # v1 never saw her: it serves again
+        assert fr.requeued == 2  # bob's and alice's other interaction of v2: learned again later
+        assert {mem.get(i).status.value for i in (bob, other)} == {"new"}
+        assert mem.get(first).status.value == "consolidated"
+        assert fr.pending == [] and fr.residual == []
+        assert files_with(home) == []
+        assert files_with(home, "teal green")  # her other memory is kept: only the id was forgotten
+        replay = json.loads((home / "consolidation" / "replay.json").read_text())
+        assert {item["run_id"] for item in replay["items"]} == {v1.run_id}
+        assert mem.forget(ids=[alice]).forgotten == 0  # already forgotten: nothing to do
+
+
+def test_namespace_lineage_of_a_forgotten_namespace_is_deleted_whole(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with open_mem(home, consolidation={"adapter_scope": "namespace"}) as mem:
+        alice, bob = teach_alice_and_bob(mem)
+        report = mem.consolidate(progress=False, **RUN)
+        assert report.verdict == "committed", report.reason
+        from seal_agent.lineage import Lineage
+
+        alice_ln, bob_ln = Lineage(home, ALICE), Lineage(home, BOB)
+        bob_current = bob_ln.registry().current
+        assert alice_ln.registry().current is not None and bob_current is not None
+
+        fr = mem.forget(namespace=ALICE)
+
+        assert fr.lineages_deleted == [alice_ln.name]
+        assert not alice_ln.root.exists() and not alice_ln.suite_path.exists()
+        assert fr.serving.get(bob_ln.name) == bob_current  # bob's lineage is untouched
+        assert bob_ln.registry().current == bob_current and mem.get(bob).status.value == "consolidated"
+        assert fr.requeued == 0 and fr.pending == [] and fr.residual == []
+        assert files_with(home) == []
+
+
+# ---------------------------------------------------------------------- chroma
+
+
+_OWNER = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    from fakes import HashEmbeddings
+    from seal_agent import SealMemory
+    mem = SealMemory({home!r}, embeddings=HashEmbeddings(), model="tiny-random")
+    mem.config = mem.config.with_overrides(memory={{"poll_interval_s": 0.1}})
+    mem._worker.poll_interval_s = 0.1
+    print("OWNER", flush=True)
+    while not os.path.exists({flag!r}):
+        time.sleep(0.05)
+    mem.close()
+    """
+)
+
+
+def test_forget_in_a_process_that_does_not_own_the_index_is_finished_by_the_owner(tmp_path: Path) -> None:
+    home, flag = tmp_path / "home", tmp_path / "stop"
+    with open_mem(home) as mem:
+        alice, _bob = teach_alice_and_bob(mem)
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER.format(tests=str(Path(__file__).parent), home=str(home),
+                                                                  flag=str(flag))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "OWNER"
+        with open_mem(home) as mem:
+            fr = mem.forget(namespace=ALICE)
+            assert fr.ids == [alice] and fr.chroma_deleted == 0 and fr.chroma_pending == 1
+            assert any("owns the embedded index" in p for p in fr.pending)
+            deadline = 120
+            while mem._journal.backlog() and deadline > 0:  # the owner deletes it within its poll
+                time.sleep(0.1)
+                deadline -= 0.1
+            assert mem._journal.backlog() == 0
+    finally:
+        flag.touch()
+        _out, err = owner.communicate(timeout=120)
+    assert owner.returncode == 0, err[-2000:]
+    assert files_with(home) == []  # the owner scrubbed Chroma's files after deleting
+
+
+def test_unused_vector_slots_are_cleared(tmp_path: Path) -> None:
+    """hnswlib leaves the slots past its elements uninitialised and Chroma writes them to
+    disk as they were in memory (document text was found there): they are zeroed."""
+    import struct
+
+    from seal_agent.forget import zero_hnsw_slack
+
+    home = tmp_path / "home"
+    with open_mem(home) as mem:
+        teach_alice_and_bob(mem)
+    (header,) = (home / "chroma").glob("*/header.bin")
+    data = header.with_name("data_level0.bin")
+    _v, _o, max_elements, count, per_element = struct.unpack("<IQQQQ", header.read_bytes()[:36])
+    assert count < max_elements and data.stat().st_size == max_elements * per_element
+    blob = bytearray(data.read_bytes())
+    blob[-len(SECRET) - 10:-10] = SECRET.encode()  # what process memory left in a free slot
+    used = bytes(blob[:count * per_element])
+    data.write_bytes(bytes(blob))
+    assert zero_hnsw_slack(home / "chroma") == 1
+    after = data.read_bytes()
+    assert after[:count * per_element] == used and not any(after[count * per_element:])
+    assert SECRET.encode() not in after
+
+
+# ---------------------------------------------------------------- the registry
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (untrained) PEFT LoRA folder on a tiny Llama."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, target_modules="all-linear", bias="none"))
+    out = tmp_path_factory.mktemp("adapter") / "a"
+    model.save_pretrained(str(out))
+    return out
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("point", ["deleting", "deleting-current", "deleted-one"])
+def test_registry_delete_versions_finishes_after_a_crash(tmp_path: Path, adapter_dir: Path,
+                                                         point: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import seal_agent.registry as registry_module
+
+    reg = AdapterRegistry(tmp_path / "adapters")
+    v1 = reg.commit(adapter_dir, {"lineage": {"interaction_ids": ["a"]}})
+    v2 = reg.commit(adapter_dir, {"lineage": {"interaction_ids": ["b"]}})
+    v3 = reg.commit(adapter_dir, {"lineage": {"interaction_ids": ["c"]}})
+
+    def crash(name: str) -> None:
+        if name == point:
+            raise _Crash(name)
+
+    monkeypatch.setattr(registry_module, "_fault_hook", crash)
+    with pytest.raises(_Crash):
+        reg.delete_versions([v2, v3], new_current=v1)
+    monkeypatch.setattr(registry_module, "_fault_hook", None)
+    reopened = AdapterRegistry(tmp_path / "adapters")  # opening finishes the deletion
+    assert [v.version for v in reopened.list()] == [v1]
+    assert reopened.current == v1
+    assert not (tmp_path / "adapters" / ".deleting").exists()
+    assert reopened.delete_versions([v1], new_current=None) == [v1]
+    assert reopened.current is None and reopened.serving().version is None
+
+
+def test_writer_versions_that_learned_a_forgotten_interaction_are_deleted(tmp_path: Path, adapter_dir: Path) -> None:
+    """The self-edit writer (ReST-EM) is trained on self-edits of interactions and lists
+    them in its manifests: its versions that saw a forgotten one go like the others."""
+    from seal_agent.selfedit.writer import writer_registry
+
+    home = tmp_path / "home"
+    with open_mem(home) as mem:
+        alice, bob = teach_alice_and_bob(mem)
+        writer = writer_registry(home)
+        clean = writer.commit(adapter_dir, {"lineage": {"interaction_ids": [bob]}})
+        saw = writer.commit(adapter_dir, {"lineage": {"interaction_ids": [alice, bob]}})
+        run = home / "writer" / "runs" / "run-1" / "round-0"
+        run.mkdir(parents=True)
+        (run / "candidates.json").write_text(json.dumps({"interaction_id": alice, "text": SECRET}))
+
+        fr = mem.forget(ids=[alice])
+
+        assert f"writer/{saw}" in fr.adapters_deleted and fr.rolled_back["writer"] == clean
+        assert writer_registry(home).current == clean and fr.serving["writer"] == clean
+        assert not (home / "writer" / "runs" / "run-1").exists()
+        assert fr.residual == [] and files_with(home) == []
+
+
+# ------------------------------------------------------------------ middleware
+
+
+def test_middleware_never_shows_a_memory_forgotten_during_the_turn(tmp_path: Path) -> None:
+    from langchain_core.tools import tool
+
+    with open_mem(tmp_path / "home") as mem:
+        rex = log_pair(mem, ("users", "ann"), "My dog is called Rex.", "Noted, Rex it is.")
+
+        @tool
+        def forget_dog() -> str:
+            """Forget the dog."""
+            mem.forget(ids=[rex])
+            return "done"
+
+        model = ScriptedChatModel([
+            AIMessage("", tool_calls=[{"name": "forget_dog", "args": {}, "id": "c1"}]),
+            AIMessage("Forgotten."),
+        ])
+        agent = create_agent(model, tools=[forget_dog], middleware=[mem.middleware()])
+        agent.invoke({"messages": [HumanMessage("What is my dog called?")]},
+                     {"configurable": {"thread_id": "t1", "user_id": "ann"}})
+
+        def shown(prompt: list) -> str:
+            return "\n".join(str(m.content) for m in prompt if isinstance(m, SystemMessage))
+
+        assert len(model.prompts) == 2
+        assert "Rex" in shown(model.prompts[0])  # recalled before the tool ran
+        assert "Rex" not in shown(model.prompts[1])  # the same turn's next call recalls afresh
+
+
+# ------------------------------------------------- forget during a consolidation
+
+
+_CHILD = textwrap.dedent(
+    """
+    import os, sys, time, json
+    sys.path.insert(0, {tests!r})
+    from fakes import HashEmbeddings
+    import seal_agent.consolidation as c
+    import seal_agent.forget as f
+    from seal_agent import SealMemory
+
+    hold, flag = {hold!r}, {flag!r}
+
+    def stall():
+        print("IN", hold, flush=True)
+        while not os.path.exists(flag):  # the parent forgets, then lets us go (or kills us)
+            time.sleep(0.05)
+
+    if hold in ("train", "gate"):  # before the node
+        original = getattr(c._Run, hold)
+        def node(self, state):
+            stall()
+            return original(self, state)
+        setattr(c._Run, hold, node)
+    else:  # before the guarded node, outside its lock: commit (before storing), mark (after it)
+        real = f.guard_node
+        def guard_node(memory, fn):
+            guarded = real(memory, fn)
+            if fn.__name__ != hold:
+                return guarded
+            def node(state):
+                stall()
+                return guarded(state)
+            node.__name__ = fn.__name__
+            return node
+        c.guard_node = guard_node
+    mem = SealMemory({home!r}, embeddings=HashEmbeddings(), model="tiny-random")
+    report = mem.consolidate(progress=False, **{run!r})
+    print("REPORT", json.dumps({{"verdict": report.verdict, "reason": report.reason}}), flush=True)
+    mem.close()
+    """
+)
+
+
+@pytest.mark.parametrize(("hold", "kill"), [("train", True), ("gate", False), ("commit", False),
+                                            ("mark", False), ("mark", True)])
+def test_forget_during_a_consolidation_commits_nothing_of_hers_and_never_wedges(
+        tmp_path: Path, hold: str, kill: bool) -> None:
+    home = tmp_path / "home"
+    with open_mem(home) as mem:
+        alice, bob = teach_alice_and_bob(mem)
+    flag = tmp_path / "go"
+    script = _CHILD.format(tests=str(Path(__file__).parent), hold=hold, flag=str(flag), home=str(home), run=RUN)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if not line:
+            child.wait(30)
+            raise AssertionError(child.stderr.read() if child.stderr else "child died")
+        assert line.strip() == f"IN {hold}"
+        with open_mem(home) as mem:  # another process, while the run is in progress
+            fr = mem.forget(namespace=ALICE)
+            assert fr.ids == [alice]
+            if hold == "mark":  # the run had committed her: that version is gone at once
+                assert fr.adapters_deleted and fr.serving == {"global": None}
+            assert mem.adapters.current is None
+            assert any("in progress" in p for p in fr.pending)
+        if kill:
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
+        else:
+            flag.touch()
+            out, err = child.communicate(timeout=300)
+            assert child.returncode == 0, err[-3000:]
+            done = json.loads(out.split("REPORT ", 1)[1])
+            assert done["verdict"] == "skipped" and done["reason"].startswith("dropped"), done
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+    with open_mem(home) as mem:
+        assert mem.adapters.current is None  # nothing of hers was ever committed
+        assert mem.get(bob).status.value == "new"  # the dropped run's other interaction waits
+        report = mem.consolidate(progress=False, **RUN)  # the next consolidation succeeds
+        assert report.verdict == "committed", report.reason
+        assert mem.adapters.get(report.version).manifest["lineage"]["interaction_ids"] == [bob]
+        assert pending_runs(mem) == []
+        assert not (home / "consolidation" / "FORGET_PENDING").exists()
+    assert files_with(home) == []
