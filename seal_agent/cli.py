@@ -247,6 +247,17 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     elif action == "rollback":
         name = reg.rollback(args.version)
         _emit(args, {"current": name}, f"CURRENT is now {name}")
+    elif action == "export" and args.for_vllm:  # what vLLM loads: rank capped to --max-lora-rank
+        from seal_agent.serving.vllm import adapter_name, cap_lora_rank
+
+        v = reg.get(args.version)
+        report = cap_lora_rank(v.path, args.dest, args.max_lora_rank)
+        name = adapter_name(lineage.name, v.version)
+        text = (f"exported to {args.dest} as vLLM adapter {name}: LoRA rank {report['rank']}"
+                + (f" capped to {args.max_lora_rank} (largest relative error of a layer's update "
+                   f"{report['max_relative_error']:.3g})" if report["capped"]
+                   else f" <= --max-lora-rank {args.max_lora_rank}, copied as is"))
+        _emit(args, {"exported": str(args.dest), "vllm_name": name, **report}, text)
     elif action == "export":
         dest = reg.export(args.version, args.dest)
         _emit(args, {"exported": str(dest)}, f"exported to {dest}")
@@ -480,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex = command(asub, "export", cmd_adapters, help="copy a version (a PEFT adapter folder + manifest) to DIR")
     ex.add_argument("version")
     ex.add_argument("dest")
+    ex.add_argument("--for-vllm", action="store_true",
+                    help="write what vLLM loads: the LoRA rank capped to --max-lora-rank (truncated SVD)")
+    ex.add_argument("--max-lora-rank", type=_positive_int, default=16,
+                    help="the vLLM server's --max-lora-rank (default: 16, vLLM's default)")
     for leaf in (al, sh, rb, ex):
         leaf.add_argument("--namespace", help=lineage_help)
 

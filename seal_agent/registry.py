@@ -131,6 +131,11 @@ _CALLER_FIELDS: dict[str, Any] = {
 # Test hook: called with the name of each step of a commit (crash simulation).
 _fault_hook: Callable[[str], None] | None = None
 
+COMMIT_HOOKS: list[Callable[[AdapterRegistry, str], None]] = []
+"""Called as ``hook(registry, version)`` after every commit in this process, e.g. by
+`seal_agent.serving.vllm.VLLMPublisher.install` (registers the version with a vLLM
+server). A hook that raises is logged; the commit stands."""
+
 
 def _fault_point(name: str) -> None:
     if _fault_hook is not None:
@@ -436,7 +441,13 @@ class AdapterRegistry:
             ValidationError: A manifest field is unknown or malformed.
             RegistryError: The registry is locked by another process for too long.
         """
-        return self._store(adapter_dir, manifest, verdict="committed", full_candidate=full_candidate)
+        name = self._store(adapter_dir, manifest, verdict="committed", full_candidate=full_candidate)
+        for hook in list(COMMIT_HOOKS):
+            try:
+                hook(self, name)
+            except Exception:  # serving elsewhere must not undo or fail a commit
+                logger.warning("commit hook %r failed for %s of %s", hook, name, self.root, exc_info=True)
+        return name
 
     def stage(self, adapter_dir: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> str:
         """Keep an adapter that is not served (a rejected or pending candidate) for inspection.

@@ -1,0 +1,1 @@
+"""Serving the adapters outside this process (vLLM)."""
