@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fakes import HashEmbeddings
+from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from seal_agent import SealMemory
@@ -131,12 +132,14 @@ def test_commit_hook_registers_each_version_and_the_chat_model_follows_current(
         stub: StubVLLM, tmp_path: Path) -> None:
     mem = SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random")
     try:
-        publisher = VLLMPublisher(mem.home, VLLMServer(stub.url), max_lora_rank=16).install()
+        mount = tmp_path / "mnt-seal"  # where the vLLM host mounts the shared home
+        mount.symlink_to(mem.home)
+        publisher = VLLMPublisher(mem.home, VLLMServer(stub.url), max_lora_rank=16, lora_root=mount).install()
         chat = vllm_chat_model(mem, stub.url, base_model=BASE, namespace=("users", "al"))
         assert chat.invoke([HumanMessage("hi")]).content == f"served by {BASE}"  # nothing committed yet
         reg = mem.adapters
         v1 = reg.commit(_adapter(tmp_path / "a1", 4), _manifest(4))
-        assert stub.loads == [(adapter_name("global", v1), str(mem.home / "adapters" / v1))]
+        assert stub.loads == [(adapter_name("global", v1), str(mount / "adapters" / v1))]
         reply = chat.invoke([SystemMessage("be brief"), HumanMessage("what do you know?")])
         assert reply.content == f"served by global-{v1}"
         assert stub.chats[-1][1] == [{"role": "system", "content": "be brief"},
@@ -147,6 +150,13 @@ def test_commit_hook_registers_each_version_and_the_chat_model_follows_current(
         assert publisher.sync() == {"global": f"global-{v1}"}  # already loaded: the name is immutable
         assert chat.invoke([HumanMessage("again")]).content == f"served by global-{v1}"
         assert [n for n, _ in stub.loads] == [f"global-{v1}", f"global-{v2}"]
+        mem.log([{"role": "user", "content": "my dog is called Rex"}, {"role": "assistant", "content": "Nice."}],
+                namespace=("users", "al"))
+        agent = create_agent(chat, tools=[], middleware=[mem.middleware()])
+        out = agent.invoke({"messages": [HumanMessage("what is my dog called?")]},
+                           {"configurable": {"thread_id": "t1", "user_id": "al"}})
+        assert out["messages"][-1].content == f"served by global-{v1}"
+        assert "Rex" in stub.chats[-1][1][0]["content"]  # the recalled memory reached vLLM
         publisher.uninstall()
         assert not COMMIT_HOOKS
     finally:
