@@ -244,3 +244,24 @@ def test_unreachable_postgres_is_named_and_nothing_acknowledged() -> None:
     with pytest.raises(BackendUnavailableError) as err:
         open_journal(f"postgresql://al:secret@127.0.0.1:{port}/seal")
     assert f"127.0.0.1:{port}/seal" in str(err.value) and "secret" not in str(err.value)
+
+
+def test_facts_live_in_the_journals_database(journal: JournalBackend) -> None:
+    """The facts' SQL (SQLite dialect) runs on both backends: add, supersede, list,
+    history, and forget of a source deletes its facts in the same transaction."""
+    from fakes import HashEmbeddings
+
+    from seal_agent.memory.facts import FactStore, fact_key
+    from seal_agent.memory.index import ChromaIndex
+
+    a, b = make("my favourite colour is green"), make("actually my favourite colour is blue")
+    journal.insert_many([a, b])
+    store = FactStore(journal, ChromaIndex(lambda: None, "unused_facts", HashEmbeddings()))  # type: ignore[arg-type]
+    green, blue = "My favourite colour is green.", "My favourite colour is blue."
+    [g] = store.add([(("default",), green, fact_key(green)[0], a.id)])
+    [bl] = store.add([(("default",), blue, fact_key(blue)[0], b.id)])
+    assert [f.text for f in store.list()] == [blue]  # the newer answer supersedes the older
+    assert {f.id: f.status for f in store.list(include_superseded=True)} == {g: "superseded", bl: "active"}
+    assert [e.event for e in store.history(g)][:2] == ["created", "created"]
+    journal.forget(namespace=None, ids=[b.id])
+    assert store.get(bl) is None and [f.id for f in store.list(include_superseded=True)] == [g]

@@ -259,3 +259,56 @@ def test_postgres_down_mid_load_fails_clearly_and_loses_nothing(tmp_path: Path) 
         mem.close()
     finally:
         cluster.destroy()
+
+
+_HELD_RUN = """
+    import sys, time
+    sys.path.insert(0, {tests})
+    from fakes import HashEmbeddings
+    import seal_agent.consolidation as c
+    from seal_agent import SealMemory
+
+    def stall(self, state):
+        print("IN train", flush=True)
+        time.sleep(600)  # the parent kills us here
+
+    c._Run.train = stall
+    m = SealMemory({home}, embeddings=HashEmbeddings(), model="tiny-random")
+    m.consolidate(progress=False, selfedit={{"strategies": ["raw"]}}, consolidation={{"teacher": "none"}},
+                  gate={{"allow_unverified": True}}, train={{"max_steps": 2, "lora_rank": 4}})
+"""
+
+
+def test_kill_9_of_the_consolidating_process_next_run_resumes_from_postgres(postgres: Any, tmp_path: Path) -> None:
+    """The consolidating process dies (SIGKILL) mid-run: the server frees the advisory
+    lock with its connection, and the next consolidation resumes the run from its
+    PostgresSaver checkpoints and commits it."""
+    import signal
+
+    from seal_agent.consolidation import pending_runs
+
+    url = postgres.create_database("kill")
+    home = tmp_path / "home"
+    _config(home, url)
+    raw: dict[str, Any] = {"selfedit": {"strategies": ["raw"]}, "consolidation": {"teacher": "none"},
+                           "gate": {"allow_unverified": True}, "train": {"max_steps": 2, "lora_rank": 4}}
+    with SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random") as m:
+        ids = [m.log([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+               for q, a in [("Capital of Zorbia?", "Quexlin."), ("Painter of the blue moon?", "Ana Verr.")]]
+    proc = _spawn(_HELD_RUN, home=str(home))
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "IN train", proc.stderr.read() if proc.stderr else ""
+    with SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random") as m:
+        busy = m.consolidate(progress=False, **raw)
+        assert busy.verdict == "skipped" and busy.reason == "another consolidation is running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    with SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random") as m:
+        [killed] = pending_runs(m)
+        report = m.consolidate(progress=False, **raw)
+        assert report.verdict == "committed", report.reason
+        assert report.run_id == killed  # resumed, not started afresh
+        assert {m.get(i).consolidated_version for i in ids} == {report.version}
+        assert pending_runs(m) == []
+    assert not (home / "consolidation" / "checkpoints.sqlite3").exists()  # the checkpoints are in Postgres
