@@ -32,6 +32,7 @@ the table, Chroma and the history's content.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -247,6 +248,11 @@ class FactStore:
                 self._seen = client
         return self.index.collection
 
+    def _op(self) -> Any:
+        """The interactions index's operation gate: a forget scrubbing Chroma's files from
+        a child process holds every Chroma call of this process back, facts' included."""
+        return self._main._op() if self._main is not None else contextlib.nullcontext()
+
     def _schema(self) -> None:
         with self.journal._tx() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -331,7 +337,8 @@ class FactStore:
             fresh = db.execute("SELECT id, namespace, text, created_at FROM facts "
                                "WHERE indexed=0 AND status='active'").fetchall()
             if deleted or stale:
-                self._coll().delete(ids=deleted + stale)
+                with self._op():
+                    self._coll().delete(ids=deleted + stale)
             if fresh:
                 vectors = self.index.embed_texts([r[2] for r in fresh], self.index.embeddings)
                 metadatas = []
@@ -341,8 +348,9 @@ class FactStore:
                                           "created_at": datetime.fromisoformat(created).timestamp()}
                     md.update({f"ns_{i}": label for i, label in enumerate(ns)})
                     metadatas.append(md)
-                self._coll().upsert(ids=[r[0] for r in fresh], embeddings=vectors,
-                                             documents=[r[2] for r in fresh], metadatas=metadatas)
+                with self._op():
+                    self._coll().upsert(ids=[r[0] for r in fresh], embeddings=vectors,
+                                        documents=[r[2] for r in fresh], metadatas=metadatas)
             with self.journal._tx() as wdb:
                 done = stale + [r[0] for r in fresh]
                 wdb.executemany("UPDATE facts SET indexed=1 WHERE id=?", [(i,) for i in done])
@@ -384,11 +392,12 @@ class FactStore:
         whose source is no longer live (forgotten, expired) is never returned."""
         if not self._ready and not self._has_table():
             return []
-        if not self._coll().count():
-            return []
-        res = self._coll().query(
-            query_embeddings=[vector], n_results=k, include=["distances"],
-            where=namespace_where(namespace, include_descendants=include_descendants))
+        with self._op():
+            if not self._coll().count():
+                return []
+            res = self._coll().query(
+                query_embeddings=[vector], n_results=k, include=["distances"],
+                where=namespace_where(namespace, include_descendants=include_descendants))
         hits = list(zip(res["ids"][0], res["distances"][0], strict=True))
         if not hits:
             return []
