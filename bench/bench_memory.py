@@ -619,6 +619,157 @@ def print_summary(res: Results) -> None:
         print(f"   [{'PASS' if g['pass'] else 'FAIL'}] {g['goal']}: {g['value']}")
 
 
+# ====================================================================== journals (issue 12)
+
+
+class CheapEmbeddings(Embeddings):
+    """A 64-dim hash of the text: keeps the embedding model's cost out of the journal
+    comparison (both backends get the same worker load; the figure is the journal's)."""
+
+    def _one(self, text: str) -> list[float]:
+        rng = np.random.default_rng(abs(hash(text)) % (2**32))
+        v = rng.standard_normal(64)
+        return (v / np.linalg.norm(v)).tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self._one(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._one(text)
+
+
+def _journal_writer(home: str, url: str | None, n: int, seed: int, start_at: float) -> dict[str, Any]:
+    """One writer process: `n` timed `log()` calls from `start_at` (wall clock) on."""
+    mem = SealMemory(home, embeddings=CheapEmbeddings(), journal_url=url, model="tiny-random")
+    exchanges = make_exchanges(n + 20, seed)
+    for ex in exchanges[:20]:  # warm-up, untimed
+        mem.log(as_messages(ex), namespace=("users", "warm"))
+    time.sleep(max(0.0, start_at - time.time()))
+    lat = []
+    for i, ex in enumerate(exchanges[20:]):
+        t = time.perf_counter()
+        mem.log(as_messages(ex), namespace=("users", f"u{i % N_USERS}"))
+        lat.append(time.perf_counter() - t)
+    end = time.time()
+    mem.close()
+    return {"lat": lat, "end": end}
+
+
+class _PlainInsert:
+    """The baseline: one INSERT + commit per call on the same engine, same durability
+    (SQLite WAL + synchronous=FULL; Postgres synchronous_commit=on)."""
+
+    def __init__(self, url: str | None, path: Path) -> None:
+        self.body = json.dumps(as_messages(make_exchanges(1, 5)[0]))
+        self.i = 0
+        self.url = url
+        if url is None:
+            import sqlite3
+
+            self.db: Any = sqlite3.connect(path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+        else:
+            import psycopg
+
+            self.db = psycopg.connect(url, autocommit=True, options="-c synchronous_commit=on")
+        self.db.execute("CREATE TABLE IF NOT EXISTS plain (id TEXT PRIMARY KEY, body TEXT)")
+
+    def __call__(self) -> float:
+        self.i += 1
+        t = time.perf_counter()
+        if self.url is None:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT INTO plain VALUES (?, ?)", (f"id{self.i}", self.body))
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("INSERT INTO plain VALUES (%s, %s)", (f"id{self.i}", self.body))
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def bench_journals(n_logs: int, writers: Sequence[int], workdir: Path) -> dict[str, Any]:
+    """`log()` p50/p99 and ingest on the SQLite and the Postgres journal (a throwaway
+    cluster on loopback, made like the tests make it), with 1, 2, 4... writer processes,
+    and the ratio to a plain INSERT + commit per call on the same engine."""
+    import multiprocessing
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from pgcluster import start_cluster
+
+    cluster = start_cluster()
+    if cluster is None:
+        raise SystemExit("PostgreSQL (initdb, pg_ctl) is not installed")
+    out: dict[str, Any] = {}
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        for backend in ("sqlite", "postgres"):
+            row: dict[str, Any] = {}
+            url = cluster.create_database("bench") if backend == "postgres" else None
+            # One process: a plain INSERT and a log() timed back to back, alternating, so
+            # that drift in machine load hits both equally.
+            plain = _PlainInsert(url, workdir / f"plain-{backend}.sqlite3")
+            home = workdir / f"one-{backend}"
+            mem = SealMemory(home, embeddings=CheapEmbeddings(), journal_url=url, model="tiny-random")
+            exchanges = make_exchanges(n_logs + 20, 11)
+            for ex in exchanges[:20]:
+                mem.log(as_messages(ex), namespace=("users", "warm"))
+                plain()
+            mem.flush(timeout=600)
+            settle()
+            base_lat, log_lat = [], []
+            t0 = time.perf_counter()
+            for i, ex in enumerate(exchanges[20:]):
+                if i % 2:
+                    base_lat.append(plain())
+                t = time.perf_counter()
+                mem.log(as_messages(ex), namespace=("users", f"u{i % N_USERS}"))
+                log_lat.append(time.perf_counter() - t)
+                if not i % 2:
+                    base_lat.append(plain())
+            mem.flush(timeout=600)  # ingest: until the worker has indexed every one of them
+            row["ingest_per_s"] = n_logs / (time.perf_counter() - t0)
+            mem.close()
+            plain.close()
+            base, one = Stats.of(base_lat), Stats.of(log_lat)
+            row["plain_insert"] = base.__dict__
+            row["log_1_process"] = {**one.__dict__, "p50_vs_plain": one.p50 / base.p50,
+                                    "p99_vs_plain": one.p99 / base.p99}
+            for w in writers:
+                url_w = cluster.create_database("benchw") if backend == "postgres" else None
+                home_w = str(workdir / f"w{w}-{backend}")
+                start_at = time.time() + 10 + 2 * w  # after every child has imported and warmed up
+                with ctx.Pool(w) as pool:
+                    parts = pool.starmap(_journal_writer, [(home_w, url_w, n_logs, 100 + k, start_at)
+                                                           for k in range(w)])
+                lat = [x for part in parts for x in part["lat"]]
+                st = Stats.of(lat)
+                row[f"writers_{w}"] = {**st.__dict__, "calls_per_s": len(lat) / (max(p["end"] for p in parts)
+                                                                                 - start_at),
+                                       "p50_vs_plain": st.p50 / base.p50, "p99_vs_plain": st.p99 / base.p99}
+            out[backend] = row
+    finally:
+        cluster.destroy()
+    return out
+
+
+def print_journals(res: dict[str, Any], writers: Sequence[int]) -> None:
+    print("\n== journals: log() on SQLite vs Postgres (loopback), vs a plain INSERT + commit per call ==")
+    for backend, row in res.items():
+        b = row["plain_insert"]
+        print(f"   {backend:8s} plain INSERT+commit: p50 {fmt_ms(b['p50'])}  p99 {fmt_ms(b['p99'])}   "
+              f"ingest (1 process, log until flush() returns): {row['ingest_per_s']:.0f}/s")
+        r = row["log_1_process"]
+        print(f"   {backend:8s} log() interleaved with it: p50 {fmt_ms(r['p50'])} ({r['p50_vs_plain']:.1f}x plain)  "
+              f"p99 {fmt_ms(r['p99'])} ({r['p99_vs_plain']:.1f}x plain)")
+        for w in writers:
+            r = row[f"writers_{w}"]
+            print(f"   {backend:8s} {w} writer(s): log() p50 {fmt_ms(r['p50'])} ({r['p50_vs_plain']:.1f}x plain)  "
+                  f"p99 {fmt_ms(r['p99'])} ({r['p99_vs_plain']:.1f}x plain)  {r['calls_per_s']:.0f} calls/s in all")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="sizes 1k,10k and fewer logs/queries (~2 min)")
@@ -631,7 +782,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, metavar="N",
                    help="torch.set_num_threads(N) before anything runs (default: torch's default, "
                         "i.e. what a SealMemory user gets)")
+    p.add_argument("--journals", action="store_true",
+                   help="only the journal comparison: log() and ingest on SQLite vs Postgres, 1/2/4 writers")
+    p.add_argument("--writers", default="1,2,4", help="writer processes for --journals (default 1,2,4)")
     args = p.parse_args(argv)
+    if args.journals:
+        writers = [int(w) for w in args.writers.split(",")]
+        n = args.logs or (300 if args.quick else 1000)
+        print(f"seal_agent journal benchmark: {n} timed log() per writer; load average (1 min) at start: {loadavg()}")
+        workdir = Path(tempfile.mkdtemp(prefix="seal-bench-journals-"))
+        try:
+            res_j = bench_journals(n, writers, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print_journals(res_j, writers)
+        print(f"\n   load average (1 min) at end: {loadavg()}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(res_j, indent=2))
+        return 0
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")] if args.sizes else (
         [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000])
     n_logs = args.logs or (300 if args.quick else 1000)
