@@ -190,7 +190,7 @@ def test_scheduler_in_three_processes_fires_once_per_slot(postgres: Any, tmp_pat
     homes = [tmp_path / f"host-{i}" for i in range(3)]
     for h in homes:
         _config(h, url)
-    procs = [_spawn(_SCHEDULER, home=str(h), minutes=2 / 60, seconds=7.0) for h in homes]
+    procs = [_spawn(_SCHEDULER, home=str(h), minutes=1 / 60, seconds=5.0) for h in homes]
     _wait_ready(procs)
     for p in procs:
         assert p.stdin is not None
