@@ -35,7 +35,7 @@ from seal_agent.memory.journal_base import is_postgres_url, redact_url
 if TYPE_CHECKING:
     from seal_agent.seal_memory import SealMemory
 
-__all__ = ["AdvisoryLock", "checkpointer", "claim_slot", "journal_url_of", "run_lock"]
+__all__ = ["AdvisoryLock", "checkpointer", "claim_embedded_index", "claim_slot", "journal_url_of", "run_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,28 @@ def slot_claims(url: str, job: str) -> list[tuple[str, str]]:
             "SELECT slot, claimed_by FROM seal_schedule_slots WHERE job=%s ORDER BY slot", (job,))]
     finally:
         conn.close()
+
+
+def claim_embedded_index(journal: Any, home: Path) -> None:
+    """Refuse a second embedded Chroma index on one Postgres journal.
+
+    The journal's ``indexed`` flag says "Chroma has this row" -- one Chroma. Two homes
+    (hosts) each with an embedded index on one journal would split the rows between
+    them: each indexes what it sees first and marks it done for both. The first home
+    that opens the journal with an embedded index records itself (``meta.embedded_index``,
+    host and path); any other is refused with `ConfigError`. Several homes need a Chroma
+    server (``chroma_url``), which every process indexes into."""
+    from seal_agent.errors import ConfigError
+
+    me = f"{socket.gethostname()}:{Path(home).resolve()}"
+    holder = journal.claim_meta("embedded_index", me)
+    if holder != me:
+        raise ConfigError(
+            "chroma_url", None,
+            f"the journal {journal.path} is indexed by the embedded Chroma of {holder}; another home cannot keep an "
+            "embedded index of it (each would hold part of the rows). Run a Chroma server and open every home with "
+            "chroma_url=... (SEAL_CHROMA_URL); to move the embedded index to this home instead, delete the row "
+            "meta.embedded_index in that database and move the old home's chroma/ folder away")
 
 
 def checkpointer(memory: SealMemory, sqlite_path: Path) -> Any:

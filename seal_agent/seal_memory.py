@@ -146,6 +146,11 @@ class SealMemory:
             raise `StorageError`. Default (None): read-only exactly when the home exists
             and cannot be written (a read-only disk or permissions), with a warning.
             Interactions the writer had not yet indexed are not recalled read-only.
+        journal_url: ``postgresql://user@host:port/db``: the journal (and consolidation's
+            lock, checkpoints and the scheduler's slots) on PostgreSQL, shared by every
+            process and host; default ``$SEAL_JOURNAL_URL``, then ``memory.journal_url``,
+            else ``home/journal.sqlite3``. With an embedded index, one home per journal
+            (several homes need ``chroma_url``). See the README's Deployment section.
 
     Raises:
         StorageError: A file of the home is damaged (the message says how to restore or
@@ -209,6 +214,10 @@ class SealMemory:
         try:
             if chroma_url is None and chroma_client is None:
                 self._check_embedded_index()
+                if self.journal_url and not self.read_only:  # one embedded index per Postgres journal
+                    from seal_agent.coordination import claim_embedded_index
+
+                    claim_embedded_index(self._journal, self.home)
                 if self.read_only:
                     self._snapshot = snapshot_embedded(self.home)
         except BaseException:

@@ -19,7 +19,7 @@ import pytest
 from fakes import HashEmbeddings
 
 from seal_agent import SealMemory
-from seal_agent.errors import BackendUnavailableError, StorageError
+from seal_agent.errors import BackendUnavailableError, ConfigError, StorageError
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ _CONSOLIDATOR = """
     sys.path.insert(0, {tests})
     from fakes import HashEmbeddings
     from seal_agent import SealMemory
-    m = SealMemory({home}, embeddings=HashEmbeddings(), model="tiny-random")
+    m = SealMemory({home}, embeddings=HashEmbeddings(), chroma_url={chroma}, model="tiny-random")
     open({mine}, "w").close()
     while not all(os.path.exists(p) for p in {all}):  # both call consolidate at the same moment
         time.sleep(0.01)
@@ -141,18 +141,21 @@ _CONSOLIDATOR = """
 """
 
 
-def test_two_hosts_consolidate_at_once_one_runs(postgres: Any, tmp_path: Path) -> None:
-    """Two homes (two hosts) share one Postgres journal: the advisory lock, not a file,
-    lets one consolidation run; the other is skipped. The run checkpoints in Postgres."""
+def test_two_hosts_consolidate_at_once_one_runs(postgres: Any, chroma_server: str, tmp_path: Path) -> None:
+    """Two homes (two hosts) share one Postgres journal and one Chroma server: the
+    advisory lock, not a file, lets one consolidation run; the other is skipped. The run
+    checkpoints in Postgres."""
     url = postgres.create_database("cons")
     homes = [tmp_path / "host-a", tmp_path / "host-b"]
+    coll = f"mp_{uuid.uuid4().hex[:10]}"
     for h in homes:
-        _config(h, url)
-    with SealMemory(homes[0], embeddings=HashEmbeddings(), model="tiny-random") as m:
+        _config(h, url, coll)
+    with SealMemory(homes[0], embeddings=HashEmbeddings(), chroma_url=chroma_server, model="tiny-random") as m:
         for q, a in [("What is the capital of Zorbia?", "Quexlin."), ("Who painted the blue moon?", "Ana Verr.")]:
             m.log([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
     flags = [str(tmp_path / f"at-{i}") for i in range(2)]
-    procs = [_spawn(_CONSOLIDATOR, home=str(h), mine=flags[i], all=flags) for i, h in enumerate(homes)]
+    procs = [_spawn(_CONSOLIDATOR, home=str(h), chroma=chroma_server, mine=flags[i], all=flags)
+             for i, h in enumerate(homes)]
     reports = [json.loads(_finish(p, timeout=300).strip().splitlines()[-1]) for p in procs]
     skipped = [r for r in reports if r["reason"] == "another consolidation is running"]
     ran = [r for r in reports if r["reason"] != "another consolidation is running"]
@@ -172,7 +175,7 @@ _SCHEDULER = """
     from seal_agent import SealMemory
     from seal_agent.config import ScheduleConfig
     from seal_agent.scheduler import ConsolidationScheduler
-    m = SealMemory({home}, embeddings=HashEmbeddings(), model="tiny-random")
+    m = SealMemory({home}, embeddings=HashEmbeddings(), chroma_url={chroma}, model="tiny-random")
     s = ConsolidationScheduler(m, ScheduleConfig(interval_minutes={minutes}), run=lambda: "ran")
     print("READY", flush=True)
     sys.stdin.readline()
@@ -185,12 +188,13 @@ _SCHEDULER = """
 """
 
 
-def test_scheduler_in_three_processes_fires_once_per_slot(postgres: Any, tmp_path: Path) -> None:
+def test_scheduler_in_three_processes_fires_once_per_slot(postgres: Any, chroma_server: str, tmp_path: Path) -> None:
     url = postgres.create_database("sched")
     homes = [tmp_path / f"host-{i}" for i in range(3)]
+    coll = f"mp_{uuid.uuid4().hex[:10]}"
     for h in homes:
-        _config(h, url)
-    procs = [_spawn(_SCHEDULER, home=str(h), minutes=1 / 60, seconds=5.0) for h in homes]
+        _config(h, url, coll)
+    procs = [_spawn(_SCHEDULER, home=str(h), chroma=chroma_server, minutes=1 / 60, seconds=5.0) for h in homes]
     _wait_ready(procs)
     for p in procs:
         assert p.stdin is not None
@@ -312,3 +316,23 @@ def test_kill_9_of_the_consolidating_process_next_run_resumes_from_postgres(post
         assert {m.get(i).consolidated_version for i in ids} == {report.version}
         assert pending_runs(m) == []
     assert not (home / "consolidation" / "checkpoints.sqlite3").exists()  # the checkpoints are in Postgres
+
+
+def test_a_second_embedded_index_on_one_postgres_journal_is_refused(postgres: Any, chroma_server: str,
+                                                                     tmp_path: Path) -> None:
+    """`indexed` means "in Chroma" for one Chroma: a second home with an embedded index
+    would split the rows between the two indexes. Refused; a Chroma server is fine."""
+    url = postgres.create_database("emb")
+    first = SealMemory(tmp_path / "a", embeddings=HashEmbeddings(), model="tiny-random", journal_url=url)
+    try:
+        first.log([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}])
+        with pytest.raises(ConfigError) as err:
+            SealMemory(tmp_path / "b", embeddings=HashEmbeddings(), model="tiny-random", journal_url=url)
+        assert str(tmp_path / "a") in str(err.value) and "chroma_url" in str(err.value)
+        again = SealMemory(tmp_path / "a", embeddings=HashEmbeddings(), model="tiny-random", journal_url=url)
+        again.close()  # the same home (another process of it) is the same index
+        with SealMemory(tmp_path / "c", embeddings=HashEmbeddings(), model="tiny-random", journal_url=url,
+                        chroma_url=chroma_server) as served:
+            assert served.get(first.list()[0].id) is not None
+    finally:
+        first.close()

@@ -570,6 +570,13 @@ class PostgresJournal:
     def indexed_ids(self) -> set[str]:
         return {r[0] for r in self._q("SELECT id FROM interactions WHERE indexed=1")}
 
+    def claim_meta(self, key: str, value: str) -> str:
+        """Set ``meta[key]`` to `value` unless it is set; the value it holds afterwards
+        (the first claimant's, among all processes and hosts)."""
+        with self._conn_tx() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, value))
+            return str(conn.execute("SELECT value FROM meta WHERE key=%s", (key,)).fetchone()[0])
+
     # -- reads -----------------------------------------------------------------
 
     def revision(self) -> int:
