@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,8 @@ from seal_agent.memory.journal_base import is_postgres_url, redact_url
 if TYPE_CHECKING:
     from seal_agent.seal_memory import SealMemory
 
-__all__ = ["AdvisoryLock", "checkpointer", "claim_embedded_index", "claim_slot", "journal_url_of", "run_lock"]
+__all__ = ["AdvisoryLock", "checkpoint_threads_matching", "checkpointer", "claim_embedded_index", "claim_slot",
+           "delete_checkpoint_threads", "journal_url_of", "run_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,3 +217,47 @@ def checkpointer(memory: SealMemory, sqlite_path: Path) -> Any:
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_key("schema:checkpoints"),))
     return saver
+
+
+_CHECKPOINT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+
+
+def checkpoint_threads_matching(url: str, match: Callable[[bytes], bool], *, only: str | None = None) -> set[str]:
+    """Threads (consolidation run ids) of the Postgres checkpointer whose checkpoints,
+    metadata, channel blobs or pending writes `match` (forget's search for a forgotten
+    interaction's text or id); `only`: look at that thread alone."""
+    conn = _connect(url)
+    try:
+        if conn.execute("SELECT to_regclass('checkpoints')").fetchone()[0] is None:
+            return set()
+        where, params = ("WHERE thread_id = %s", (only,)) if only is not None else ("", ())
+        found: set[str] = set()
+        queries = (f"SELECT thread_id, convert_to(checkpoint::text || metadata::text, 'UTF8') FROM checkpoints {where}",
+                   f"SELECT thread_id, blob FROM checkpoint_blobs {where}",
+                   f"SELECT thread_id, blob FROM checkpoint_writes {where}")
+        for sql in queries:
+            for tid, data in conn.execute(sql, params):
+                if tid not in found and data is not None and match(bytes(data)):
+                    found.add(tid)
+        return found
+    finally:
+        conn.close()
+
+
+def delete_checkpoint_threads(url: str, threads: Iterable[str]) -> int:
+    """Delete whole threads from the Postgres checkpointer's tables (one transaction),
+    then VACUUM them so the rows' space is reclaimed; how many threads had rows."""
+    wanted = sorted(set(threads))
+    if not wanted:
+        return 0
+    conn = _connect(url)
+    try:
+        with conn.transaction():
+            n = len({r[0] for r in conn.execute("SELECT DISTINCT thread_id FROM checkpoints WHERE thread_id = ANY(%s)",
+                                                (wanted,))})
+            for table in _CHECKPOINT_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE thread_id = ANY(%s)", (wanted,))
+        conn.execute(f"VACUUM {', '.join(_CHECKPOINT_TABLES)}")
+        return n
+    finally:
+        conn.close()

@@ -265,3 +265,35 @@ def test_facts_live_in_the_journals_database(journal: JournalBackend) -> None:
     assert [e.event for e in store.history(g)][:2] == ["created", "created"]
     journal.forget(namespace=None, ids=[b.id])
     assert store.get(bl) is None and [f.id for f in store.list(include_superseded=True)] == [g]
+
+
+def test_postgres_checkpoints_are_found_and_deleted_by_content(postgres: Any, tmp_path: Path) -> None:
+    """What forget needs from the Postgres checkpointer: the threads whose state holds a
+    text, and their deletion (`seal_agent.coordination`)."""
+    from types import SimpleNamespace
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    from seal_agent.coordination import checkpoint_threads_matching, checkpointer, delete_checkpoint_threads
+
+    class State(TypedDict):
+        text: str
+
+    url = postgres.create_database("ckpt")
+    saver = checkpointer(SimpleNamespace(journal_url=url, home=tmp_path), tmp_path / "unused.sqlite3")
+    g = StateGraph(State)
+    g.add_node("echo", lambda s: {"text": s["text"] + " (seen)"})
+    g.add_edge(START, "echo")
+    g.add_edge("echo", END)
+    graph = g.compile(checkpointer=saver)
+    graph.invoke({"text": "the code is 4711-secret"}, {"configurable": {"thread_id": "run-a"}})
+    graph.invoke({"text": "nothing to hide"}, {"configurable": {"thread_id": "run-b"}})
+    assert not (tmp_path / "unused.sqlite3").exists()
+    assert checkpoint_threads_matching(url, lambda b: b"4711-secret" in b) == {"run-a"}
+    assert checkpoint_threads_matching(url, lambda b: b"4711-secret" in b, only="run-b") == set()
+    assert delete_checkpoint_threads(url, {"run-a"}) == 1
+    assert checkpoint_threads_matching(url, lambda b: b"4711-secret" in b) == set()
+    assert graph.get_state({"configurable": {"thread_id": "run-a"}}).values == {}
+    assert graph.get_state({"configurable": {"thread_id": "run-b"}}).values["text"] == "nothing to hide (seen)"
+    saver.conn.close()
