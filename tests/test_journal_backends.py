@@ -297,3 +297,16 @@ def test_postgres_checkpoints_are_found_and_deleted_by_content(postgres: Any, tm
     assert graph.get_state({"configurable": {"thread_id": "run-a"}}).values == {}
     assert graph.get_state({"configurable": {"thread_id": "run-b"}}).values["text"] == "nothing to hide (seen)"
     saver.conn.close()
+
+
+def test_a_failing_batch_writes_nothing(journal: JournalBackend) -> None:
+    """insert_many is one transaction: a clashing id in row 2 leaves row 1 unwritten, and
+    the error is `sqlite3.IntegrityError` on both backends."""
+    import dataclasses
+
+    ok = make("one")
+    clash = dataclasses.replace(make("two"), id=ok.id)
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.insert_many([ok, clash])
+    assert journal.count() == 0
+    assert journal.insert(ok) == (ok.id, True)  # the connection is usable after the rollback

@@ -293,6 +293,8 @@ class PostgresJournal:
         psycopg = self._psycopg
         try:
             yield
+        except psycopg.IntegrityError as exc:  # the interface's type on both backends (SealMemory catches it)
+            raise sqlite3.IntegrityError(f"UNIQUE constraint failed: {str(exc).strip()}") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if isinstance(exc, psycopg.errors.DiskFull):
                 raise StorageError(f"the journal database {self.path} is out of disk space ({exc}); the write was "
@@ -408,7 +410,8 @@ class PostgresJournal:
     def update(self, id_: str, *, messages: Sequence[dict[str, Any]] | None = None, task: str = "",
                outcome: str = "", content_hash: str = "", metadata: dict[str, Any] | None = None,
                feedback: Any = _UNSET, feedback_comment: str | None = None) -> bool:
-        """As `Journal.update`; a duplicate raises `sqlite3.IntegrityError`, as there."""
+        """As `Journal.update`; a duplicate raises `sqlite3.IntegrityError`, as there (every
+        constraint violation does, on this backend too: see `_errors`)."""
         sets: list[str] = []
         params: list[Any] = []
         if messages is not None:
@@ -424,15 +427,12 @@ class PostgresJournal:
             params += [feedback, feedback_comment]
         if not sets:
             return self.get(id_) is not None
-        try:
-            with self._conn_tx() as conn:
-                n = conn.execute(f"UPDATE interactions SET {', '.join(sets)} WHERE id=%s AND {_LIVE}",
-                                 (*params, id_)).rowcount
-                if n:
-                    self._snapshot(conn, id_, "updated")
-                return n > 0
-        except self._psycopg.errors.UniqueViolation as exc:
-            raise sqlite3.IntegrityError(f"UNIQUE constraint failed: {exc}") from exc
+        with self._conn_tx() as conn:
+            n = conn.execute(f"UPDATE interactions SET {', '.join(sets)} WHERE id=%s AND {_LIVE}",
+                             (*params, id_)).rowcount
+            if n:
+                self._snapshot(conn, id_, "updated")
+            return n > 0
 
     def set_status(self, ids: Sequence[str], status: InteractionStatus, version: str | None) -> int:
         with self._conn_tx() as conn:
