@@ -94,3 +94,13 @@ def postgres() -> Iterator[object]:
         pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture(autouse=True)
+def _journal_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEAL_TEST_JOURNAL=postgres: every SealMemory a test opens without a journal_url
+    gets a fresh Postgres database (through SEAL_JOURNAL_URL), to run SealMemory-level
+    test files on the Postgres journal, e.g.
+    ``SEAL_TEST_JOURNAL=postgres scripts/test.sh tests/test_memory.py``."""
+    if os.environ.get("SEAL_TEST_JOURNAL") == "postgres":
+        monkeypatch.setenv("SEAL_JOURNAL_URL", request.getfixturevalue("postgres").create_database("suite"))
