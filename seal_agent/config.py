@@ -98,7 +98,8 @@ class MemoryConfig:
             (everywhere, like `forget`, its facts included) by the sweep.
         ttl_sweep_s: How often a background thread forgets expired interactions.
         facts: Consolidation also writes distilled facts (a second Chroma collection,
-            `facts_collection`) that ``recall(kinds=("episodes", "facts"))`` returns.
+            `facts_collection`) that ``recall(kinds=("episodes", "facts"))`` returns
+            (default on; `forget` and TTL expiry delete them with their sources).
         facts_collection: Chroma collection holding the facts.
         journal_url: Where the journal lives: None (the default) for
             ``home/journal.sqlite3``; a ``postgresql://user@host:port/db`` URL to share
@@ -122,7 +123,7 @@ class MemoryConfig:
     ttl_s: float = 0.0
     ttl_namespaces: dict[str, float] = field(default_factory=dict)
     ttl_sweep_s: float = 60.0
-    facts: bool = False
+    facts: bool = True
     facts_collection: str = "seal_facts"
     journal_url: str | None = None
 
