@@ -5,7 +5,7 @@
   by the model but not stored in the conversation state, so the history does not grow
   with them. The model is called several times per turn when tools run; the block is
   recalled once and reused for those calls as long as the memory has not changed (see
-  `SealMemoryMiddleware._memory_block`), so it is never stale. With ``facts=True`` the
+  `SealMemoryMiddleware._memory_block`), so it is never stale. With ``facts`` (default: ``memory.facts``) the
   block starts with the namespace's distilled facts (see `seal_agent.memory.facts`):
   current knowledge first, superseded facts never, then the episodes.
 * After the agent finishes a turn it logs the turn (last user message to the final
@@ -72,7 +72,7 @@ class SealMemoryMiddleware(AgentMiddleware):
         recall: Recall before model calls (set False for write-only use).
         metadata: Extra metadata stored with every logged turn.
         facts: Also recall distilled facts and show them before the episodes
-            (``memory.facts`` writes them at consolidation).
+            (``memory.facts`` writes them at consolidation); default: ``memory.facts``.
     """
 
     def __init__(
@@ -86,10 +86,14 @@ class SealMemoryMiddleware(AgentMiddleware):
         log: bool = True,
         recall: bool = True,
         metadata: Mapping[str, Any] | None = None,
-        facts: bool = False,
+        facts: bool | None = None,
     ) -> None:
         super().__init__()
-        self.facts = bool(facts)
+        if facts is not None and not isinstance(facts, bool):
+            from seal_agent.errors import ValidationError
+
+            raise ValidationError("facts", facts, "must be true, false or None (None: memory.facts)")
+        self.facts = memory.config.memory.facts if facts is None else facts
         self.memory = memory
         self.namespace = validate_namespace(namespace)
         self.k = k
