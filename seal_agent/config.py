@@ -491,7 +491,10 @@ class ConsolidationConfig:
         forget_weights: What `SealMemory.forget` does to a shared (``global``) lineage
             whose committed versions learned from a forgotten interaction:
             ``"rollback"``: CURRENT goes back to the newest version that never saw it
-            (or the base model), and the later versions are deleted. (A namespace
+            (or the base model), and the later versions are deleted; the other
+            interactions they had learned are set back to ``new`` for the next
+            consolidation. ``"retrain"``: the same, then `forget` runs that
+            consolidation at once (through the gate) before it returns. (A namespace
             lineage of a forgotten namespace is deleted whole.)
         min_interactions: Fewer new interactions than this: the run is "skipped".
         max_interactions: At most this many new interactions per run (oldest first).
@@ -530,8 +533,8 @@ class ConsolidationConfig:
         _check(isinstance(self.shared_namespaces, list)
                and all(isinstance(p, str) and p and "" not in p.split("/") for p in self.shared_namespaces),
                s, "shared_namespaces", self.shared_namespaces, "must be a list of namespace paths like 'teams/docs'")
-        _check(self.forget_weights in ("rollback",), s, "forget_weights", self.forget_weights,
-               "must be 'rollback'")
+        _check(self.forget_weights in ("rollback", "retrain"), s, "forget_weights", self.forget_weights,
+               "must be 'rollback' or 'retrain'")
         _positive_int(s, "min_interactions", self.min_interactions)
         _positive_int(s, "max_interactions", self.max_interactions)
         _non_negative_int(s, "replay_buffer_size", self.replay_buffer_size)

@@ -125,6 +125,9 @@ class ForgetReport:
             everything is done.
         residual: Files under the home that still contain the forgotten text (searched
             as bytes, weights and vector files excepted); empty when the purge is complete.
+        retrained: With ``consolidation.forget_weights = "retrain"``: the consolidation
+            run at once on the requeued interactions (``verdict``, ``version``,
+            ``reason``, ``lineage`` per run); None otherwise.
     """
 
     ids: list[str] = field(default_factory=list)
@@ -146,6 +149,7 @@ class ForgetReport:
     serving: dict[str, str | None] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
     residual: list[str] = field(default_factory=list)
+    retrained: list[dict[str, Any]] | None = None
 
     @property
     def forgotten(self) -> int:
@@ -173,6 +177,10 @@ class ForgetReport:
             + (f"; lineages deleted: {', '.join(self.lineages_deleted)}" if self.lineages_deleted else ""),
             f"  requeued for consolidation: {self.requeued}; serving: {served}",
         ]
+        for run in self.retrained or []:
+            lines.append(f"  retrained {run['lineage']}: {run['verdict']}"
+                         + (f" -> {run['version']}" if run.get("version") else "")
+                         + (f" ({run['reason']})" if run.get("reason") and run["verdict"] != "committed" else ""))
         lines += [f"  pending: {p}" for p in self.pending]
         lines += [f"  STILL CONTAINS FORGOTTEN TEXT: {p}" for p in self.residual]
         return "\n".join(lines)
@@ -1054,3 +1062,22 @@ def _residual(home: Path, hit: _Matcher, chroma_residual: Sequence[str] = ()) ->
         except OSError:
             continue
     return out
+
+
+def retrain_after_forget(memory: SealMemory, report: ForgetReport) -> None:
+    """``forget_weights = "retrain"``: relearn now what the deleted versions had learned
+    from other interactions (they were requeued), through the gate like any update.
+
+    The rollback has already happened: nothing forgotten is served meanwhile. A skipped
+    run (another consolidation holds the home) leaves the requeued interactions to the
+    next one, and the report says so.
+    """
+    if not report.requeued:
+        report.retrained = []
+        return
+    done = memory.consolidate(progress=False)
+    runs = done.runs or [done]
+    report.retrained = [{"lineage": r.lineage, "verdict": r.verdict, "version": r.version, "reason": r.reason}
+                        for r in runs]
+    if any(r.verdict == "skipped" for r in runs):
+        report.pending.append("retrain: a consolidation was skipped; the requeued interactions wait for the next one")

@@ -7,6 +7,7 @@ Layout of a registry root (``<home>/adapters/``)::
     v0002-20261123T020000Z/     ...
     .lock                       a file lock shared by every process using the registry
     .pending                    present only while a commit is in flight (see below)
+    .deleted-high-water         the highest version number ever deleted (forget): names are never reused
 
 Every version is a complete PEFT LoRA folder (bias "none", no modules_to_save -- so
 ``PeftModel.from_pretrained`` and vLLM's LoRA loader both accept it) plus
@@ -109,6 +110,7 @@ Verdict = Literal["committed", "rejected", "staged"]
 _CURRENT = "CURRENT"
 _PENDING = ".pending"
 _DELETING = ".deleting"
+_HIGH_WATER = ".deleted-high-water"  # highest version number deleted (names are never reused)
 _KEEP_CURRENT: Any = object()  # `delete_versions`: leave CURRENT as it is
 _LOCK = ".lock"
 _TMP_PREFIX = ".tmp-"
@@ -559,6 +561,9 @@ class AdapterRegistry:
                 raise RegistryError(f"cannot delete CURRENT ({current}) without saying what serves instead")
             if not names and target == current:
                 return []
+            numbers = [int(m.group(1)) for n in names if (m := _VERSION_RE.match(n))]
+            if numbers and max(numbers) > self._deleted_high_water():
+                _write_atomic(self.root / _HIGH_WATER, str(max(numbers)))
             # first line: what CURRENT must name ("-": nothing), so recovery can finish the move
             _write_atomic(self.root / _DELETING, "\n".join([target or "-", *names]))
             _fault_point("deleting")
@@ -704,7 +709,17 @@ class AdapterRegistry:
 
     def _next_number(self) -> int:
         names = self._version_names()
-        return int(_VERSION_RE.match(names[-1]).group(1)) + 1 if names else 1  # type: ignore[union-attr]
+        top = int(_VERSION_RE.match(names[-1]).group(1)) if names else 0  # type: ignore[union-attr]
+        return max(top, self._deleted_high_water()) + 1
+
+    def _deleted_high_water(self) -> int:
+        """The highest version number ever deleted: a name is never given twice (vLLM and
+        manifests refer to versions by name; a deleted v0001 must not come back as another
+        adapter called v0001)."""
+        try:
+            return int((self.root / _HIGH_WATER).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
 
     def _resolve(self, version: str) -> str:
         if not isinstance(version, str) or not version:

@@ -757,7 +757,12 @@ class SealMemory:
             ids = [_interaction_id(i, f"ids[{n}]") for n, i in enumerate(ids)]
             if not ids:
                 return ForgetReport()
-        return forget_interactions(self, namespace=ns, ids=ids)
+        report = forget_interactions(self, namespace=ns, ids=ids)
+        if self.config.consolidation.forget_weights == "retrain":
+            from seal_agent.forget import retrain_after_forget
+
+            retrain_after_forget(self, report)
+        return report
 
     async def aforget(self, **kwargs: Any) -> ForgetReport:
         """Async `forget` (the purge runs in a thread)."""

@@ -439,3 +439,29 @@ def test_forget_during_a_consolidation_commits_nothing_of_hers_and_never_wedges(
         assert pending_runs(mem) == []
         assert not (home / "consolidation" / "FORGET_PENDING").exists()
     assert files_with(home) == []
+
+
+def test_forget_weights_retrain_relearns_the_others_at_once_without_her(tmp_path: Path) -> None:
+    """``consolidation.forget_weights = "retrain"``: the rollback happens, then forget runs
+    the consolidation of the requeued interactions before it returns (through the gate)."""
+    home = tmp_path / "home"
+    config = {**RUN, "consolidation": {"teacher": "none", "forget_weights": "retrain"}}
+    with open_mem(home, **config) as mem:
+        alice, bob = teach_alice_and_bob(mem)
+        first = mem.consolidate(progress=False)
+        assert first.verdict == "committed", first.reason
+
+        fr = mem.forget(namespace=ALICE)
+
+        assert fr.adapters_deleted == [f"global/{first.version}"] and fr.requeued == 1
+        assert fr.retrained is not None and [r["verdict"] for r in fr.retrained] == ["committed"]
+        current = mem.adapters.current
+        assert current == fr.retrained[0]["version"] != first.version
+        assert mem.adapters.get(current).manifest["lineage"]["interaction_ids"] == [bob]
+        assert mem.get(bob).status.value == "consolidated"
+        assert "retrained global: committed" in fr.summary()
+        assert fr.residual == [] and files_with(home) == []
+    with pytest.raises(Exception, match="forget_weights"):
+        from seal_agent.config import ConsolidationConfig
+
+        ConsolidationConfig(forget_weights="keep")

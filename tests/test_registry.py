@@ -432,3 +432,17 @@ def test_item15_chat_model_serves_the_last_good_version_and_says_so(tmp_path, ca
         weights.write_bytes(bytes(data))
         with pytest.raises(AdapterError, match="sha256"):
             chat.use_adapter(mem.adapters.get(v1).path)
+
+
+def test_a_deleted_version_name_is_never_given_again(tmp_path: Path, adapter_dir: Path) -> None:
+    """forget deletes versions; the next commit must not reuse the name (vLLM and manifests
+    refer to versions by name, and two commits in one second even had the same full name)."""
+    from seal_agent.registry import AdapterRegistry
+
+    src = adapter_dir
+    reg = AdapterRegistry(tmp_path / "adapters")
+    v1 = reg.commit(src, {})
+    reg.delete_versions([v1], new_current=None)
+    v2 = reg.commit(src, {})
+    assert v2.split("-")[0] == "v0002" and v2 != v1
+    assert AdapterRegistry(tmp_path / "adapters").commit(src, {}).startswith("v0003-")
