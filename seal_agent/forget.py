@@ -748,7 +748,9 @@ def _purge_consolidation(memory: SealMemory, hit: _Matcher, report: ForgetReport
 
     home = memory.home
     root = home / "consolidation"
-    if not root.is_dir():
+    url = str(getattr(memory, "journal_url", None) or "")
+    on_postgres = url.startswith(("postgres://", "postgresql://"))  # checkpoints in the journal's database
+    if not root.is_dir() and not on_postgres:
         return
     run_lock = None if holding_run_lock else _run_lock(memory, "consolidation")
     running = False
@@ -762,13 +764,15 @@ def _purge_consolidation(memory: SealMemory, hit: _Matcher, report: ForgetReport
         busy = set(active) if running else set()  # a run in progress: its files are its own
         checkpoints = root / "checkpoints.sqlite3"
         threads = _threads_mentioning(checkpoints, hit) - busy
-        if getattr(memory, "journal_url", None) and str(memory.journal_url).startswith(("postgres", "postgresql")):
-            report.pending.append("consolidation checkpoints kept in the Postgres journal's database are not "
-                                  "searched by forget yet (only home/consolidation/checkpoints.sqlite3)")
+        pg_threads: set[str] = set()
+        if on_postgres:
+            from seal_agent.coordination import checkpoint_threads_matching
+
+            pg_threads = checkpoint_threads_matching(url, hit) - busy
         folders = {p.name for p in (root / "runs").iterdir() if p.is_dir() and p.name not in busy
                    and _folder_mentions(p, hit)} if (root / "runs").is_dir() else set()
         for rid in active:
-            if rid not in busy and (rid in threads or rid in folders):
+            if rid not in busy and (rid in threads or rid in pg_threads or rid in folders):
                 _active_file(memory).unlink(missing_ok=True)
                 book = _load_book(memory)
                 book.get("runs", {}).pop(rid, None)
@@ -783,6 +787,10 @@ def _purge_consolidation(memory: SealMemory, hit: _Matcher, report: ForgetReport
             report.run_folders += 1
         if threads:
             report.checkpoint_threads += _delete_threads(checkpoints, threads, report)
+        if pg_threads:
+            from seal_agent.coordination import delete_checkpoint_threads
+
+            report.checkpoint_threads += delete_checkpoint_threads(url, pg_threads)
         book_path = root / "status.json"
         if book_path.is_file() and hit(book_path.read_bytes()):  # e.g. an error message quoting a value
             _save_book(memory, _redact(_load_book(memory), hit))

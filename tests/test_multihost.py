@@ -166,6 +166,14 @@ def test_two_hosts_consolidate_at_once_one_runs(postgres: Any, chroma_server: st
     with psycopg.connect(url) as conn:
         threads = {r[0] for r in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
     assert ran[0]["run_id"] in threads  # LangGraph's PostgresSaver holds the run's checkpoints
+    # forget reaches those checkpoints too: the run learned the forgotten interaction
+    with SealMemory(homes[0], embeddings=HashEmbeddings(), chroma_url=chroma_server, model="tiny-random") as m:
+        report = m.forget(namespace=("default",))
+    assert report.checkpoint_threads >= 1 and not any("Postgres" in p for p in report.pending), report
+    with psycopg.connect(url) as conn:
+        threads = {r[0] for r in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+        blobs = b"".join(bytes(r[0]) for r in conn.execute("SELECT blob FROM checkpoint_blobs") if r[0])
+    assert ran[0]["run_id"] not in threads and b"Quexlin" not in blobs
 
 
 _SCHEDULER = """
