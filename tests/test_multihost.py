@@ -57,7 +57,7 @@ def _finish(p: subprocess.Popen[str], timeout: float = 120) -> str:
 
 
 _WRITER = """
-    import sys
+    import os, sys, time
     sys.path.insert(0, {tests})
     from fakes import HashEmbeddings
     from seal_agent import SealMemory
@@ -71,6 +71,11 @@ _WRITER = """
                          {{"role": "assistant", "content": "noted"}}], namespace=("users", f"u{{i % 5}}"))
             f.write(id_ + "\\n")
             f.flush()
+    m.flush()
+    while not os.path.exists({committed}):  # the consolidating process commits meanwhile
+        time.sleep(0.05)
+    reply = m.chat_model(max_new_tokens=2).invoke("hi")  # what this process serves now
+    print("SERVES", reply.response_metadata.get("adapter"), flush=True)
     m.close()  # waits until its index worker drained the queue
 """
 
@@ -86,8 +91,26 @@ _RECALLER = """
     while not os.path.exists({stop}):
         hits += len(m.recall("writer note", namespace=("users", "u0"), k=5))
         calls += 1
+    reply = m.chat_model(max_new_tokens=2).invoke("hi")
     m.close()
-    print(calls, hits, flush=True)
+    print(calls, hits, reply.response_metadata.get("adapter"), flush=True)
+"""
+
+_LOAD_CONSOLIDATOR = """
+    import json, sys, time
+    sys.path.insert(0, {tests})
+    from fakes import HashEmbeddings
+    from seal_agent import SealMemory
+    m = SealMemory({home}, embeddings=HashEmbeddings(), chroma_url={chroma}, model="tiny-random")
+    print("READY", flush=True)
+    sys.stdin.readline()
+    time.sleep(2)  # while the writers write
+    r = m.consolidate(progress=False, selfedit={{"strategies": ["raw"]}}, consolidation={{"teacher": "none"}},
+                      gate={{"allow_unverified": True}}, train={{"max_steps": 2, "lora_rank": 4, "rehearsal_size": 0}})
+    open({committed}, "w").close()
+    m.close()
+    print(json.dumps({{"verdict": r.verdict, "reason": r.reason, "version": r.version,
+                      "learned": r.counts.get("interactions")}}), flush=True)
 """
 
 
@@ -96,21 +119,27 @@ def test_three_writers_and_a_reader_on_postgres_and_chroma_server(
     url = postgres.create_database("mp")
     home = tmp_path / "shared-home"  # one home (a shared volume), one journal, one Chroma server
     _config(home, url)
-    n = 300
+    n = 1000
     outs = [tmp_path / f"acked-{w}.txt" for w in range(3)]
-    writers = [_spawn(_WRITER, home=str(home), chroma=chroma_server, out=str(outs[w]), n=n, w=w) for w in range(3)]
+    committed = tmp_path / "committed"
+    writers = [_spawn(_WRITER, home=str(home), chroma=chroma_server, out=str(outs[w]), n=n, w=w,
+                      committed=str(committed)) for w in range(3)]
     stop = tmp_path / "stop"
     reader = _spawn(_RECALLER, home=str(home), chroma=chroma_server, stop=str(stop))
-    _wait_ready([*writers, reader])
-    for p in [*writers, reader]:
+    consolidator = _spawn(_LOAD_CONSOLIDATOR, home=str(home), chroma=chroma_server, committed=str(committed))
+    _wait_ready([*writers, reader, consolidator])
+    for p in [*writers, reader, consolidator]:
         assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
-    for p in writers:
-        _finish(p, timeout=240)
+    report = json.loads(_finish(consolidator, timeout=300).strip().splitlines()[-1])
+    assert report["verdict"] == "committed" and report["learned"] > 0, report  # learned while they wrote
+    served = [_finish(p, timeout=300).split("SERVES", 1)[1].strip() for p in writers]
     stop.touch()
-    calls, hits = map(int, _finish(reader).split())
-    assert calls > 0 and hits > 0  # the reader recalled while the writers wrote
+    calls, hits, reader_serves = _finish(reader).split()
+    assert int(calls) > 0 and int(hits) > 0  # the reader recalled while the writers wrote
+    # every process serves the new CURRENT afterwards
+    assert all(report["version"] in adapter for adapter in [*served, reader_serves]), (served, reader_serves)
 
     acked = [line for o in outs for line in o.read_text().split()]
     assert len(acked) == 3 * n and len(set(acked)) == 3 * n  # every call acknowledged, no id twice
@@ -120,7 +149,7 @@ def test_three_writers_and_a_reader_on_postgres_and_chroma_server(
         assert m._journal.backlog() == 0
         in_chroma = set(m._index.collection.get(ids=acked, include=[])["ids"])
         assert in_chroma == set(acked)  # every acknowledged id is recallable
-        for w, i in [(0, 0), (1, 150), (2, n - 1)]:
+        for w, i in [(0, 0), (1, n // 2), (2, n - 1)]:
             top = m.recall(f"writer {w} note {i} w{w}n{i}", namespace=("users", f"u{i % 5}"), k=1)
             assert top and top[0].text.startswith(f"User: writer {w} note {i} ")
 
