@@ -55,6 +55,7 @@ touches the files of a run in progress; instead:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -384,6 +385,15 @@ def _finish_pending(memory: SealMemory) -> ForgetReport | None:
             marker.unlink(missing_ok=True)
     logger.info("forget: finished by the consolidation: %s", report.summary().replace("\n", ";"))
     return report
+
+
+@contextlib.contextmanager
+def forgotten_guard(memory: SealMemory, ids: Sequence[str]) -> Iterator[list[str]]:
+    """For a run that is about to store what it learned from `ids` (the writer's commit):
+    under the forget lock, yields those of `ids` forgotten meanwhile. The caller stores
+    nothing when the list is not empty; a forget cannot slip in while the block runs."""
+    with _forget_lock(memory):
+        yield memory._journal.forgotten_among(list(ids))
 
 
 def guard_node(memory: SealMemory, node: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:

@@ -293,3 +293,21 @@ def test_cancel_stops_between_candidates_and_the_next_call_resumes(tmp_path: Pat
                                      teacher=_teacher(), progress=False)
         assert resumed.run_id == report.run_id and resumed.verdict == "committed"
         assert len(calls) == 2  # the first candidate's reward was kept
+
+
+def test_a_round_whose_interaction_is_forgotten_meanwhile_commits_nothing(tmp_path: Path) -> None:
+    """A forget during the round (here: while the candidates are scored) must not let the
+    writer commit what it learned from the forgotten interaction."""
+    with _mem(tmp_path / "home") as mem:
+        iid = _teach(mem)
+        scored = _scripted([])
+
+        def forget_midway(candidate: WriterCandidate, adapter_dir: Path) -> float:
+            if not mem._journal.forgotten_among([iid]):
+                mem.forget(ids=[iid])
+            return scored(candidate, adapter_dir)
+
+        report = mem.improve_writer(rounds=1, candidates=3, config=FAST, questions={iid: QUESTIONS},
+                                    reward_fn=forget_midway, teacher=_teacher(), progress=False)
+        assert report.versions == [] and writer_registry(mem.home).current is None
+        assert report.rounds[0]["version"] is None and report.rounds[0]["dropped_forgotten"] == 1

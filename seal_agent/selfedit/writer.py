@@ -713,15 +713,28 @@ class _Run:
                           "examples": result.examples, "seconds": result.seconds}}
 
     def commit(self, state: _State) -> dict[str, Any]:
-        """Commit the trained writer (idempotent: a resumed run finds its own version)."""
-        from seal_agent.model import base_model_hash
-        from seal_agent.selfedit._filters import example_hash
+        """Commit the trained writer (idempotent: a resumed run finds its own version), unless
+        an interaction it learned from was forgotten during the round (then nothing is stored)."""
+        from seal_agent.forget import forgotten_guard
 
         registry = writer_registry(self.memory.home)
         mine = f"{state['run_id']}/round-{state['round']}"
         version = next((v.version for v in registry.list()
                         if v.manifest.get("lineage", {}).get("run_id") == mine and v.verdict == "committed"), None)
         record = dict(state["round_record"])
+        with forgotten_guard(self.memory, sorted({k["interaction_id"] for k in state["kept"]})) as gone:
+            if gone and version is None:  # the writer learned from text forgotten meanwhile: store nothing
+                shutil.rmtree(state["writer_dir"], ignore_errors=True)
+                logger.warning("writer round %d: %d of the interactions it learned from were forgotten during the "
+                               "round; nothing committed", state["round"], len(gone))
+                return {"round_record": {**record, "version": None, "dropped_forgotten": len(gone)}}
+            return self._commit(state, registry, mine, version, record)
+
+    def _commit(self, state: _State, registry: Any, mine: str, version: str | None,
+                record: dict[str, Any]) -> dict[str, Any]:
+        from seal_agent.model import base_model_hash
+        from seal_agent.selfedit._filters import example_hash
+
         if version is None:
             parent = registry.current
             history = list(registry.get(parent).manifest.get("metrics", {}).get("reward_history", [])) if parent else []
