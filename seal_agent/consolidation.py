@@ -40,6 +40,7 @@ import logging
 import shutil
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -225,6 +226,12 @@ def _model_free(config: Any, interactions: list[Any]) -> tuple[Any, list[Any], d
 
 # ------------------------------------------------------------------------- the run
 
+# memory -> a model over the memory's base weights, kept while the memory lives: the
+# registry of `seal_agent.model.shared` frees a base when no model uses it any more, and
+# without this the base a run loaded would be freed at its end, then loaded again by the
+# served model or the next run. (A weak key: a closed, dropped memory releases it.)
+_KEPT_BASES: weakref.WeakKeyDictionary[SealMemory, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+
 
 class _Run:
     """Live resources of one run; nodes are its methods. Rebuilt when a run resumes."""
@@ -239,12 +246,27 @@ class _Run:
         self._base: tuple[Any, Any] | None = None
 
     def base_model(self) -> tuple[Any, Any]:
-        """A fresh copy of the base model for training and the gate (never the served one)."""
-        if self._base is None:
-            from seal_agent.model import load_model
+        """The base model for training and the gate: a twin of the served one.
 
-            mc = self.config.model
-            self._base = load_model(mc.name_or_path, device=mc.device, dtype=mc.dtype, seed=mc.seed)
+        Its own module tree (training and the gate inject and remove LoRA layers in it,
+        never in the served model, so serving goes on meanwhile without a lock) over the
+        served model's frozen base tensors: no second load, no second copy of the weights
+        (`seal_agent.model.shared`). When nothing is served yet, the base is loaded here,
+        once, and kept while the memory lives (when it is the memory's own model), so a
+        later `SealMemory.chat_model` and later runs share it instead of loading it again.
+        """
+        if self._base is None:
+            from seal_agent.model.shared import load_shared, shared_key
+
+            mc, served = self.config.model, self.memory.config.model
+            options = {"device": mc.device, "dtype": mc.dtype, "seed": mc.seed}
+            key = shared_key(mc.name_or_path, **options)
+            if key == shared_key(served.name_or_path, device=served.device, dtype=served.dtype, seed=served.seed):
+                # The memory's own model: keep one model over the base for the memory's
+                # life, so a later chat_model() or run finds the base loaded.
+                if self.memory not in _KEPT_BASES:
+                    _KEPT_BASES[self.memory] = load_shared(mc.name_or_path, **options)
+            self._base = load_shared(mc.name_or_path, **options)  # this run's own module tree
         return self._base
 
     def _rehearsal(self) -> list[dict[str, Any]]:

@@ -204,6 +204,9 @@ class AdaptiveChatModel(BaseChatModel):
     ) -> AdaptiveChatModel:
         """Load a model with `load_model` and wrap it.
 
+        The base weights are loaded once per process (`seal_agent.model.shared`): a later
+        `load` of the same model, and consolidation's training and gate, share them.
+
         Args:
             name_or_path: As for `load_model` (a folder, a hub id, or ``"tiny-random"``).
             device: As for `load_model`.
@@ -217,9 +220,11 @@ class AdaptiveChatModel(BaseChatModel):
             ModelLoadError: The model cannot be loaded.
             AdapterError: `adapter` cannot be loaded.
         """
-        from seal_agent.model.loader import load_model
+        from seal_agent.model.shared import load_shared
 
-        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, seed=seed)
+        # One base per process: a second chat model, training and the gate get twins
+        # over the same frozen tensors instead of another copy (see `seal_agent.model.shared`).
+        model, tokenizer = load_shared(name_or_path, device=device, dtype=dtype, seed=seed)
         chat = cls(model=model, tokenizer=tokenizer, model_id=os.fspath(name_or_path), **kwargs)
         if adapter is not None:
             chat.use_adapter(adapter)
