@@ -14,7 +14,8 @@ a completion's tokens end at its EOS (included), padding is never counted; the
 baseline's count is the usage each `invoke` reports. The two sides sample different
 texts (different RNG streams), so their token counts differ a little: compare rates.
 
-Writes the figures as JSON and a bar chart as PNG under ``bench/results/``.
+Writes the figures as JSON (`bench/_results.py`'s record: rows, goals, data) and a bar chart
+as PNG under ``bench/results/``.
 
     python bench/bench_generation.py                  # ~3-5 minutes on 2 busy cores
     python bench/bench_generation.py --quick          # 6 prompts
@@ -24,7 +25,6 @@ Writes the figures as JSON and a bar chart as PNG under ``bench/results/``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from _machine import machine_header  # bench/, on the path when run as a script
+from _results import Goal, Row, print_goals, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # Passages are built from fictional facts, so the model cannot answer from pretraining
 # and their lengths spread (2-9 sentences, ~40-200 tokens) as logged exchanges do.
@@ -222,23 +221,25 @@ def main() -> None:
     print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}"
           f" (median of {args.repeats} run{'s' if args.repeats > 1 else ''})")
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.out or RESULTS / f"generation-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": "bench_generation", "when": stamp, "machine": machine, "device": device,
-              "load_average_before": list(load_before), "load_average_after": list(load_after),
-              "torch": torch.__version__, "transformers": transformers.__version__,
-              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-              "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                           "prompt_tokens": lengths},
-              "baseline": base, "ours": ours, "speedup": ratio, "speedup_per_cpu_s": cpu_ratio,
-              "goal": ">= 3x tokens/s", "goal_met": ratio >= 3}
-    out.write_text(json.dumps(record, indent=2))
-    chart = out.with_suffix(".png")
-    title = (f"{args.model}, {count} prompts x {args.max_new_tokens} tokens, T={args.temperature}: "
-             f"{ratio:.2f}x (load {load_before[0]:.1f})")
-    drew = write_chart(chart, base, ours, title)
-    print(f"results written to {out}" + (f" and {chart}" if drew else ""))
+    chart_title = (f"{args.model}, {count} prompts x {args.max_new_tokens} tokens, T={args.temperature}: "
+                   f"{ratio:.2f}x (load {load_before[0]:.1f})")
+    title = (f"bench_generation, {args.model}, {count} prompts x {args.max_new_tokens} tokens, T {args.temperature}, "
+             f"seed {args.seed}, {args.repeats} repeat{'s' if args.repeats > 1 else ''}")
+    rows = [Row(f"self-edit generation, {count} prompts x {args.max_new_tokens} tokens, T {args.temperature}, "
+                f"{args.model}" + (f", median of {args.repeats}" if args.repeats > 1 else ""),
+                f"generate_batch {ours['tokens_per_s']:.1f} tokens/s ({ours['tokens_per_cpu_s']:.1f} per CPU-s)",
+                f"one invoke per prompt {base['tokens_per_s']:.1f} tokens/s ({base['tokens_per_cpu_s']:.1f} per CPU-s)",
+                f"{ratio:.2f}x ({cpu_ratio:.2f}x per CPU-s)")]
+    goals = [Goal("self-edit generation >= 3x one invoke per prompt (tokens/s)", f"{ratio:.2f}x", ratio >= 3)]
+    data = {"torch": torch.__version__, "transformers": transformers.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                         "prompt_tokens": lengths},
+            "baseline": base, "ours": ours, "speedup": ratio, "speedup_per_cpu_s": cpu_ratio,
+            "goal": ">= 3x tokens/s", "goal_met": ratio >= 3}
+    print_goals(goals)
+    save("generation", title=title, data=data, rows=rows, goals=goals, load_before=load_before, machine=machine,
+         device=device, chart=lambda path: write_chart(path, base, ours, chart_title), out=args.out)
 
 
 if __name__ == "__main__":
