@@ -29,6 +29,9 @@ without forgetting unless old facts are replayed.
 
     python bench/bench_forgetting.py                     # default: ~4-5 minutes on 2 CPU cores
     python bench/bench_forgetting.py --replay-ratio 1    # partial replay: the gate's limits show
+
+Writes its record (`bench/_results.py`: rows, goals with PASS/FAIL, the curves) as JSON
+and the retention curves as PNG under ``bench/results/`` (``--out`` to choose the path).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine_header  # noqa: E402
+from _results import Goal, Row, print_goals, save  # noqa: E402
 
 NAMES = ("Mira Tovo Ivo Kel Ansa Bruno Cato Dima Elin Faro Gus Hana Iris Jorn Kira Lev Mako Nia Odo Pia "
          "Quin Rolf Sami Tess Ulla Vik Wren Xan Yara Zed Alma Bo").split()
@@ -114,6 +121,7 @@ def run(args: argparse.Namespace) -> None:
     from seal_agent.selfedit.base import Probe
     from seal_agent.training import train_adapter
 
+    machine, device, load_before = machine_header(threads=0)
     root = Path(tempfile.mkdtemp(prefix="bench-forgetting-"))
     model, tok = load_model("tiny-random", seed=0, device="cpu")
     batches = make_batches(args.steps, args.facts, args.seed)
@@ -199,6 +207,53 @@ def run(args: argparse.Namespace) -> None:
           "without forgetting, the gate scales it back or rejects it, and learning waits.")
     print(f"(artifacts, gate reports included: {root})")
 
+    worst = min(learned["gated"])
+    label = f"{args.steps} steps x {args.facts} facts, replay_ratio {args.replay_ratio:g}"
+    rows = [Row(f"forgetting ({label}, tiny-random): batch-1 retention after the last step, % of peak",
+                f"gated {g_ratio:.0%} (worst new-batch accuracy {worst:.2f})",
+                f"ungated {u_ratio:.0%}, replay only {r_ratio:.0%}"),
+            Row(f"forgetting ({label}): gate time / gated training time",
+                f"{cost:.0%} ({gate_s:.1f} s / {train_s['gated']:.1f} s)", "")]
+    goals = [Goal(f"gated retention >= 90% of peak while each batch is learned ({label})",
+                  f"{g_ratio:.0%}, worst new-batch accuracy {worst:.2f}", g_ratio >= 0.9 and learned_ok),
+             Goal(f"gate time <= 25% of training time ({label})", f"{cost:.0%}", cost <= 0.25)]
+    data = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "retention_curves": curves, "new_batch_accuracy": learned, "verdicts": verdicts,
+            "train_seconds": train_s, "gate_seconds": gate_s, "retention": {"gated": g_ratio, "ungated": u_ratio,
+                                                                            "replay": r_ratio},
+            "torch": torch.__version__, "torch_threads": threads, "artifacts": str(root)}
+    print_goals(goals)
+    save("forgetting", title=f"bench_forgetting, tiny-random, {label}, lr {args.lr}, {args.epochs} epochs, "
+         f"seed {args.seed}", data=data, rows=rows, goals=goals, load_before=load_before, machine=machine,
+         device=device, chart=lambda path: write_chart(path, curves, learned, label), out=args.out)
+
+
+def write_chart(path: Path, curves: dict[str, list[float]], learned: dict[str, list[float]], label: str) -> bool:
+    """Batch-1 accuracy (retention) and new-batch accuracy (learning) per step, per arm."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no chart")
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    colors = {"ungated": "#999999", "replay": "#e08a2c", "gated": "#2a7ab0"}
+    for ax, series, name in ((axes[0], curves, "batch-1 accuracy (retention)"),
+                             (axes[1], learned, "new-batch accuracy (learning)")):
+        for arm, ys in series.items():
+            ax.plot(range(1, len(ys) + 1), ys, marker="o", label=arm, color=colors.get(arm))
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"forgetting, tiny-random: {label}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -209,6 +264,7 @@ def main() -> None:
     p.add_argument("--replay-ratio", type=float, default=7.0,
                    help="replay examples per new example (7: every earlier fact is replayed at step 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/forgetting-<time>.json)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
