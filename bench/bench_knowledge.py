@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from _machine import machine_header  # bench/, on the path when run as a script
+from _results import RESULTS, Goal, Row, print_goals, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -60,7 +61,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from knowledge_data import PASSAGES, conversation, is_correct  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "smollm2-135m"
 NAMESPACE = ("users", "bench")
 MAX_NEW_TOKENS = 32
@@ -380,6 +380,43 @@ def goals(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def judged_goals(met: dict[str, dict[str, Any]]) -> list[Goal]:
+    """The goals this run could judge (an arm not run judges nothing), as `_results.Goal`s."""
+    out = []
+    for g in met.values():
+        if g["met"] is None:
+            continue
+        value = f"{100 * g['value']:+.0f} points" if "points" in g["goal"] else f"{100 * g['value']:.0f}%"
+        out.append(Goal(g["goal"], value, bool(g["met"])))
+    return out
+
+
+def result_rows(summary: dict[str, dict[str, Any]], label: str) -> list[Row]:
+    """The README table's lines: defaults against the named baseline raw, then the other arms."""
+    d, raw = summary.get("defaults"), summary.get("raw")
+    others = ", ".join(f"{arm.replace('_', ' ')} {_pct(summary[arm]['accuracy'])}"
+                       for arm in ("base", "in_context", "recall") if arm in summary)
+    rows = []
+    if d or raw:
+        gap = (f"{100 * (d['accuracy']['mean'] - raw['accuracy']['mean']):+.0f} points" if d and raw else "")
+        rows.append(Row(f"knowledge incorporation, {label}: closed-book accuracy",
+                        f"defaults {_pct(d['accuracy'])}" if d else "-",
+                        (f"raw {_pct(raw['accuracy'])}" if raw else "raw not run") + (f" ({others})" if others else ""),
+                        gap))
+        cv = lambda s: _pct(s.get("canary_vs_base")) if s else "-"  # noqa: E731
+        rows.append(Row("knowledge: canary accuracy, % of the base model's", f"defaults {cv(d)}", f"raw {cv(raw)}"))
+        if d and d.get("yield"):
+            rows.append(Row("knowledge: self-edit yield (kept / generated)", f"defaults {_pct(d['yield'])}", ""))
+    elif others:
+        rows.append(Row(f"knowledge incorporation, {label}: closed-book accuracy", others, ""))
+    for arm in ("statements", "implications", "self_qa", "rewrite"):
+        if arm in summary:
+            s = summary[arm]
+            rows.append(Row(f"knowledge: {arm} alone, closed-book accuracy", _pct(s["accuracy"]),
+                            f"raw {_pct(raw['accuracy'])}" if raw else ""))
+    return rows
+
+
 def _pct(s: dict[str, float] | None, points: bool = False) -> str:
     if not s:
         return "-"
@@ -509,23 +546,29 @@ def main() -> None:
           f"seeds {' '.join(map(str, seeds))} (consolidation arms only)")
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.out or RESULTS / f"knowledge-{stamp}.json"
+    out = args.out or RESULTS / f"knowledge-{stamp}.json"  # one file, rewritten after every arm
     out.parent.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     c0 = _cpu_seconds()
+    run_label = (f"{len(passages)} passages / {len(ctx.questions)} questions ({args.split}), "
+                 f"seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}")
+    chart_title = (f"{MODEL}, {len(passages)} passages / {len(ctx.questions)} questions ({args.split}), "
+                   f"seeds {' '.join(map(str, seeds))} (load {load_before[0]:.1f})")
 
     def record(done: bool) -> dict[str, Any]:
         summary = summarize(runs, ctx.base_canaries)
-        load_now = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-        rec = {"benchmark": "bench_knowledge", "when": stamp, "complete": done, "machine": machine, "device": device,
-               "load_average_before": list(load_before), "load_average_now": list(load_now),
-               "torch": torch.__version__, "transformers": transformers.__version__,
+        met = goals(summary)
+        rec = {"complete": done, "torch": torch.__version__, "transformers": transformers.__version__,
                "seal_agent": seal_agent.__version__, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                "settings": {"model": MODEL, "arms": arms, "seeds": seeds, "split": args.split,
                             "passages": [x["id"] for x in passages], "questions": len(ctx.questions),
                             "max_new_tokens": MAX_NEW_TOKENS, "recall_k": RECALL_K, "threads": args.threads},
-               "base_canaries": ctx.base_canaries, "summary": summary, "goals": goals(summary), "runs": runs}
-        out.write_text(json.dumps(rec, indent=1, default=str))
+               "base_canaries": ctx.base_canaries, "summary": summary, "goals": met, "runs": runs}
+        save("knowledge", title=f"bench_knowledge, {MODEL}, {run_label}, arms {','.join(arms)}"
+             + ("" if done else f" (incomplete: {len(runs)} of {len(order)} arm runs)"),
+             data=rec, rows=result_rows(summary, run_label), goals=judged_goals(met), load_before=load_before,
+             machine=machine, device=device,
+             chart=(lambda path: write_chart(path, summary, chart_title)) if done else None, out=out)
         return rec
 
     # Seeds outermost: background load drifts, and every arm then sees a bit of each period.
@@ -545,25 +588,19 @@ def main() -> None:
         record(done=False)
         gc.collect()
 
-    rec = record(done=True)
-    summary, met = rec["summary"], rec["goals"]
+    summary = summarize(runs, ctx.base_canaries)
+    met = goals(summary)
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print_table(summary, ctx.base_canaries)
     print_runs(runs)
-    print("\ngoals:")
+    print_goals(judged_goals(met))
     for g in met.values():
-        value = "-" if g["value"] is None else (f"{100 * g['value']:+.0f} pt" if "points" in g["goal"]
-                                                  else f"{100 * g['value']:.0f}%")
-        state = "n/a (arm not run)" if g["met"] is None else ("MET" if g["met"] else "MISSED")
-        print(f"  {g['goal']:45s} {value:>8s}  {state}")
+        if g["met"] is None:
+            print(f"  n/a   {g['goal']}  (arm not run)")
     print(f"\nload average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; after: "
           f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; CPU time {_cpu_seconds() - c0:.0f} s "
           "(this process; the embedding child of the recall arm excluded)")
-    chart = out.with_suffix(".png")
-    title = (f"{MODEL}, {len(passages)} passages / {len(ctx.questions)} questions ({args.split}), "
-             f"seeds {' '.join(map(str, seeds))} (load {load_before[0]:.1f})")
-    drew = write_chart(chart, summary, title)
-    print(f"results written to {out}" + (f" and {chart}" if drew else ""))
+    record(done=True)
     if args.check and any(g["met"] is False for g in met.values()):
         sys.exit(1)
 

@@ -18,8 +18,10 @@ half and a held-out half (``--split`` of `bench_knowledge.py`):
 
 Reported per round: held-out closed-book accuracy and answer log-likelihood, canaries vs
 the base model, the gate's verdict, and the writer round's mean reward, kept/total,
-seconds per candidate evaluation and per round; mean and min-max over ``--seeds``. JSON
-(rewritten after every step) and a PNG chart under ``bench/results/``.
+seconds per candidate evaluation and per round; mean and min-max over ``--seeds``. Goals
+(issue 11): the last round >= round 0 + 5 points and >= raw on the held-out passages, the
+canaries >= 90% of the base model's in every evaluation. JSON (`bench/_results.py`'s
+record, rewritten after every step) and a PNG chart under ``bench/results/``.
 
     python bench/bench_writer.py                               # 4+4 passages, K=3, 2 rounds, seed 0
     python bench/bench_writer.py --train 5 --heldout 5 --candidates 4 --seeds 0 1 2
@@ -28,7 +30,6 @@ seconds per candidate evaluation and per round; mean and min-max over ``--seeds`
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from _machine import machine_header  # bench/, on the path when run as a script
+from _results import RESULTS, Goal, Row, print_goals, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -47,7 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_knowledge as bk  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = bk.MODEL
 
 
@@ -156,6 +157,53 @@ def _num(s: dict[str, float] | None, fmt: str = "{:+.3f}") -> str:
                                                      " (" + fmt.format(s["min"]) + ".." + fmt.format(s["max"]) + ")")
 
 
+def writer_goals(summary: dict[str, Any], runs: list[dict[str, Any]], base_canaries: dict[str, Any] | None,
+                 rounds: int) -> list[Goal]:
+    """Issue 11's goals, judged on the mean over seeds (none when the arms they need did not run)."""
+    out: list[Goal] = []
+    first, last, raw = (summary.get("round0", {}).get("accuracy"), summary.get(f"round{rounds}", {}).get("accuracy"),
+                        summary.get("raw", {}).get("accuracy"))
+    if first and last and rounds > 0:
+        gain = last["mean"] - first["mean"]
+        out.append(Goal(f"round {rounds} >= round 0 + 5 points (held-out closed-book)",
+                        f"{100 * gain:+.0f} points ({100 * first['mean']:.0f}% -> {100 * last['mean']:.0f}%)",
+                        gain >= 0.05 - 1e-9))
+    if last and raw:
+        out.append(Goal(f"round {rounds} >= raw (held-out closed-book)",
+                        f"{100 * last['mean']:.0f}% vs {100 * raw['mean']:.0f}%", last["mean"] >= raw["mean"] - 1e-9))
+    base = base_canaries["accuracy"] if base_canaries else None
+    evals = [r["canaries"]["accuracy"] for r in runs if r.get("arm", "").startswith("round") and "canaries" in r]
+    if base and evals:
+        worst = min(evals) / base
+        out.append(Goal("canaries >= 90% of base throughout (every round, every seed)", f"worst {100 * worst:.0f}%",
+                        worst >= 0.9 - 1e-9))
+    return out
+
+
+def writer_rows(summary: dict[str, Any], base_canaries: dict[str, Any] | None, label: str) -> list[Row]:
+    """One README line per arm: held-out accuracy against raw, the writer round's figures."""
+    base = base_canaries["accuracy"] if base_canaries else None
+    raw = summary.get("raw", {}).get("accuracy")
+    first = summary.get("round0", {}).get("accuracy")
+    rows = []
+    for arm, s in summary.items():
+        if not s["accuracy"]:
+            continue
+        parts = [f"held-out {_pct(s['accuracy'])}"]
+        if s["canaries"] and base:
+            parts.append(f"canaries {100 * s['canaries']['mean'] / base:.0f}% of base")
+        if s["mean_reward"]:
+            parts.append(f"mean reward {_num(s['mean_reward'])}, kept {','.join(s['kept'])}, "
+                         f"{_num(s['seconds_per_candidate'], '{:.1f}')} s/candidate")
+        name = {"raw": "raw (the exchange itself)", "round0": "round 0 (the base model writes)"}.get(
+            arm, arm.replace("round", "round ", 1))
+        delta = (f"{100 * (s['accuracy']['mean'] - first['mean']):+.0f} points vs round 0"
+                 if first and arm.startswith("round") and arm != "round0" else "")
+        rows.append(Row(f"writer (ReST-EM), {label}: {name}", "; ".join(parts),
+                        f"raw {_pct(raw)}" if raw and arm != "raw" else "", delta))
+    return rows
+
+
 def print_table(summary: dict[str, Any], base_canaries: dict[str, Any] | None) -> None:
     base = base_canaries["accuracy"] if base_canaries else None
     print(f"\n{'arm':10} {'held-out acc':>14} {'loglik':>16} {'canaries':>10} {'vs base':>8} "
@@ -218,16 +266,26 @@ def main() -> None:
           f"load {_load()}")
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_json = RESULTS / f"writer-{stamp}.json"
+    out_json = RESULTS / f"writer-{stamp}.json"  # one file, rewritten after every step
     runs: list[dict[str, Any]] = []
     t_start = time.perf_counter()
+    label = (f"{len(train)} train / {len(heldout)} held-out passages, K={args.candidates}, "
+             f"seed{'s' if len(args.seeds) > 1 else ''} {' '.join(map(str, args.seeds))}")
+    chart_title = (f"ReST-EM writer, {MODEL}: {len(train)} train / {len(heldout)} held-out passages, "
+                   f"K={args.candidates}, seeds {args.seeds}")
 
-    def record(done: bool) -> None:
+    def record(done: bool) -> list[Goal]:
+        summary = summarize(runs)
         data = {"settings": {**vars(args), "model": MODEL, "train": [x["id"] for x in train],
                              "heldout": [x["id"] for x in heldout]},
-                "machine": machine, "device": device, "load_before": load_before, "done": done, "seconds": time.perf_counter() - t_start,
-                "base_canaries": ctx.base_canaries, "runs": runs, "summary": summarize(runs)}
-        out_json.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+                "done": done, "seconds": time.perf_counter() - t_start,
+                "base_canaries": ctx.base_canaries, "runs": runs, "summary": summary}
+        met = writer_goals(summary, runs, ctx.base_canaries, args.rounds)
+        save("writer", title=f"bench_writer, {MODEL}, {label}, rounds 0-{args.rounds}, {args.inner_steps} inner steps"
+             + ("" if done else " (incomplete)"), data=data, rows=writer_rows(summary, ctx.base_canaries, label),
+             goals=met, load_before=load_before, machine=machine, device=device,
+             chart=(lambda path: write_chart(path, summary, chart_title)) if done else None, out=out_json)
+        return met
 
     with tempfile.TemporaryDirectory(prefix="seal-writer-bench-") as tmp:
         root = Path(tmp)
@@ -259,7 +317,6 @@ def main() -> None:
                       f"{res['canaries']['n']}, {res['verdict']} (scale {res.get('scale')}), "
                       f"{time.perf_counter() - t:.0f} s, load {_load()}", flush=True)
                 record(False)
-    record(True)
     summary = summarize(runs)
     print_table(summary, ctx.base_canaries)
     base = ctx.base_canaries
@@ -268,12 +325,8 @@ def main() -> None:
     accs = [summary.get(f"round{r}", {}).get("accuracy") for r in range(args.rounds + 1)]
     shape = all(a is not None for a in accs) and all(accs[i]["mean"] < accs[i + 1]["mean"] for i in range(len(accs) - 1))
     print(f"SEAL's shape (round 0 < 1 < ... < {args.rounds} on held-out): {'yes' if shape else 'no'}")
-    chart = RESULTS / f"writer-{stamp}.png"
-    title = (f"ReST-EM writer, {MODEL}: {len(train)} train / {len(heldout)} held-out passages, K={args.candidates}, "
-             f"seeds {args.seeds}")
-    if write_chart(chart, summary, title):
-        print(f"chart: {chart}")
-    print(f"json: {out_json}")
+    print_goals(writer_goals(summary, runs, ctx.base_canaries, args.rounds))
+    record(True)
 
 
 if __name__ == "__main__":
