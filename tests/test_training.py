@@ -109,6 +109,57 @@ def test_plan_batches_groups_by_length_within_the_token_budget():
     assert plan == plan_batches(lengths, batch_size=8, micro_batch_tokens=1024, seed=3)
 
 
+def test_min_cost_split_keeps_each_steps_examples_and_pads_less():
+    import itertools
+
+    lengths = [10 + (i * 37) % 390 for i in range(100)]
+    greedy = plan_batches(lengths, batch_size=8, micro_batch_tokens=4096, seed=3)
+    split = plan_batches(lengths, batch_size=8, micro_batch_tokens=4096, seed=3, overhead_tokens=24)
+    # Same optimizer steps, in the same order (what is learned); only the micro-batches differ.
+    assert [sorted(i for mb in step for i in mb) for step in split] == \
+        [sorted(i for mb in step for i in mb) for step in greedy]
+
+    def cost(step, k):
+        return sum(len(mb) * max(lengths[i] for i in mb) + k for mb in step)
+
+    for g, s in zip(greedy, split, strict=True):
+        assert cost(s, 24) <= cost(g, 24)
+        for mb in s:
+            assert len(mb) == 1 or len(mb) * max(lengths[i] for i in mb) <= 4096
+    padded = lambda plan: sum(len(mb) * max(lengths[i] for i in mb) for st in plan for mb in st)  # noqa: E731
+    assert padded(split) < padded(greedy)
+    # Exact: no contiguous split of a sorted step is cheaper (brute force over all cuts).
+    step = sorted([400, 390, 200, 180, 60, 50, 12, 11], reverse=True)
+    idx = list(range(len(step)))
+    ours = plan_batches(step, batch_size=8, micro_batch_tokens=4096, seed=0, overhead_tokens=24)[0]
+    best = min(
+        sum(len(p) * step[p[0]] + 24 for p in parts)
+        for r in range(len(step))
+        for cuts in itertools.combinations(range(1, len(step)), r)
+        for parts in [[idx[a:b] for a, b in zip((0, *cuts), (*cuts, len(step)), strict=True)]]
+    )
+    assert sum(len(mb) * step[mb[0]] + 24 for mb in ours) == best
+    # A huge overhead keeps a step whole; none at all gives one example per micro-batch.
+    assert plan_batches(step, batch_size=8, micro_batch_tokens=4096, seed=0, overhead_tokens=10**6) == [[idx]]
+    assert len(plan_batches(step, batch_size=8, micro_batch_tokens=4096, seed=0, overhead_tokens=0)[0]) == 8
+
+
+def test_micro_batch_split_does_not_change_what_is_learned(tiny, tmp_path, monkeypatch):
+    """Gradient accumulation over micro-batches is a token-mean over the step: same losses either way."""
+    from seal_agent.training import trainer
+
+    model, tok = tiny
+    docs = [{"text": " ".join(["the cat sat on the mat"] * n)} for n in (1, 2, 6, 9, 14, 3)]
+    cfg = TrainConfig(epochs=2, batch_size=6, lora_rank=4, lora_alpha=8, rehearsal_size=0, seed=1)
+    monkeypatch.setattr(trainer, "_CPU_PASS_OVERHEAD_TOKENS", 0)  # one example per micro-batch
+    split = train_adapter(model, tok, docs, cfg, output_dir=tmp_path / "split", progress=False)
+    monkeypatch.setattr(trainer, "_CPU_PASS_OVERHEAD_TOKENS", None)  # the whole step in one pass
+    whole = train_adapter(model, tok, docs, cfg, output_dir=tmp_path / "whole", progress=False)
+    assert split.tokens_seen == whole.tokens_seen and split.padded_tokens == split.tokens_seen
+    assert whole.padded_tokens > whole.tokens_seen
+    assert split.losses == pytest.approx(whole.losses, rel=1e-4)
+
+
 def test_collate_right_pads(tiny):
     _, tok = tiny
     items = [encode_example(tok, {"text": "a b c d e f"}), encode_example(tok, {"text": "a"})]
@@ -127,6 +178,33 @@ def test_fast_loss_equals_full_forward_loss(tiny):
     torch.testing.assert_close(fast, full)
     hf = peft_model(input_ids=ids, labels=labels).loss  # HF's own mean over label tokens
     torch.testing.assert_close(full / (labels[:, 1:] != IGNORE_INDEX).sum(), hf)
+
+
+def test_chunked_head_loss_has_the_full_losss_gradients(tiny, monkeypatch):
+    """Training's fast loss runs the head in row chunks (no [N, V] logits): same value, same gradients."""
+    from seal_agent.training import trainer
+
+    model, tok = tiny
+    items = [encode_example(tok, FACT_EXAMPLES[0]), encode_example(tok, {"text": "hello there, world"})]
+    ids, labels, _ = collate(items, pad_id=tok.pad_token_id)
+    peft_model = _wrap_with_lora(_shared_weight_copy(model), TrainConfig(), None)
+    assert trainer._frozen_linear_head(peft_model) is not None
+    lora = [p for p in peft_model.parameters() if p.requires_grad]
+    for p in lora:  # LoRA B starts at zero: give it values so every gradient path counts
+        torch.nn.init.normal_(p, std=0.05)
+
+    def grads(fast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        peft_model.zero_grad(set_to_none=True)
+        loss = _loss_sum(peft_model, ids, labels, fast)
+        (loss / 7).backward()
+        return loss.detach(), [p.grad.clone() for p in lora]
+
+    monkeypatch.setattr(trainer, "_HEAD_CHUNK_ELEMENTS", 3 * len(tok))  # 3 rows a chunk
+    chunked_loss, chunked = grads(True)
+    full_loss, full = grads(False)
+    torch.testing.assert_close(chunked_loss, full_loss)
+    for a, b in zip(chunked, full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(("examples", "field"), [

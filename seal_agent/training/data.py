@@ -381,7 +381,8 @@ def fit_examples(tokenizer: Any, examples: Sequence[Any], *, max_seq_len: int) -
 
 
 def plan_batches(
-    lengths: Sequence[int], *, batch_size: int, micro_batch_tokens: int, seed: int
+    lengths: Sequence[int], *, batch_size: int, micro_batch_tokens: int, seed: int,
+    overhead_tokens: int | None = None,
 ) -> list[list[list[int]]]:
     """Plan one epoch: optimizer steps, each a list of micro-batches of example indices.
 
@@ -392,11 +393,24 @@ def plan_batches(
     (``rows * longest``) stays within ``micro_batch_tokens``; an example longer than
     the budget gets a micro-batch of its own.
 
+    How a step is split does not change what is learned: the trainer accumulates the
+    micro-batches' gradients into one token-mean step. It only changes the cost:
+
+    * ``overhead_tokens=None``: greedy -- fill each micro-batch up to the budget;
+    * ``overhead_tokens=K``: the split of the step's length-sorted examples into
+      contiguous micro-batches that minimises ``sum(rows * longest) + K * micro_batches``
+      (exact, by dynamic programming), i.e. padded tokens against the fixed cost of a
+      forward/backward pass, expressed in tokens. On a CPU that fixed cost is small
+      (~20-25 tokens measured for a 4-layer Llama and for SmolLM2-135M), so a step of
+      mixed lengths is split where the padding saved exceeds it; on a GPU it is large
+      and steps stay whole.
+
     Args:
         lengths: Token count of each example.
         batch_size: Examples per optimizer step.
         micro_batch_tokens: Padded-token budget of one forward pass.
         seed: Seed of the shuffles (use a different one per epoch).
+        overhead_tokens: Fixed cost of one micro-batch in tokens (None: greedy split).
 
     Returns:
         ``steps[s][m]`` = indices of micro-batch ``m`` of step ``s``.
@@ -413,18 +427,53 @@ def plan_batches(
     plan: list[list[list[int]]] = []
     for step in steps:
         step = sorted(step, key=lambda i: lengths[i], reverse=True)
-        micro: list[list[int]] = []
-        cur: list[int] = []
-        for i in step:
-            longest = lengths[cur[0]] if cur else lengths[i]  # sorted: the first is the longest
-            if cur and (len(cur) + 1) * longest > micro_batch_tokens:
-                micro.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            micro.append(cur)
-        plan.append(micro)
+        if overhead_tokens is None:
+            plan.append(_split_greedy(step, lengths, micro_batch_tokens))
+        else:
+            plan.append(_split_min_cost(step, lengths, micro_batch_tokens, overhead_tokens))
     return plan
+
+
+def _split_greedy(step: list[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Fill micro-batches in order (``step`` sorted longest first) up to ``budget`` padded tokens."""
+    micro: list[list[int]] = []
+    cur: list[int] = []
+    for i in step:
+        longest = lengths[cur[0]] if cur else lengths[i]  # sorted: the first is the longest
+        if cur and (len(cur) + 1) * longest > budget:
+            micro.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        micro.append(cur)
+    return micro
+
+
+def _split_min_cost(step: list[int], lengths: Sequence[int], budget: int, overhead: int) -> list[list[int]]:
+    """Contiguous split of ``step`` (sorted longest first) minimising padded tokens + ``overhead`` per part.
+
+    ``best[j]`` is the cheapest split of ``step[:j]``; a part ``step[i:j]`` costs
+    ``(j - i) * lengths[step[i]] + overhead`` and must fit ``budget`` unless it is a
+    single example. Contiguity loses nothing: with rows sorted by length, any split
+    can be rearranged into a contiguous one that is no more expensive.
+    """
+    n = len(step)
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):
+            rows, longest = j - i, lengths[step[i]]
+            if rows > 1 and rows * longest > budget:
+                break  # longer parts (smaller i) only have longer rows
+            cost = best[i] + rows * longest + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    parts: list[list[int]] = []
+    j = n
+    while j > 0:
+        parts.append(step[cut[j] : j])
+        j = cut[j]
+    return parts[::-1]
 
 
 def collate(items: Sequence[TokenizedExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:

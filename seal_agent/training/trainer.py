@@ -22,8 +22,18 @@ What happens in `train_adapter`, in order:
 The loss is computed only where it is needed: the decoder's hidden states at the
 labelled positions go through the output head (``[N, H] @ [H, V]`` instead of
 ``[B, T, H] @ [H, V]``), which for chat data (loss on the answers only) and large
-vocabularies saves most of the head's compute and memory. Models whose forward does
-more than ``lm_head(decoder(x))`` (logit soft-capping or scaling) use the full forward.
+vocabularies saves most of the head's compute and memory. With a frozen head (LoRA
+not on it, the default) the head and the cross-entropy run in row chunks that compute
+the gradient as they go (`_HeadCrossEntropy`), so the ``[N, V]`` float logits, their
+log-softmax and its gradient are never held whole. Models whose forward does more than
+``lm_head(decoder(x))`` (logit soft-capping or scaling) use the full forward.
+
+On a CPU each step is split into micro-batches where that saves more padding than a
+forward/backward pass's fixed cost (`seal_agent.training.data.plan_batches` with
+``overhead_tokens``); on a GPU a step fills micro-batches up to
+``micro_batch_tokens``. Either way the gradients of a step's micro-batches are
+accumulated into one token-mean step, so the split changes the speed, not what is
+learned (bench/bench_train.py measures both against ``transformers.Trainer``).
 """
 
 from __future__ import annotations
@@ -68,6 +78,11 @@ logger = logging.getLogger(__name__)
 StoppedReason = Literal["completed", "max_steps", "max_seconds"]
 
 _MIN_LR_RATIO = 0.1  # cosine decays to 10% of the peak: the last steps still learn
+# The fixed cost of one forward/backward pass on a CPU, in tokens' worth of compute:
+# measured ~25 tokens for a 4-layer Llama (hidden 256) and ~19 for SmolLM2-135M (one
+# thread, LoRA r=16 on all linear layers; bench/bench_train.py). A step is split into
+# micro-batches where that saves more padding than it costs (data.plan_batches).
+_CPU_PASS_OVERHEAD_TOKENS = 24
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,10 @@ def train_adapter(
     lengths = [len(x) for x in data]
     # Targets of the shifted loss: label k is predicted from position k-1, so labels[0] never counts.
     n_targets = [sum(1 for t in x.labels[1:] if t != IGNORE_INDEX) for x in data]
+    device = next(model.parameters()).device
+    # CPU: split steps into micro-batches where the padding saved outweighs a pass's fixed
+    # cost; elsewhere (GPU) a pass's fixed cost dwarfs padding: fill to the token budget.
+    overhead = _CPU_PASS_OVERHEAD_TOKENS if device.type == "cpu" else None
     plan, epoch_of_step = [], []
     fixed = len(new_tok) + len(old_tok)
     for epoch in range(config.epochs):
@@ -192,13 +211,13 @@ def train_adapter(
         draw = sample_replay(rehearse_tok, config.rehearsal_size, 1.0, config.seed * 7919 + epoch)
         active = list(range(fixed)) + [fixed + i for i in draw]
         steps = plan_batches([lengths[i] for i in active], batch_size=config.batch_size,
-                             micro_batch_tokens=config.micro_batch_tokens, seed=config.seed * 1_000_003 + epoch)
+                             micro_batch_tokens=config.micro_batch_tokens, seed=config.seed * 1_000_003 + epoch,
+                             overhead_tokens=overhead)
         plan.extend([[[active[i] for i in mb] for mb in step] for step in steps])
         epoch_of_step.extend([epoch] * len(steps))
     total_steps = min(len(plan), config.max_steps) if config.max_steps else len(plan)
     pad_id = _pad_id(tokenizer)
 
-    device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
     fork_devices = [device.index if device.index is not None else torch.cuda.current_device()] if on_cuda else []
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -378,12 +397,68 @@ def _labelled_logits(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, fa
 def _loss_sum(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, fast: bool) -> torch.Tensor:
     """Summed next-token cross-entropy over the labelled positions of a micro-batch.
 
-    ``input_ids`` and ``labels`` are ``[B, T]``, right-padded.
+    ``input_ids`` and ``labels`` are ``[B, T]``, right-padded. When training through the
+    fast path with a frozen, plain linear head, the head and the loss run in row chunks
+    (`_HeadCrossEntropy`): same value and gradients, without the ``[N, V]`` logits.
     """
     target = labels[:, 1:]  # [B, T-1]: position k predicts token k+1
     mask = target != IGNORE_INDEX  # [B, T-1]
+    head = _frozen_linear_head(model) if fast and torch.is_grad_enabled() else None
+    if head is not None:
+        hidden = model.get_base_model().get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+        chunk = max(1, _HEAD_CHUNK_ELEMENTS // head.out_features)
+        return _HeadCrossEntropy.apply(hidden[:, :-1][mask], head.weight, head.bias, target[mask], chunk)
     logits = _labelled_logits(model, input_ids, mask, fast)
     return F.cross_entropy(logits.float(), target[mask], reduction="sum")
+
+
+# Float logits held at once by `_HeadCrossEntropy`: 16M values (64 MB), e.g. 341 rows of
+# SmolLM2's 49,152-token vocabulary -- big enough for an efficient matmul.
+_HEAD_CHUNK_ELEMENTS = 1 << 24
+
+
+def _frozen_linear_head(peft_model: Any) -> torch.nn.Linear | None:
+    """The output head when it is a plain ``nn.Linear`` with frozen weights (LoRA not on it)."""
+    head = peft_model.get_base_model().get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.weight.requires_grad:
+        return None
+    if head.bias is not None and head.bias.requires_grad:
+        return None
+    return head
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``head(hidden)`` against ``target``, in row chunks.
+
+    The ``[N, V]`` logits are never held whole: each chunk's logits, softmax and the
+    gradient for ``hidden`` (``(softmax - onehot) @ W``) are computed in the forward
+    pass and only the ``[N, H]`` gradient is kept for backward. Same arithmetic as
+    ``cross_entropy(head(hidden).float(), target)``, a fraction of the memory: for
+    SmolLM2 (V = 49,152) 4,096 labelled tokens would hold ~0.8 GB of float logits,
+    their log-softmax and its gradient. The head's weights must be frozen.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                target: torch.Tensor, chunk: int) -> torch.Tensor:
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            h, t = hidden[s : s + chunk], target[s : s + chunk]
+            logits = F.linear(h, weight, bias).float()  # [c, V]
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if grad is not None:
+                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                grad[s : s + chunk] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out.to(grad.dtype), None, None, None, None
 
 
 def _distill_sum(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, fast: bool) -> torch.Tensor:
