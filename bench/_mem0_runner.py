@@ -266,8 +266,7 @@ def load_records(memory: Any, wrapper: PrecomputedAddEmbedder, vectors: Any, rec
     return {"through_add": n_add, "through_vector_store_insert": bulk}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="mem0-bench-", dir=args.workdir))
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     _offline_environment(work)
     _install_network_guard()
 
@@ -366,8 +365,11 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     for noisy in ("httpx", "chromadb", "mem0", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import shutil
+
+    work = Path(tempfile.mkdtemp(prefix="mem0-bench-", dir=args.workdir))
     try:
-        result = run(args)
+        result = run(args, work)
     except BaseException as exc:  # noqa: BLE001 -- the caller reads the reason from the JSON
         detail = f"{type(exc).__name__}: {exc}"
         if _ATTEMPTS:
@@ -375,10 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("Mem0 run failed: %s\n%s", detail, traceback.format_exc())
         args.out.write_text(json.dumps({"error": detail, "network_attempts": _ATTEMPTS}, indent=1))
         return 1
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(result["workdir"], ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(json.dumps(result))
     log.info("Mem0 %s, n=%d: search p50 %.1f ms, p95 %.1f ms (query embedding p50 %.1f ms); offline: %s",
              result["mem0_version"], result["n"], result["p50_ms"], result["p95_ms"], result["query_embed_ms_p50"],
