@@ -858,8 +858,9 @@ def _purge_chroma(memory: SealMemory, report: ForgetReport, hit: _Matcher, chrom
     try:
         for start in range(0, len(pending), 1000):
             chunk = pending[start:start + 1000]
-            index.delete(chunk)
-            left = index.present(chunk)
+            where = journal.namespaces_of(chunk)
+            index.delete(chunk, where)
+            left = index.present(chunk, where)
             if left:
                 raise RuntimeError(f"{len(left)} records still present after delete (e.g. {left[0]})")
             journal.mark_deleted(chunk)
@@ -898,7 +899,7 @@ def close_and_scrub(index: Any, chroma_dir: Path, ids: Collection[str],
             # again at once, with fresh uninitialised slots from this process's memory --
             # which held the forgotten text. So: open it now, then clear what it wrote.
             try:
-                index.collection.count()
+                index.open_all()
             except Exception as exc:  # Chroma down: it will be reopened (and cleared at close) later
                 logger.warning("could not reopen %s after scrubbing it: %s", chroma_dir, exc)
             zero_hnsw_slack(chroma_dir)
@@ -1010,6 +1011,20 @@ db.close()
 """
 
 
+def _zero_from(path: Path, offset: int) -> None:
+    """Overwrite `path` with zeros from `offset` to its end, durably."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        left = size - offset
+        while left > 0:
+            chunk = min(left, 1 << 20)
+            f.write(bytes(chunk))
+            left -= chunk
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def zero_hnsw_slack(chroma_dir: str | os.PathLike[str]) -> int:
     """Zero the unused slots of every vector segment's ``data_level0.bin``; how many files.
 
@@ -1034,15 +1049,12 @@ def zero_hnsw_slack(chroma_dir: str | os.PathLike[str]) -> int:
             size = data.stat().st_size
             if per_element <= 0 or max_elements * per_element != size or count > max_elements:
                 continue
-            with open(data, "r+b") as f:
-                f.seek(count * per_element)
-                left = size - count * per_element
-                while left:
-                    chunk = min(left, 1 << 20)
-                    f.write(bytes(chunk))
-                    left -= chunk
-                f.flush()
-                os.fsync(f.fileno())
+            _zero_from(data, count * per_element)
+            # length.bin: one 4-byte link-list size per slot, max_elements of them, the
+            # unused ones as uninitialised as data_level0's (forgotten text was found there)
+            lengths = header.with_name("length.bin")
+            if lengths.is_file() and lengths.stat().st_size == max_elements * 4:
+                _zero_from(lengths, count * 4)
             n += 1
         except OSError as exc:
             logger.warning("could not clear the unused slots of %s: %s", data, exc)

@@ -234,12 +234,12 @@ class SealMemory:
         self._doc_embeddings = (SubprocessEmbeddings() if embeddings is None and mc.embed_in_subprocess
                                 else None)
         self._index = ChromaIndex(client, mc.collection, self.embeddings, text_chars=mc.embedding_text_chars,
-                                  document_embeddings=self._doc_embeddings)
+                                  document_embeddings=self._doc_embeddings, per_namespace=True,
+                                  listing_ttl_s=mc.poll_interval_s)
         index = self._index
 
         def facts_client() -> Any:  # the interactions' client: one client per home and process
-            _ = index.collection  # opens the client
-            return index._client
+            return index.client
 
         self._facts = FactStore(self._journal, ChromaIndex(facts_client, mc.facts_collection, self.embeddings,
                                                            text_chars=mc.embedding_text_chars),
@@ -828,6 +828,9 @@ class SealMemory:
             min_score: Drop memories whose cosine similarity is below this.
             include_descendants: Also search sub-namespaces (``("users",)`` covers
                 ``("users", "alice")``). Off by default: recall stays within one scope.
+                Each namespace has its own Chroma collection, so this costs one query
+                per sub-namespace (about a millisecond each): fine for a user's few
+                threads, slow across thousands of tenants.
             filter: Metadata filter on the episodes, a hard ``where`` clause like the
                 namespace: ``{"topic": "billing"}``, ``{"priority": {"$gte": 2}}``,
                 ``$eq $ne $gt $gte $lt $lte $in $nin``, ``$and``/``$or``; a dotted key

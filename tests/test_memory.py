@@ -214,12 +214,38 @@ def test_real_minilm_embeddings_find_paraphrases(tmp_path: Path) -> None:
         got = m.recall("Tell me about my pet", k=1)
         assert "puppy" in got[0].text
     # recall's fast query path gives the vector the document path gives (truncation included)
+    from seal_agent.memory._onnx_query import OnnxQueryEncoder
     from seal_agent.memory.embeddings import MiniLMEmbeddings
 
-    emb = MiniLMEmbeddings()
+    emb, torch_only = MiniLMEmbeddings(), MiniLMEmbeddings(query_backend="torch")
     for text in ("Tell me about my pet", "word " * 400):
         q, d = emb.embed_query(text), emb.embed_documents([text])[0]
         assert max(abs(a - b) for a, b in zip(q, d, strict=True)) < 1e-5
+        assert max(abs(a - b) for a, b in zip(q, torch_only.embed_query(text), strict=True)) < 1e-5
+    assert isinstance(MiniLMEmbeddings._onnx.get(None), OnnxQueryEncoder)  # queries ran on ONNX Runtime
+
+
+def test_onnx_query_encoder_that_cannot_load_falls_back_to_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged cached export (or no onnxruntime) costs speed, never a recall."""
+    from seal_agent.memory import _onnx_query
+    from seal_agent.memory.embeddings import MiniLMEmbeddings
+
+    monkeypatch.setenv("SEAL_CACHE", str(tmp_path))
+    monkeypatch.setattr(MiniLMEmbeddings, "_onnx", {})
+    with pytest.raises(ValidationError, match="query_backend"):
+        MiniLMEmbeddings(query_backend="tensorrt")
+
+    def damaged_export(encoder: object, tokenizer: object, target: Path) -> None:
+        target.write_bytes(b"not an onnx graph")
+
+    monkeypatch.setattr(_onnx_query, "_export", damaged_export)
+    emb = MiniLMEmbeddings(query_backend="onnx")
+    with caplog.at_level("WARNING"):
+        q = emb.embed_query("Tell me about my pet")
+    assert MiniLMEmbeddings._onnx[None] is None and "embedding queries with torch" in caplog.text
+    want = MiniLMEmbeddings(query_backend="torch").embed_query("Tell me about my pet")
+    assert max(abs(a - b) for a, b in zip(q, want, strict=True)) < 1e-6
 
 
 # --------------------------------------------------------------- durability

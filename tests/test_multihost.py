@@ -147,7 +147,7 @@ def test_three_writers_and_a_reader_on_postgres_and_chroma_server(
         stored = [it.id for it in m._journal.list()]
         assert sorted(stored) == sorted(acked)  # nothing lost, no duplicates
         assert m._journal.backlog() == 0
-        in_chroma = set(m._index.collection.get(ids=acked, include=[])["ids"])
+        in_chroma = set(m._index.present(acked))
         assert in_chroma == set(acked)  # every acknowledged id is recallable
         for w, i in [(0, 0), (1, n // 2), (2, n - 1)]:
             top = m.recall(f"writer {w} note {i} w{w}n{i}", namespace=("users", f"u{i % 5}"), k=1)

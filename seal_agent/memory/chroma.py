@@ -98,13 +98,21 @@ def check_embedded(home: str | os.PathLike[str]) -> None:
 
 
 def embedded_record_count(home: str | os.PathLike[str], collection: str) -> int:
-    """Records in `collection` of the embedded Chroma under `home` (0 when there is none)."""
+    """Records the index named `collection` holds in the embedded Chroma under `home`: its
+    per-namespace collections (``seal_index`` metadata), and a single collection of that
+    name as older homes have it (0 when there is none)."""
     if not (Path(home) / "chroma" / "chroma.sqlite3").is_file():
         return 0
     client = make_client(home)
     try:
-        return int(client.get_collection(collection).count())
-    except Exception:  # chromadb raises NotFoundError/ValueError (by version) for no such collection
+        total = 0
+        for coll in client.list_collections():
+            md = dict(coll.metadata or {})
+            if coll.name == collection or md.get("seal_index") == collection:
+                total += int(coll.count())
+        return total
+    except Exception as exc:  # an unreadable index is reported by whoever opens it next
+        logger.debug("counting the records of %s failed: %s", home, exc)
         return 0
     finally:
         if hasattr(client, "close"):  # release it: the index opens its own when it needs one

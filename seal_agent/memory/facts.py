@@ -239,8 +239,7 @@ class FactStore:
         client (forget closes it to scrub Chroma's files): a collection of a closed
         client fails every call."""
         if self._main is not None:
-            _ = self._main.collection  # opens (or reopens) the shared client
-            client = self._main._client
+            client = self._main.client  # opens (or reopens) the shared client
             if client is not self._seen:
                 with self.index._lock:
                     self.index._collection = None

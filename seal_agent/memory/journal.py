@@ -38,6 +38,7 @@ from typing import Any
 
 from seal_agent.errors import StorageError
 from seal_agent.memory.records import (
+    NAMESPACE_SEP,
     HistoryEvent,
     Interaction,
     InteractionStatus,
@@ -320,6 +321,9 @@ def _snapshot(db: sqlite3.Connection, id_: str, event: str) -> None:
 
 _UNSET: Any = object()
 
+# WAL pages after which a commit checkpoints by itself (see `Journal._db`); SQLite's default is 1000
+_AUTOCHECKPOINT_PAGES = 10_000
+
 
 class Journal:
     """SQLite-backed, fsync'd store of interactions. Thread-safe.
@@ -414,6 +418,11 @@ class Journal:
             if not self.read_only:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")  # fsync on every commit: an ack is durable
+                # The index worker checkpoints the WAL (`checkpoint`) in its own thread; a
+                # commit crossing this many WAL pages would do it itself, and a `log` that
+                # paid for copying and fsyncing the database file took milliseconds. The
+                # limit stays as the safety net when no worker runs (~40 MB of WAL).
+                db.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
                 # What `forget` deletes (and what an update moves) is overwritten with zeros,
                 # not left readable in free space of the file (see `scrub`).
                 db.execute("PRAGMA secure_delete=ON")
@@ -423,19 +432,39 @@ class Journal:
                 self._all.append(db)
         return db
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file, without blocking readers or writers
+        (SQLite's PASSIVE checkpoint); the index worker calls it between batches."""
+        if self.read_only:
+            return
+        try:
+            self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except (sqlite3.Error, StorageError) as exc:  # a later checkpoint (or the safety net) catches up
+            logger.debug("WAL checkpoint of %s failed: %s", self.path, exc)
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One immediate transaction: all of it is committed (and fsync'd) or none.
 
         A failure (disk full, a bad row) rolls it back and leaves the connection usable:
         after some errors SQLite has already rolled back itself, so ROLLBACK is only
         sent while a transaction is still open.
+
+        Args:
+            durable: False for bookkeeping that a crash may lose because it is redone
+                (the index worker's ``indexed``/``chroma_deleted`` marks: re-indexing and
+                re-deleting are idempotent). Its commit skips the fsync, so the write lock
+                is held for microseconds instead of a disk flush, and a `log` waiting for
+                that lock is not delayed by it (log()'s tail latency). Atomicity is kept;
+                the next durable commit flushes these pages too.
         """
         if self.read_only:
             raise StorageError(f"this memory opened its journal {self.path} read-only; it cannot be written. "
                                "Open the home without read_only (it must be writable) to log, give feedback, "
                                "forget or consolidate", path=self.path)
         db = self._db()
+        if not durable:
+            db.execute("PRAGMA synchronous=NORMAL")  # per connection, and only outside a transaction
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -447,6 +476,9 @@ class Journal:
                 except (sqlite3.Error, StorageError):
                     logger.warning("rollback on the journal %s failed", self.path, exc_info=True)
             raise
+        finally:
+            if not durable:
+                db.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         with self._all_lock:
@@ -738,8 +770,21 @@ class Journal:
             f"SELECT id FROM forgotten WHERE id IN ({','.join('?' * len(ids))})", list(ids)).fetchall()
         return [r[0] for r in rows]
 
+    def namespaces_of(self, ids: Sequence[str]) -> dict[str, Namespace]:
+        """The namespace of each of `ids` the journal knows, forgotten or not (the index
+        keeps one Chroma collection per namespace: a delete must find the right one)."""
+        out: dict[str, Namespace] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            for table in ("interactions", "forgotten"):
+                for id_, ns in self._db().execute(
+                        f"SELECT id, namespace FROM {table} WHERE id IN ({marks})", chunk):
+                    out[id_] = tuple(ns.split(NAMESPACE_SEP))
+        return out
+
     def mark_indexed(self, ids: Sequence[str], indexed: bool = True) -> None:
-        with self._tx() as db:
+        with self._tx(durable=indexed is False) as db:  # a lost "indexed" mark only re-indexes
             db.executemany("UPDATE interactions SET indexed=? WHERE id=?", [(int(indexed), i) for i in ids])
 
     def pending_deletes(self, limit: int) -> list[str]:
@@ -749,7 +794,7 @@ class Journal:
         return [r[0] for r in rows]
 
     def mark_deleted(self, ids: Sequence[str]) -> None:
-        with self._tx() as db:
+        with self._tx(durable=False) as db:  # a lost mark only deletes from Chroma again
             db.executemany("UPDATE forgotten SET chroma_deleted=1 WHERE id=?", [(i,) for i in ids])
 
     def backlog(self) -> int:

@@ -41,6 +41,7 @@ from typing import Any
 from seal_agent.errors import BackendUnavailableError, StorageError
 from seal_agent.memory.journal_base import redact_url
 from seal_agent.memory.records import (
+    NAMESPACE_SEP,
     HistoryEvent,
     Interaction,
     InteractionStatus,
@@ -551,6 +552,13 @@ class PostgresJournal:
             return []
         return [r[0] for r in self._q("SELECT id FROM forgotten WHERE id = ANY(%s)", (list(ids),))]
 
+    def namespaces_of(self, ids: Sequence[str]) -> dict[str, Namespace]:
+        if not ids:
+            return {}
+        rows = self._q("SELECT id, namespace FROM interactions WHERE id = ANY(%s) "
+                       "UNION ALL SELECT id, namespace FROM forgotten WHERE id = ANY(%s)", (list(ids), list(ids)))
+        return {r[0]: tuple(r[1].split(NAMESPACE_SEP)) for r in rows}
+
     def mark_indexed(self, ids: Sequence[str], indexed: bool = True) -> None:
         with self._conn_tx() as conn:
             conn.execute("UPDATE interactions SET indexed=%s WHERE id = ANY(%s)", (int(indexed), list(ids)))
@@ -561,6 +569,9 @@ class PostgresJournal:
     def mark_deleted(self, ids: Sequence[str]) -> None:
         with self._conn_tx() as conn:
             conn.execute("UPDATE forgotten SET chroma_deleted=1 WHERE id = ANY(%s)", (list(ids),))
+
+    def checkpoint(self) -> None:
+        """Nothing to do: the server checkpoints its own WAL."""
 
     def backlog(self) -> int:
         row = self._q("SELECT (SELECT COUNT(*) FROM interactions WHERE indexed=0) + "
