@@ -296,7 +296,9 @@ def summary(rs: list[dict]) -> dict:
             "loss": _median([r["loss"] for r in rs]), "peak": max(r["peak"] for r in rs), "runs": rs}
 
 
-def write_chart(path: Path, cases: dict[str, dict[str, dict]], title: str) -> bool:
+def write_chart(path: Path, cases: dict[str, dict[str, dict]], title: str, judge: str = "cpu") -> bool:
+    """Left: each side's useful tokens/s relative to the naive Trainer (the judged measure);
+    right: peak memory. Relative, because the two models' rates differ ~30x."""
     try:
         import matplotlib
     except ImportError:
@@ -306,24 +308,42 @@ def write_chart(path: Path, cases: dict[str, dict[str, dict]], title: str) -> bo
     import matplotlib.pyplot as plt
 
     names = list(cases)
+    key = "tpc" if judge == "cpu" else "tps"
     colors = {"naive": "#bbbbbb", "grouped": "#777777", "ours": "#2a7ab0"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.27
-    for ax, key, label, scale in ((axes[0], "tps", "useful tokens / s (wall)", 1.0),
-                                  (axes[1], "peak", "peak memory, MiB", 1 / 2**20)):
-        for k, side in enumerate(SIDES):
-            xs = [i + (k - 1) * width for i in range(len(names))]
-            values = [cases[n][side][key] * scale for n in names]
-            bars = ax.bar(xs, values, width, label=SIDE_NAMES[side], color=colors[side])
-            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    for k, side in enumerate(SIDES):
+        xs = [i + (k - 1) * width for i in range(len(names))]
+        rel = [cases[n][side][key] / cases[n]["naive"][key] for n in names]
+        bars = axes[0].bar(xs, rel, width, label=SIDE_NAMES[side], color=colors[side])
+        axes[0].bar_label(bars, labels=[f"{r:.2f}x\n{cases[n][side][key]:.0f}" for r, n in zip(rel, names, strict=True)],
+                          fontsize=6)
+        peaks = [cases[n][side]["peak"] / 2**20 for n in names]
+        bars = axes[1].bar(xs, peaks, width, label=SIDE_NAMES[side], color=colors[side])
+        axes[1].bar_label(bars, fmt="%.0f", fontsize=7)
+    axes[0].axhline(SPEED_VS_NAIVE, color="#2a7ab0", lw=0.6, ls="--")
+    unit = "CPU-second" if judge == "cpu" else "second (wall)"
+    axes[0].set_title(f"useful tokens per {unit}, x naive Trainer (label: x, tokens)", fontsize=9)
+    axes[1].set_title("peak memory, MiB (training process)", fontsize=9)
+    for ax in axes:
         ax.set_xticks(range(len(names)), [n.replace(" / ", "\n") for n in names], fontsize=8)
-        ax.set_title(label, fontsize=10)
-    axes[0].legend(fontsize=7, loc="upper right")
+    axes[0].set_ylim(0, max(cases[n]["ours"][key] / cases[n]["naive"][key] for n in names) * 1.25)
+    axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def redraw(record: Path) -> None:
+    """Draw a saved record's chart again (beside it), e.g. after changing `write_chart`."""
+    import json
+
+    rec = json.loads(record.read_text())
+    cases = {name: c["sides"] for name, c in rec["data"]["cases"].items()}
+    write_chart(record.with_suffix(".png"), cases, rec["title"], rec["data"].get("judged_on", "cpu"))
+    print(f"chart written to {record.with_suffix('.png')}")
 
 
 def main() -> None:
@@ -354,7 +374,11 @@ def main() -> None:
                    help="judge the goals on useful tokens per CPU-second (auto: on a CPU) or per wall second")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/train-<time>.json)")
+    p.add_argument("--redraw", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.redraw is not None:
+        redraw(args.redraw)
+        return
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # inherited by the spawned workers
     args.n_examples = {m: args.examples or DEFAULT_EXAMPLES[m] for m in MODELS}
@@ -449,7 +473,7 @@ def main() -> None:
             "settings": settings, "grouping_args": _grouping_args(), "cases": results, "judged_on": judge,
             "loss_tolerance": LOSS_TOLERANCE}
     save("train", title=title, data=data, rows=rows, goals=goals, load_before=load_before, machine=machine,
-         device=device, chart=lambda path: write_chart(path, cases, title), out=args.out)
+         device=device, chart=lambda path: write_chart(path, cases, title, judge), out=args.out)
 
 
 if __name__ == "__main__":
