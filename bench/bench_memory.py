@@ -465,29 +465,72 @@ def bulk_fill(mem: SealMemory, data: Dataset, items: range, id_to_item: dict[str
         db.execute("PRAGMA synchronous=FULL")
 
 
-def run_mem0(python: str, data: Dataset, size: int, queries: list[tuple[str, tuple[str, str]]],
-             workdir: Path) -> dict[str, Any]:
-    """Mem0's `Memory.search` on the same data, in its own virtualenv (`bench/_mem0_runner.py`)."""
-    import subprocess
+class Mem0Server:
+    """Mem0's `Memory.search` on the same data, in its own virtualenv (`bench/_mem0_runner.py
+    --serve`), asked one query at a time so that its queries alternate with ours."""
 
-    folder = workdir / f"mem0-{size}"
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "vectors.npy", data.vectors[:size])
-    with open(folder / "records.jsonl", "w") as f:
-        for i in range(size):
-            f.write(json.dumps({"id": str(i), "text": data.texts[i], "user": data.namespace(i)[1]}) + "\n")
-    with open(folder / "queries.jsonl", "w") as f:
-        for q, ns in queries:
-            f.write(json.dumps({"text": q, "user": ns[1]}) + "\n")
-    out = folder / "result.json"
-    runner = Path(__file__).resolve().parent / "_mem0_runner.py"
-    proc = subprocess.run([python, str(runner), "--data", str(folder), "--out", str(out)],
-                          capture_output=True, text=True, timeout=3600)
-    try:
-        got = json.loads(out.read_text())
-    except (OSError, ValueError):
-        got = {"error": f"runner exited {proc.returncode}: {proc.stderr.strip()[-500:]}"}
-    return got
+    def __init__(self, python: str, data: Dataset, size: int, queries: list[tuple[str, tuple[str, str]]],
+                 workdir: Path) -> None:
+        import subprocess
+
+        folder = workdir / f"mem0-{size}"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "vectors.npy", data.vectors[:size])
+        with open(folder / "records.jsonl", "w") as f:
+            for i in range(size):
+                f.write(json.dumps({"id": str(i), "text": data.texts[i], "user": data.namespace(i)[1]}) + "\n")
+        with open(folder / "queries.jsonl", "w") as f:  # its warm-up queries
+            for q, ns in queries:
+                f.write(json.dumps({"text": q, "user": ns[1]}) + "\n")
+        self.out = folder / "result.json"
+        self.error: str | None = None
+        self.meta: dict[str, Any] = {}
+        runner = Path(__file__).resolve().parent / "_mem0_runner.py"
+        self.log = folder / "runner.log"  # a file, not a pipe: its progress bars would fill a pipe and block it
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([python, str(runner), "--data", str(folder), "--out", str(self.out),
+                                          "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # after it loaded everything (minutes at 100k)
+        try:
+            self.meta = json.loads(line)
+            assert self.meta.get("ready")
+        except (ValueError, AssertionError):
+            self.error = self._failure(line)
+
+    def _failure(self, line: str) -> str:
+        self.proc.kill()
+        self.proc.wait(60)
+        try:
+            return str(json.loads(self.out.read_text()).get("error"))
+        except (OSError, ValueError):
+            err = self.log.read_text(errors="replace") if self.log.is_file() else ""
+            return f"runner said {line.strip()[:200]!r}; its log ends: {err.strip()[-400:]}"
+
+    def ask(self, q: str, user: str) -> tuple[float, list[str]] | None:
+        """(milliseconds of `Memory.search`, timed in the child; the ids of its top 5)."""
+        if self.error is not None:
+            return None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"text": q, "user": user}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        try:
+            reply = json.loads(line)
+            return float(reply["ms"]), list(reply["ids"])
+        except (ValueError, KeyError):
+            self.error = self._failure(line)
+            return None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(120)
+            except Exception:
+                self.proc.kill()
 
 
 def bench_recall(model: MiniLMEmbeddings, pool: list[tuple[str, str]], pool_vecs: np.ndarray,
@@ -545,6 +588,9 @@ def bench_recall(model: MiniLMEmbeddings, pool: list[tuple[str, str]], pool_vecs
             def store_search(q: str, ns: tuple[str, str]) -> list[tuple[int, float]]:
                 return [(int(it.key), float(it.score or 0.0)) for it in store.search(ns, query=q, limit=K)]
 
+            mem0_srv = Mem0Server(mem0_python, data, size, warm_queries, workdir) if mem0_python else None
+            mem0_ms: list[float] = []
+            mem0_top: list[list[str]] = []
             for q, ns in warm_queries:
                 seal_recall(q, ns)
                 store_search(q, ns)
@@ -559,7 +605,7 @@ def bench_recall(model: MiniLMEmbeddings, pool: list[tuple[str, str]], pool_vecs
             exact_kth: list[float] = []  # the exact search's K-th best score per query (for Mem0)
             for j, (q, ns) in enumerate(queries):
                 # alternate the order so that load drift and cache effects hit both alike
-                order = (0, 1, 2, 3) if j % 2 == 0 else (3, 2, 1, 0)
+                order = (0, 1, 2, 3, 4) if j % 2 == 0 else (4, 3, 2, 1, 0)
                 got: dict[int, list[tuple[int, float]]] = {}
                 for which in order:
                     t1 = time.perf_counter()
@@ -572,9 +618,12 @@ def bench_recall(model: MiniLMEmbeddings, pool: list[tuple[str, str]], pool_vecs
                     elif which == 2:
                         got[2] = store_search(q, ns)
                         t_store_l.append(time.perf_counter() - t1)
-                    else:
+                    elif which == 3:
                         torch_model.embed_query(q)
                         t_embed_torch_l.append(time.perf_counter() - t1)
+                    elif mem0_srv is not None and (answer := mem0_srv.ask(q, ns[1])) is not None:
+                        mem0_ms.append(answer[0])
+                        mem0_top.append(answer[1])
                 assert all(data.namespace(i) == ns for i, _ in got[0]), "namespace leak"
                 # Near-duplicate variants tie, so compare by score, not by id: a SealMemory hit
                 # counts when it is as close as the exact search's K-th best (float32 slack).
@@ -586,14 +635,18 @@ def bench_recall(model: MiniLMEmbeddings, pool: list[tuple[str, str]], pool_vecs
             agreement = agree / (K * len(queries))
             r50, r95 = ratio(s_store.p50, s_seal.p50), ratio(s_store.p95, s_seal.p95)
             mem0: dict[str, Any] = {}
-            if mem0_python:
-                mem0 = run_mem0(mem0_python, data, size, queries, workdir)
-                if "error" not in mem0:
-                    mem0["ms"] = Stats.of([x / 1000 for x in mem0["latencies_ms"]]).__dict__
+            if mem0_srv is not None:
+                mem0_srv.close()
+                mem0 = {"mem0_version": mem0_srv.meta.get("mem0_version"), "load_s": mem0_srv.meta.get("load_s"),
+                        "offline": mem0_srv.meta.get("offline")}
+                if mem0_srv.error is not None or len(mem0_ms) != len(queries):
+                    mem0["error"] = mem0_srv.error or f"answered {len(mem0_ms)} of {len(queries)} queries"
+                else:
+                    mem0["ms"] = Stats.of([x / 1000 for x in mem0_ms]).__dict__
                     # its hits scored exactly, against the same K-th best
                     qv = [np.asarray(model.embed_query(q), dtype=np.float32) for q, _ in queries]
                     hits = [sum(float(data.vectors[int(i)] @ v) >= kth - 1e-4 for i in top)
-                            for top, v, kth in zip(mem0["top_ids"], qv, exact_kth, strict=True)]
+                            for top, v, kth in zip(mem0_top, qv, exact_kth, strict=True)]
                     mem0["top_k_agreement"] = sum(hits) / (K * len(queries))
             print(f"   {'':40}{'p50':>12}{'p95':>12}{'mean':>12}{'max':>12}     n")
             lines = [("SealMemory.recall()", s_seal), ("InMemoryStore.search()", s_store)]
