@@ -191,10 +191,24 @@ def run_ours(model_name: str, lengths: str, args: argparse.Namespace) -> dict:
     cfg = TrainConfig(learning_rate=args.lr, epochs=args.n_epochs[model_name], batch_size=args.batch_size,
                       lora_rank=args.rank, lora_alpha=2 * args.rank, warmup_ratio=0.1,
                       micro_batch_tokens=args.micro_batch_tokens, max_seq_len=1024, seed=args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
+    # CPU time over the same span as the wall time (res.seconds): the training loop only,
+    # as trainer.train() is for the Trainer sides -- not tokenizing, LoRA wrapping, saving.
+    from seal_agent.training import trainer as trainer_module
+
+    loop = trainer_module._train_loop
+    spans: list[float] = []
+
+    def timed_loop(*a: Any, **kw: Any) -> Any:
         c0 = _cpu_seconds()
+        try:
+            return loop(*a, **kw)
+        finally:
+            spans.append(_cpu_seconds() - c0)
+
+    trainer_module._train_loop = timed_loop
+    with tempfile.TemporaryDirectory() as tmp:
         res = train_adapter(model, tok, examples, cfg, output_dir=Path(tmp) / "a", progress=False)
-        cpu = _cpu_seconds() - c0
+        cpu = sum(spans)
         peak = _peak_memory()
         loss = _eval_loss(PeftModel.from_pretrained(model, str(res.adapter_path)), tok, examples)
     return {"useful_tokens": res.tokens_seen, "padded_tokens": res.padded_tokens, "seconds": res.seconds,
