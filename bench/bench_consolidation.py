@@ -36,6 +36,7 @@ use the same settings; the ratio is what is judged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -55,7 +56,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 SUBJECTS = ["Zorbia", "the vorp", "Anna Pell", "the Blue Moon", "Quxville", "the zeb", "Lake Mirr", "Dr. Olen"]
 FACTS = ["was founded in {y}", "has {n} legs", "is painted bright green", "lies north of Quxville",
          "was discovered by Dr. Olen", "hosts a festival every {n} years", "is {n} meters tall"]
-STAGES = ["collect", "self_edit", "train", "gate", "commit"]
+# The last stage is "commit", or "reject" (staging the candidate) when the gate said no.
+STAGES = ["collect", "self_edit", "train", "gate", "commit", "reject"]
 SIDE_TIMEOUT_S = 3 * 3600
 
 
@@ -393,7 +395,7 @@ def _chart(runs: list[dict[str, Any]], path: Path) -> bool:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     labels, lefts = [], []
-    colors = dict(zip(STAGES, ["#999999", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"], strict=True))
+    colors = dict(zip(STAGES, ["#999999", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"], strict=True))
     rows = []
     for i, r in enumerate(runs):
         rows += [(f"run {i + 1} naive", r["naive"]), (f"run {i + 1} ours", r["ours"])]
@@ -408,7 +410,7 @@ def _chart(runs: list[dict[str, Any]], path: Path) -> bool:
     ax1.set_yticks(range(len(labels)), labels)
     ax1.set_xlabel("seconds (stacked by stage)")
     ax1.set_title("consolidation of the same interactions, per stage")
-    ax1.legend(loc="lower right", fontsize=8)
+    ax1.legend(loc="upper right", fontsize=8)
     names = ["ours (consolidation)", "naive pipeline", "bare Trainer+PEFT"]
     peaks = [_median([r[k]["peak_rss"] for r in runs]) / 2**30 for k in ("ours", "naive", "bare")]
     ax2.bar(range(3), peaks, color=["#2ca02c", "#d62728", "#7f7f7f"])
@@ -433,6 +435,8 @@ def main() -> None:
     p.add_argument("--model", default=None, help="default smollm2-135m (tiny-random with --tiny)")
     p.add_argument("--tiny", action="store_true", help="tiny-random (random weights): a quick check of the machinery")
     p.add_argument("--progress", action="store_true", help="progress bars in the sides")
+    p.add_argument("--keep", metavar="DIR", help="keep each side's result in DIR and reuse the ones already there "
+                   "(resumes an interrupted benchmark; the settings must be the same)")
     p.add_argument("--side", choices=["ours", "naive", "bare"], help=argparse.SUPPRESS)
     p.add_argument("--state", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -457,12 +461,21 @@ def main() -> None:
     print(f"{args.interactions} interactions, {args.model}, strategies={args.strategies}, samples={args.samples}, "
           f"max_new_tokens={args.max_new_tokens}, epochs={args.epochs}, runs={args.runs}\n")
     runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="seal-bench-consolidation-") as tmp:
+    keep = Path(args.keep) if args.keep else None
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="seal-bench-consolidation-") as tmp:
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs}", flush=True)
             state = Path(tmp) / f"state-{i}.json"
-            run = {side: _run_side(side, args, state, Path(tmp) / f"{side}-{i}.json")
-                   for side in ("ours", "naive", "bare")}
+            run = {}
+            for side in ("ours", "naive", "bare"):
+                out = Path(tmp) / f"{side}-{i}.json"
+                if keep is not None and out.is_file() and (side != "ours" or state.is_file()):
+                    print(f"  [{side}] reusing {out}", flush=True)
+                    run[side] = json.loads(out.read_text())
+                else:
+                    run[side] = _run_side(side, args, state, out)
             runs.append(run)
             _print_run(run, args)
 
@@ -530,7 +543,8 @@ def _print_run(run: dict[str, Any], args: argparse.Namespace) -> None:
           f"(serving loads: ours {ours['serving_load_s']:.1f} s, naive {naive['serving_load_s']:.1f} s, not counted)")
     for r in (ours, naive):
         c, t = r["counts"], r["train"]
-        print(f"  [{r['side']}] verdict={r['verdict']}" + (f" ({r['reason']})" if r["reason"] else "")
+        why = f" ({r['reason'][:100]}...)" if r["reason"] and len(r["reason"]) > 100 else f" ({r['reason']})"
+        print(f"  [{r['side']}] verdict={r['verdict']}" + (why if r["reason"] else "")
               + f"; self-edits {c.get('self_edits')} probes {c.get('probes')}; generation {r['gen_rows']} rows "
               f"{r['gen_tokens']} tokens = {r['gen_tokens'] / max(r['timings'].get('self_edit', 0), 1e-9):.1f} tok/s; "
               f"train {t.get('steps')} steps {t.get('tokens_per_second', 0):.0f} tok/s; model loads {r['model_loads']}; "

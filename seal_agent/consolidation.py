@@ -566,6 +566,7 @@ class _Run:
                 "timings": _merge(state, "timings", {"commit": time.perf_counter() - t0})}
 
     def reject(self, state: _State) -> dict[str, Any]:
+        t0 = time.perf_counter()
         version = self._own_version(state, "rejected")
         if version is None:
             manifest = self._manifest(state, 1.0)
@@ -574,7 +575,8 @@ class _Run:
         self._save_gate_report(state, version)
         reasons = (state.get("gate") or {}).get("reasons") or []
         return {"verdict": "rejected", "version": version,
-                "reason": state.get("reason") or "; ".join(reasons) or "rejected by the gate"}
+                "reason": state.get("reason") or "; ".join(reasons) or "rejected by the gate",
+                "timings": _merge(state, "timings", {"reject": time.perf_counter() - t0})}
 
     def mark(self, state: _State) -> dict[str, Any]:
         # Only ever after commit: CURRENT already names the adapter that learned these.
