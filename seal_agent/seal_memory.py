@@ -235,7 +235,9 @@ class SealMemory:
                                 else None)
         self._index = ChromaIndex(client, mc.collection, self.embeddings, text_chars=mc.embedding_text_chars,
                                   document_embeddings=self._doc_embeddings, per_namespace=True,
-                                  listing_ttl_s=mc.poll_interval_s)
+                                  listing_ttl_s=mc.poll_interval_s,
+                                  # exact search needs this process to be the index's only writer
+                                  exact_rows=mc.exact_search_rows if chroma_url is None and chroma_client is None else 0)
         index = self._index
 
         def facts_client() -> Any:  # the interactions' client: one client per home and process

@@ -160,3 +160,63 @@ def test_a_collection_made_by_another_process_is_seen_within_the_listing_ttl(tmp
     assert [h[0] for h in hits] == ["id2", "id1"]
     with pytest.raises(TypeError, match="per-namespace"):
         _ = here.collection
+
+
+def test_exact_search_finds_the_true_top_k_among_near_duplicates_and_follows_writes(tmp_path: Path) -> None:
+    """HNSW misses most of the true top 5 in a cluster of near-duplicates (21-64 % measured
+    at 10k); the in-memory exact search must return exactly the brute-force answer, and
+    stay right after upserts, updates and deletes by this index."""
+    import chromadb
+    import numpy as np
+    from chromadb.config import Settings
+
+    from seal_agent.memory.records import Interaction, content_hash, utc_now
+
+    rng = np.random.default_rng(0)
+    dim, n = 32, 3000
+    centers = rng.standard_normal((30, dim)).astype(np.float32)
+    vecs = centers[rng.integers(0, 30, n)] + 0.05 * rng.standard_normal((n, dim)).astype(np.float32)
+    texts = [f"row {i}" for i in range(n)]
+    table = dict(zip(texts, vecs.tolist(), strict=True))
+
+    class Table(HashEmbeddings):
+        seal_identity = "table"
+
+        def embed_documents(self, ts: list[str]) -> list[list[float]]:
+            return [table[t] for t in ts]
+
+    def row(i: int) -> Interaction:
+        msgs = [{"role": "user", "content": texts[i]}]
+        return Interaction(id=f"id{i:05d}", namespace=("u",), thread_id=None, created_at=utc_now(),
+                           messages=tuple(msgs), task=texts[i], outcome="", metadata={},
+                           content_hash=content_hash(msgs))
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "c"), settings=Settings(anonymized_telemetry=False))
+    rows = [row(i) for i in range(n)]
+    for it in rows:  # the index embeds Interaction.text
+        table[it.text] = table[texts[int(it.id[2:])]]
+    index = ChromaIndex(client, "x", Table(dim), per_namespace=True, exact_rows=5000)
+    for s in range(0, n, 500):
+        index.upsert(rows[s:s + 500])
+
+    def brute(q: np.ndarray, live: list[int]) -> list[str]:
+        m = vecs[live] / np.linalg.norm(vecs[live], axis=1, keepdims=True)
+        order = np.argsort(-(m @ (q / np.linalg.norm(q))), kind="stable")[:5]
+        return [f"id{live[j]:05d}" for j in order]
+
+    live = list(range(n))
+    queries = centers[:10] + 0.05 * rng.standard_normal((10, dim)).astype(np.float32)
+    for q in queries:
+        assert [h[0] for h in index.query(q.tolist(), ("u",), 5)] == brute(q, live)
+    # a write by this index is seen at once, without reloading
+    vecs[7] = queries[0]
+    table[rows[7].text] = queries[0].tolist()
+    index.upsert([rows[7]])
+    assert index.query(queries[0].tolist(), ("u",), 1)[0][0] == "id00007"
+    gone = [h[0] for h in index.query(queries[1].tolist(), ("u",), 5)]
+    index.delete(gone[:2])
+    live = [i for i in live if f"id{i:05d}" not in gone[:2]]
+    assert [h[0] for h in index.query(queries[1].tolist(), ("u",), 5)] == brute(queries[1], live)
+    # past exact_rows the namespace goes back to Chroma's HNSW (still answers)
+    small = ChromaIndex(client, "x", Table(dim), per_namespace=True, exact_rows=100)
+    assert len(small.query(queries[2].tolist(), ("u",), 5)) == 5 and small._exact[("u",)] is None

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -74,6 +75,56 @@ def namespace_where(namespace: Namespace, *, include_descendants: bool = False) 
         return {"ns": join_namespace(namespace)}
     clauses: list[dict[str, Any]] = [{f"ns_{i}": label} for i, label in enumerate(namespace)]
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+class _Exact:
+    """One namespace's vectors in memory, unit length, for exact cosine search.
+
+    Replaced, never changed in place (`with_rows`, `without`), so a query reading an old
+    one while a write builds the next needs no lock."""
+
+    def __init__(self, ids: list[str], vectors: Any) -> None:
+        import numpy as np
+
+        mat = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1) if len(ids) else np.zeros((0, 0), np.float32)
+        norms = np.linalg.norm(mat, axis=1, keepdims=True)
+        self.ids = list(ids)
+        self.pos = {id_: i for i, id_ in enumerate(self.ids)}
+        self.mat = mat / np.maximum(norms, 1e-12)
+
+    def with_rows(self, ids: Sequence[str], vectors: Sequence[Sequence[float]]) -> _Exact:
+        import numpy as np
+
+        fresh = _Exact(list(ids), vectors)
+        keep = [i for i, id_ in enumerate(self.ids) if id_ not in fresh.pos]
+        out = _Exact([], [])
+        out.ids = [self.ids[i] for i in keep] + fresh.ids
+        out.pos = {id_: i for i, id_ in enumerate(out.ids)}
+        out.mat = np.concatenate([self.mat[keep], fresh.mat]) if self.mat.size else fresh.mat
+        return out
+
+    def without(self, ids: Sequence[str]) -> _Exact:
+        drop = {self.pos[i] for i in ids if i in self.pos}
+        if not drop:
+            return self
+        out = _Exact([], [])
+        keep = [i for i in range(len(self.ids)) if i not in drop]
+        out.ids = [self.ids[i] for i in keep]
+        out.pos = {id_: i for i, id_ in enumerate(out.ids)}
+        out.mat = self.mat[keep]
+        return out
+
+    def top(self, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
+        import numpy as np
+
+        if not self.ids:
+            return []
+        q = np.asarray(vector, dtype=np.float32)
+        scores = self.mat @ (q / max(float(np.linalg.norm(q)), 1e-12))
+        k = min(k, len(self.ids))
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [(self.ids[i], float(scores[i])) for i in best]
 
 
 def shard_name(prefix: str, namespace: Namespace) -> str:
@@ -129,6 +180,13 @@ class ChromaIndex:
         listing_ttl_s: How long a listing of the collections is trusted before a query
             over descendants lists them again (collections other hosts create on a
             shared Chroma server are seen within this time).
+        exact_rows: With ``per_namespace``, score namespaces of up to this many records
+            exactly against an in-memory copy of their vectors (loaded from Chroma on
+            first use, then kept current by this index's own writes), keeping up to 10x
+            this many vectors in all, least recently queried dropped first; 0: always
+            Chroma's HNSW. Only for an index this process alone writes (the owner of an
+            embedded Chroma): another writer's records would be missed. See
+            `MemoryConfig.exact_search_rows` for why.
 
     Each collection records which embedding model filled it (`embedding_identity`);
     opening it with another raises `ConfigError` instead of comparing incomparable vectors.
@@ -145,6 +203,7 @@ class ChromaIndex:
         per_namespace: bool = False,
         search_ef: int = 128,
         listing_ttl_s: float = 1.0,
+        exact_rows: int = 0,
     ) -> None:
         self._client = None if callable(client) else client
         self._client_factory = client if callable(client) else None
@@ -161,6 +220,12 @@ class ChromaIndex:
         self._listing: dict[Namespace, str] | None = None  # namespace -> collection name
         self._listed_at = 0.0
         self._migrated = False
+        self.exact_rows = exact_rows if per_namespace else 0
+        self._exact: OrderedDict[Namespace, _Exact | None] = OrderedDict()  # None: too big, use HNSW
+        self._exact_lock = threading.Lock()
+        # Writes counted per namespace (deletes, whose namespace may be unknown, under ()):
+        # a copy loaded from Chroma while a write landed may lack it, so it is not kept.
+        self._exact_writes: dict[Namespace, int] = {}
         self._lock = threading.RLock()
         # `exclusive` (a forget scrubbing Chroma's files from a child process) waits for the
         # operations in flight and holds new ones back: a VACUUM under a write made
@@ -387,6 +452,9 @@ class ChromaIndex:
                                if k.startswith(METADATA_PREFIX) and k not in md})
                 target.upsert(ids=[it.id for it in batch], embeddings=[vectors[i] for i in rows],
                               documents=[it.text for it in batch], metadatas=metadatas)
+                if self.exact_rows:
+                    self._exact_write(ns, lambda e, b=batch, r=rows: e.with_rows([it.id for it in b],
+                                                                                  [vectors[i] for i in r]))
 
     @staticmethod
     def _record_metadata(it: Interaction) -> dict[str, Any]:
@@ -421,6 +489,12 @@ class ChromaIndex:
             with self._op():
                 for coll, chunk in self._targets(ids, namespaces):
                     coll.delete(ids=chunk)
+                if self.exact_rows:
+                    with self._exact_lock:
+                        self._exact_writes[()] = self._exact_writes.get((), 0) + 1
+                        for ns, cached in list(self._exact.items()):
+                            if cached is not None:
+                                self._exact[ns] = cached.without(ids)
 
     def present(self, ids: Sequence[str], namespaces: dict[str, Namespace] | None = None) -> list[str]:
         """Those of `ids` that Chroma holds (a deletion is verified with it)."""
@@ -448,10 +522,16 @@ class ChromaIndex:
                 if self.per_namespace:
                     where = metadata_where(filter) if filter else None
                     targets = self._shards_for(tuple(namespace), include_descendants)
+                    if self.exact_rows and not filter:
+                        exact = [self._exact_for(coll) for coll in targets]
+                        hits = [h for e in exact if e is not None for h in e.top(vector, k)]
+                        targets = [coll for coll, e in zip(targets, exact, strict=True) if e is None]
+                    else:
+                        hits = []
                 else:
                     where = with_filter(namespace_where(namespace, include_descendants=include_descendants), filter)
                     targets = [self.collection]
-                hits: list[tuple[str, float]] = []
+                    hits = []
                 for coll in targets:
                     res = coll.query(query_embeddings=[vector], n_results=k, where=where, include=["distances"])
                     # cosine space: distance = 1 - cos_sim
@@ -465,9 +545,47 @@ class ChromaIndex:
                     f"produce vectors of another size than collection {self.collection_name!r} holds ({exc})",
                 ) from exc
             raise BackendUnavailableError(f"Chroma query failed: {exc}") from exc
-        if len(targets) > 1:
-            hits.sort(key=lambda h: -h[1])
+        hits.sort(key=lambda h: -h[1])
         return hits[:k]
+
+    # ------------------------------------------------------------------ exact search
+
+    def _exact_for(self, coll: Any) -> _Exact | None:
+        """The in-memory vectors of a namespace's collection (loaded on first use), or
+        None when it holds more than `exact_rows` records."""
+        ns = _namespace_of(dict(coll.metadata or {}))
+        if ns is None:
+            return None
+        with self._exact_lock:
+            if ns in self._exact:
+                self._exact.move_to_end(ns)
+                return self._exact[ns]
+            writes = (self._exact_writes.get(ns, 0), self._exact_writes.get((), 0))
+        n = int(coll.count())
+        cached: _Exact | None = None
+        if n <= self.exact_rows:
+            got = coll.get(include=["embeddings"])
+            cached = _Exact(list(got["ids"]), got["embeddings"] if len(got["ids"]) else [])
+        with self._exact_lock:
+            if writes != (self._exact_writes.get(ns, 0), self._exact_writes.get((), 0)):
+                return None  # written while loading: HNSW this time, load again next time
+            if ns not in self._exact:
+                self._exact[ns] = cached
+            self._exact.move_to_end(ns)
+            budget = 10 * self.exact_rows
+            while sum(len(e.ids) for e in self._exact.values() if e is not None) > budget and len(self._exact) > 1:
+                self._exact.popitem(last=False)
+            return self._exact.get(ns)
+
+    def _exact_write(self, ns: Namespace, change: Callable[[_Exact], _Exact]) -> None:
+        """Apply a write to a cached namespace (one not cached is loaded from Chroma,
+        written already, when next queried); past `exact_rows` it goes back to HNSW."""
+        with self._exact_lock:
+            self._exact_writes[ns] = self._exact_writes.get(ns, 0) + 1
+            cached = self._exact.get(ns)
+            if cached is not None:
+                cached = change(cached)
+                self._exact[ns] = cached if len(cached.ids) <= self.exact_rows else None
 
     def count(self) -> int:
         with self._op():
@@ -485,6 +603,8 @@ class ChromaIndex:
         with self._lock:
             client, self._collection = self._client, None
             self._shards, self._listing = {}, None
+            with self._exact_lock:
+                self._exact.clear()
             if self._client_factory is not None:
                 self._client = None
                 if client is not None and hasattr(client, "close"):

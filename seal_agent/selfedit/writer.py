@@ -387,12 +387,14 @@ class _Run:
     # -- resources -------------------------------------------------------------
 
     def base_model(self) -> tuple[Any, Any]:
-        """A fresh base copy for the throwaway updates and the writer's training (never the served one)."""
+        """The base for the throwaway updates and the writer's training: its own module tree
+        (never the served one) over the process's one copy of the base weights
+        (`seal_agent.model.shared`: no second load when the model is already served)."""
         if self._base is None:
-            from seal_agent.model import load_model
+            from seal_agent.model.shared import load_shared
 
             mc = self.memory.config.model
-            self._base = load_model(mc.name_or_path, device=mc.device, dtype=mc.dtype, seed=mc.seed)
+            self._base = load_shared(mc.name_or_path, device=mc.device, dtype=mc.dtype, seed=mc.seed)
         return self._base
 
     def writer_chat(self) -> Any:
