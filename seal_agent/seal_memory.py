@@ -237,7 +237,8 @@ class SealMemory:
                                   document_embeddings=self._doc_embeddings, per_namespace=True,
                                   listing_ttl_s=mc.poll_interval_s,
                                   # exact search needs this process to be the index's only writer
-                                  exact_rows=mc.exact_search_rows if chroma_url is None and chroma_client is None else 0)
+                                  exact_rows=mc.exact_search_rows if chroma_url is None and chroma_client is None else 0,
+                                  exact_key=f"{(self._snapshot or self.home).resolve() / 'chroma'}|{mc.collection}")
         index = self._index
 
         def facts_client() -> Any:  # the interactions' client: one client per home and process

@@ -219,4 +219,50 @@ def test_exact_search_finds_the_true_top_k_among_near_duplicates_and_follows_wri
     assert [h[0] for h in index.query(queries[1].tolist(), ("u",), 5)] == brute(queries[1], live)
     # past exact_rows the namespace goes back to Chroma's HNSW (still answers)
     small = ChromaIndex(client, "x", Table(dim), per_namespace=True, exact_rows=100)
-    assert len(small.query(queries[2].tolist(), ("u",), 5)) == 5 and small._exact[("u",)] is None
+    assert len(small.query(queries[2].tolist(), ("u",), 5)) == 5 and small._store.entries[("u",)] is None
+
+
+def test_two_memories_on_one_home_in_one_process_see_each_others_writes(tmp_path: Path) -> None:
+    """Both write the embedded index (they share its ownership), so their exact-search
+    copies must be one: a row logged or forgotten through one is recalled right by the other."""
+    home = tmp_path / "home"
+    with SealMemory(home, embeddings=HashEmbeddings(256), model="tiny-random") as m1, \
+            SealMemory(home, embeddings=HashEmbeddings(256), model="tiny-random") as m2:
+        first = m1.log(ex("the lighthouse keeper feeds gulls"), namespace=("u",))
+        m1.flush(timeout=30)
+        assert [m.id for m in m2.recall("lighthouse keeper gulls", namespace=("u",), k=3)] == [first]
+        second = m1.log(ex("the lighthouse keeper paints the lamp room"), namespace=("u",))
+        m1.flush(timeout=30)
+        got = [m.id for m in m2.recall("lighthouse keeper paints lamp room", namespace=("u",), k=3)]
+        assert got[0] == second
+        m1.forget(ids=[second])
+        assert [m.id for m in m2.recall("lighthouse keeper", namespace=("u",), k=3)] == [first]
+        assert m2._index._store is m1._index._store
+
+
+def test_a_failed_non_durable_transaction_leaves_the_connection_durable(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index worker's marks skip the fsync; if their transaction cannot even begin
+    (another process holds the lock past the timeout), later log() calls on that
+    thread's connection must still be fsync'd."""
+    import sqlite3
+
+    from seal_agent.memory import journal as journal_mod
+
+    j = journal_mod.Journal(tmp_path / "j.sqlite3")
+    db = j._db()
+    real_execute = journal_mod._Connection.execute
+
+    def busy_begin(self: Any, sql: str, *args: Any) -> Any:
+        if sql.startswith("BEGIN"):
+            raise sqlite3.OperationalError("database is locked")
+        return real_execute(self, sql, *args)
+
+    monkeypatch.setattr(journal_mod._Connection, "execute", busy_begin)
+    with pytest.raises(Exception, match="locked"):
+        j.mark_indexed(["x"])
+    monkeypatch.setattr(journal_mod._Connection, "execute", real_execute)
+    conn = j._db()
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn is db
+    j.close()

@@ -429,3 +429,33 @@ def test_embedding_falls_back_in_process_when_no_child_can_run(monkeypatch: pyte
     assert len(vecs) == 2 and len(vecs[0]) == 384
     assert emb._fallback is not None
     assert any("in this process" in r.getMessage() for r in caplog.records)
+
+
+def test_onnx_queries_and_document_batches_in_parallel_threads_do_not_disturb_each_other() -> None:
+    """A fast tokenizer's padding settings are state: the ONNX query path has its own copy,
+    so a recall's query and another thread's document batch (catch_up, facts) both work."""
+    import threading
+
+    from seal_agent.memory.embeddings import MiniLMEmbeddings
+
+    emb = MiniLMEmbeddings()
+    emb.embed_query("warm up")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def documents() -> None:
+        try:
+            while not stop.is_set():
+                emb.embed_documents(["a short one", "a somewhat longer sentence about the sea and ships"])
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    worker = threading.Thread(target=documents)
+    worker.start()
+    try:
+        for i in range(150):
+            assert len(emb.embed_query(f"query number {i} " * (1 + i % 5))) == 384
+    finally:
+        stop.set()
+        worker.join()
+    assert errors == []

@@ -16,6 +16,7 @@ torch path.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -44,7 +45,10 @@ class OnnxQueryEncoder:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.tokenizer = tokenizer
+        # A copy: a fast tokenizer's padding/truncation settings are state of its Rust
+        # object, switched on every call, and sentence-transformers' `encode` (the
+        # document path, other threads) calls the original with other settings.
+        self.tokenizer = copy.deepcopy(tokenizer)
         self.max_length = max_length
         self.path = path
 
@@ -81,6 +85,8 @@ def _export(encoder: Any, tokenizer: Any, target: Path) -> None:
             torch.onnx.export(Pooled(encoder).eval(), args, str(tmp), input_names=list(_INPUTS),
                               output_names=["embedding"], opset_version=17, dynamo=False,
                               dynamic_axes={name: {0: "batch", 1: "tokens"} for name in _INPUTS})
+        with open(tmp, "rb") as f:  # durable before it takes the real name
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -105,8 +111,16 @@ def load_onnx_query_encoder(name: str, model_dir: Path, encoder: Any, tokenizer:
             folder.mkdir(parents=True, exist_ok=True)
             logger.info("exporting the query encoder of %s to ONNX at %s (once)", name, target)
             _export(encoder, tokenizer, target)
-        ours = OnnxQueryEncoder(target, tokenizer, max_length)
-        got, want = ours.encode(_PROBE), torch_encode(_PROBE)
+        try:
+            ours = OnnxQueryEncoder(target, tokenizer, max_length)
+            got = ours.encode(_PROBE)
+        except Exception:  # a damaged file (e.g. cut by a crash): export once more, then give up
+            logger.warning("the cached ONNX query encoder %s cannot be used; exporting it again", target)
+            target.unlink(missing_ok=True)
+            _export(encoder, tokenizer, target)
+            ours = OnnxQueryEncoder(target, tokenizer, max_length)
+            got = ours.encode(_PROBE)
+        want = torch_encode(_PROBE)
         diff = max(abs(a - b) for a, b in zip(got, want, strict=True))
         if diff > 1e-4:
             logger.warning("ONNX query encoder %s differs from torch by %.2g: not used", target, diff)

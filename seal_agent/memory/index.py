@@ -23,6 +23,7 @@ import hashlib
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -127,6 +128,30 @@ class _Exact:
         return [(self.ids[i], float(scores[i])) for i in best]
 
 
+class _ExactStore:
+    """The in-memory copies of one index's namespaces, shared by every `ChromaIndex` of
+    the process on the same embedded Chroma and collection (`shared`): two `SealMemory`
+    objects on one home both write it, and each must see the other's writes."""
+
+    _registry: weakref.WeakValueDictionary[str, _ExactStore] = weakref.WeakValueDictionary()
+    _registry_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[Namespace, _Exact | None] = OrderedDict()  # None: too big, use HNSW
+        self.lock = threading.Lock()
+        # Writes counted per namespace (deletes, whose namespace may be unknown, under ()):
+        # a copy loaded from Chroma while a write landed may lack it, so it is not kept.
+        self.writes: dict[Namespace, int] = {}
+
+    @classmethod
+    def shared(cls, key: str) -> _ExactStore:
+        with cls._registry_lock:
+            store = cls._registry.get(key)
+            if store is None:
+                store = cls._registry[key] = cls()
+            return store
+
+
 def shard_name(prefix: str, namespace: Namespace) -> str:
     """The Chroma collection holding one namespace's interactions.
 
@@ -187,6 +212,9 @@ class ChromaIndex:
             Chroma's HNSW. Only for an index this process alone writes (the owner of an
             embedded Chroma): another writer's records would be missed. See
             `MemoryConfig.exact_search_rows` for why.
+        exact_key: Indexes of this process with the same key (the embedded Chroma's
+            folder and the collection) share their in-memory copies, so each sees the
+            others' writes; None: this index's own.
 
     Each collection records which embedding model filled it (`embedding_identity`);
     opening it with another raises `ConfigError` instead of comparing incomparable vectors.
@@ -204,6 +232,7 @@ class ChromaIndex:
         search_ef: int = 128,
         listing_ttl_s: float = 1.0,
         exact_rows: int = 0,
+        exact_key: str | None = None,
     ) -> None:
         self._client = None if callable(client) else client
         self._client_factory = client if callable(client) else None
@@ -221,11 +250,7 @@ class ChromaIndex:
         self._listed_at = 0.0
         self._migrated = False
         self.exact_rows = exact_rows if per_namespace else 0
-        self._exact: OrderedDict[Namespace, _Exact | None] = OrderedDict()  # None: too big, use HNSW
-        self._exact_lock = threading.Lock()
-        # Writes counted per namespace (deletes, whose namespace may be unknown, under ()):
-        # a copy loaded from Chroma while a write landed may lack it, so it is not kept.
-        self._exact_writes: dict[Namespace, int] = {}
+        self._store = _ExactStore.shared(exact_key) if exact_key else _ExactStore()
         self._lock = threading.RLock()
         # `exclusive` (a forget scrubbing Chroma's files from a child process) waits for the
         # operations in flight and holds new ones back: a VACUUM under a write made
@@ -490,11 +515,11 @@ class ChromaIndex:
                 for coll, chunk in self._targets(ids, namespaces):
                     coll.delete(ids=chunk)
                 if self.exact_rows:
-                    with self._exact_lock:
-                        self._exact_writes[()] = self._exact_writes.get((), 0) + 1
-                        for ns, cached in list(self._exact.items()):
+                    with self._store.lock:
+                        self._store.writes[()] = self._store.writes.get((), 0) + 1
+                        for ns, cached in list(self._store.entries.items()):
                             if cached is not None:
-                                self._exact[ns] = cached.without(ids)
+                                self._store.entries[ns] = cached.without(ids)
 
     def present(self, ids: Sequence[str], namespaces: dict[str, Namespace] | None = None) -> list[str]:
         """Those of `ids` that Chroma holds (a deletion is verified with it)."""
@@ -556,36 +581,36 @@ class ChromaIndex:
         ns = _namespace_of(dict(coll.metadata or {}))
         if ns is None:
             return None
-        with self._exact_lock:
-            if ns in self._exact:
-                self._exact.move_to_end(ns)
-                return self._exact[ns]
-            writes = (self._exact_writes.get(ns, 0), self._exact_writes.get((), 0))
+        with self._store.lock:
+            if ns in self._store.entries:
+                self._store.entries.move_to_end(ns)
+                return self._store.entries[ns]
+            writes = (self._store.writes.get(ns, 0), self._store.writes.get((), 0))
         n = int(coll.count())
         cached: _Exact | None = None
         if n <= self.exact_rows:
             got = coll.get(include=["embeddings"])
             cached = _Exact(list(got["ids"]), got["embeddings"] if len(got["ids"]) else [])
-        with self._exact_lock:
-            if writes != (self._exact_writes.get(ns, 0), self._exact_writes.get((), 0)):
+        with self._store.lock:
+            if writes != (self._store.writes.get(ns, 0), self._store.writes.get((), 0)):
                 return None  # written while loading: HNSW this time, load again next time
-            if ns not in self._exact:
-                self._exact[ns] = cached
-            self._exact.move_to_end(ns)
+            if ns not in self._store.entries:
+                self._store.entries[ns] = cached
+            self._store.entries.move_to_end(ns)
             budget = 10 * self.exact_rows
-            while sum(len(e.ids) for e in self._exact.values() if e is not None) > budget and len(self._exact) > 1:
-                self._exact.popitem(last=False)
-            return self._exact.get(ns)
+            while sum(len(e.ids) for e in self._store.entries.values() if e is not None) > budget and len(self._store.entries) > 1:
+                self._store.entries.popitem(last=False)
+            return self._store.entries.get(ns)
 
     def _exact_write(self, ns: Namespace, change: Callable[[_Exact], _Exact]) -> None:
         """Apply a write to a cached namespace (one not cached is loaded from Chroma,
         written already, when next queried); past `exact_rows` it goes back to HNSW."""
-        with self._exact_lock:
-            self._exact_writes[ns] = self._exact_writes.get(ns, 0) + 1
-            cached = self._exact.get(ns)
+        with self._store.lock:
+            self._store.writes[ns] = self._store.writes.get(ns, 0) + 1
+            cached = self._store.entries.get(ns)
             if cached is not None:
                 cached = change(cached)
-                self._exact[ns] = cached if len(cached.ids) <= self.exact_rows else None
+                self._store.entries[ns] = cached if len(cached.ids) <= self.exact_rows else None
 
     def count(self) -> int:
         with self._op():
@@ -603,8 +628,8 @@ class ChromaIndex:
         with self._lock:
             client, self._collection = self._client, None
             self._shards, self._listing = {}, None
-            with self._exact_lock:
-                self._exact.clear()
+            with self._store.lock:
+                self._store.entries.clear()
             if self._client_factory is not None:
                 self._client = None
                 if client is not None and hasattr(client, "close"):
@@ -615,7 +640,9 @@ class ChromaIndex:
 
     def all_ids(self, page: int = 5000) -> set[str]:
         out: set[str] = set()
-        for coll in self._all_shards():
+        with self._op():  # not while a forget scrubs Chroma's files (`exclusive`)
+            shards = self._all_shards()
+        for coll in shards:
             offset = 0
             while True:
                 with self._op():

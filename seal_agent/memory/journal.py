@@ -432,6 +432,25 @@ class Journal:
                 self._all.append(db)
         return db
 
+    def _restore_durability(self, db: sqlite3.Connection) -> None:
+        """Back to fsync on every commit after a `_tx(durable=False)`, whatever happened in
+        it: a connection left at NORMAL would ack later `log` calls without an fsync. The
+        pragma cannot change inside a transaction, so one a failed ROLLBACK left open is
+        closed first; if the connection is unusable it is dropped (the next use opens one)."""
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            db.execute("PRAGMA synchronous=FULL")
+        except (sqlite3.Error, StorageError) as exc:
+            logger.warning("journal %s: dropping a connection whose durability could not be restored (%s)",
+                           self.path, exc)
+            if getattr(self._local, "db", None) is db:
+                self._local.db = None
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
+
     def checkpoint(self) -> None:
         """Copy the WAL into the database file, without blocking readers or writers
         (SQLite's PASSIVE checkpoint); the index worker calls it between batches."""
@@ -463,10 +482,10 @@ class Journal:
                                "Open the home without read_only (it must be writable) to log, give feedback, "
                                "forget or consolidate", path=self.path)
         db = self._db()
-        if not durable:
-            db.execute("PRAGMA synchronous=NORMAL")  # per connection, and only outside a transaction
-        db.execute("BEGIN IMMEDIATE")
         try:
+            if not durable:
+                db.execute("PRAGMA synchronous=NORMAL")  # per connection, and only outside a transaction
+            db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
         except BaseException:
@@ -478,7 +497,7 @@ class Journal:
             raise
         finally:
             if not durable:
-                db.execute("PRAGMA synchronous=FULL")
+                self._restore_durability(db)
 
     def close(self) -> None:
         with self._all_lock:
