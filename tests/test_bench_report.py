@@ -138,3 +138,10 @@ def test_report_refuses_a_readme_without_markers(tmp_path: Path, report: ModuleT
     readme.write_text("# no markers\n")
     assert report.main(["--results", str(tmp_path / "none"), "--readme", str(readme)]) == 2
     assert readme.read_text() == "# no markers\n"
+
+
+def test_the_committed_readme_matches_the_committed_records() -> None:
+    """bench/README.md's "Last measured" is what bench/report.py makes of bench/results/:
+    a figure typed by hand, or a run whose record was not committed, fails here."""
+    report = _module("report")
+    assert report.main(["--check"]) == 0, "run `python bench/report.py` and commit bench/results/ with the README"

@@ -395,7 +395,11 @@ class ChromaIndex:
     def _migrate_single_collection(self) -> None:
         """Move an index of format 1 (one collection, namespaces as metadata) into
         per-namespace collections: vectors are copied, nothing is embedded again; the old
-        collection is deleted last, so a crash midway only repeats the copy."""
+        collection is deleted last, so a crash midway only repeats the copy.
+
+        On a Chroma server shared by several hosts, upgrade with every writer stopped: a
+        host still running the old version keeps writing the old collection, and two
+        hosts copying at once may put an older vector over a newer one."""
         if self._migrated or not self.per_namespace:
             return
         old = self._open(self.collection_name, None)  # raises (again, each call) on other embeddings
