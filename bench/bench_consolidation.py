@@ -53,6 +53,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_train import pad_to_longest_collator  # noqa: E402  (the same naive collator as bench_train)
+
 SUBJECTS = ["Zorbia", "the vorp", "Anna Pell", "the Blue Moon", "Quxville", "the zeb", "Lake Mirr", "Dr. Olen"]
 FACTS = ["was founded in {y}", "has {n} legs", "is painted bright green", "lies north of Quxville",
          "was discovered by Dr. Olen", "hosts a festival every {n} years", "is {n} meters tall"]
@@ -191,7 +193,6 @@ def _trainer_args(tmp: str, tc: Any) -> Any:
 
 def _hf_train(model: Any, tok: Any, examples: list[dict[str, Any]], tc: Any) -> tuple[Any, dict[str, Any]]:
     """transformers.Trainer + PEFT LoRA on `examples` (pad to longest); the PeftModel and metrics."""
-    import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import Trainer
 
@@ -203,18 +204,7 @@ def _hf_train(model: Any, tok: Any, examples: list[dict[str, Any]], tc: Any) -> 
                                             lora_dropout=tc.lora_dropout, target_modules=tc.target_modules,
                                             bias="none"))
     counts = {"useful": 0, "padded": 0}
-
-    def pad_to_longest(batch: list[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[r, :n], labels[r, :n], mask[r, :n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
-            counts["useful"] += n
-        counts["padded"] += ids.numel()
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    pad_to_longest = pad_to_longest_collator(tok.pad_token_id, counts)
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model=peft, args=_trainer_args(tmp, tc), train_dataset=dataset, data_collator=pad_to_longest)

@@ -109,6 +109,27 @@ def _load(model_name: str, args: argparse.Namespace) -> tuple[Any, Any]:
     return model, tok
 
 
+def pad_to_longest_collator(pad_id: int, counts: dict[str, int]) -> Any:
+    """The usual Trainer collator: pad every batch to its longest example (labels -100 on
+    padding). It adds the real and the padded token counts of each batch to `counts`, so
+    a benchmark can report useful tokens/s. Shared by bench_train and bench_consolidation."""
+    import torch
+
+    def pad_to_longest(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), pad_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[r, :n], labels[r, :n], mask[r, :n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
+            counts["useful"] += n
+        counts["padded"] += ids.numel()
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    return pad_to_longest
+
+
 def make_examples(tok: Any, n: int, kind: str, seed: int, lengths: str = "uniform") -> list[dict]:
     """Examples of 10-400 tokens: spread uniformly, or log-uniformly (many short, a long tail)."""
     rng = random.Random(seed)
@@ -246,18 +267,7 @@ def run_trainer(model_name: str, lengths: str, args: argparse.Namespace, grouped
     model = get_peft_model(base, LoraConfig(
         r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules="all-linear", bias="none"))
     counts = {"useful": 0, "padded": 0}
-
-    def pad_to_longest(batch: list[dict]) -> dict:
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[r, :n], labels[r, :n], mask[r, :n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
-            counts["useful"] += n
-        counts["padded"] += ids.numel()
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    pad_to_longest = pad_to_longest_collator(tok.pad_token_id, counts)
 
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
