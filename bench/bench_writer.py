@@ -8,7 +8,8 @@ half and a held-out half (``--split`` of `bench_knowledge.py`):
 * the writer is improved on the **training** passages: round r samples ``--candidates``
   implications per passage from the current writer, rewards each by what a throwaway
   LoRA update trained on it does to the passage's questions (closed-book, from the base
-  model), keeps the best per passage unless it hurt the canaries, fine-tunes the writer
+  model), keeps the best per passage whose update keeps the canaries (checked best
+  first), fine-tunes the writer
   and commits it (`SealMemory.improve_writer`);
 * after each round r = 0 (the base model writing), 1, 2, ...: on a fresh home, the
   **held-out** passages are logged and consolidated with the ``implications`` strategy,
@@ -25,6 +26,7 @@ record, rewritten after every step) and a PNG chart under ``bench/results/``.
 
     python bench/bench_writer.py                               # 4+4 passages, K=3, 2 rounds, seed 0
     python bench/bench_writer.py --train 5 --heldout 5 --candidates 4 --seeds 0 1 2
+    python bench/bench_writer.py --train 5 --heldout 5 --seeds 0 1 2 --raw-once   # raw on seed 0 only
 """
 
 from __future__ import annotations
@@ -248,6 +250,7 @@ def main() -> None:
     p.add_argument("--inner-steps", type=int, default=4, help="steps of each throwaway update")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--no-raw", action="store_true", help="skip the raw arm")
+    p.add_argument("--raw-once", action="store_true", help="the raw arm on the first seed only (it has no writer)")
     p.add_argument("--progress", action="store_true", help="tqdm bars")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
@@ -290,7 +293,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="seal-writer-bench-") as tmp:
         root = Path(tmp)
         for seed in args.seeds:
-            if not args.no_raw:
+            if not args.no_raw and not (args.raw_once and seed != args.seeds[0]):
                 t = time.perf_counter()
                 res = evaluate_heldout(ctx, root / f"raw-s{seed}", "raw", seed, None, args.progress)
                 runs.append({"arm": "raw", "seed": seed, **res})
@@ -306,7 +309,8 @@ def main() -> None:
                     w = writer_run["rounds"][0] if writer_run["rounds"] else {}
                     print(f"seed {seed} writer round {r}: {writer_run['verdict']} {writer_run['versions']}; mean reward "
                           f"{w.get('mean_reward')}, kept {w.get('kept')}/{w.get('total')}, hurt canaries "
-                          f"{w.get('hurt_canaries')}, {w.get('seconds_per_candidate') or 0:.1f} s/candidate, "
+                          f"{w.get('hurt_canaries')} of {w.get('canary_checks')} checked, "
+                          f"{w.get('seconds_per_candidate') or 0:.1f} s/candidate, "
                           f"{w.get('seconds') or 0:.0f} s/round, load {_load()}", flush=True)
                 t = time.perf_counter()
                 res = evaluate_heldout(ctx, root / f"eval-r{r}-s{seed}", "implications", seed,

@@ -295,6 +295,52 @@ def test_cancel_stops_between_candidates_and_the_next_call_resumes(tmp_path: Pat
         assert len(calls) == 2  # the first candidate's reward was kept
 
 
+def test_canaries_are_checked_best_first_until_one_holds_and_a_resumed_round_does_not_recheck(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real closed-book rewards on tiny-random; the canary verdicts are scripted (the best
+    candidate's update "flips" them). Checks go in reward order and stop at the first
+    that holds: the kept one is the second best, two checks for three candidates. A
+    cancel between checks keeps the finished check; the resumed round does not redo it."""
+    import threading
+
+    from seal_agent.selfedit.writer import _Run
+
+    checked: list[int] = []
+    cancel = threading.Event()
+
+    def check(self, state, index):  # type: ignore[no-untyped-def]
+        adapter = self._candidate_dir(state, index)
+        assert (adapter / "adapter_model.safetensors").is_file()  # the trained update waited for its check
+        checked.append(index)
+        cancel.set()  # stop before the next check
+        return (len(checked) > 1), ("held" if len(checked) > 1 else "flipped: 3 canaries")
+
+    monkeypatch.setattr(_Run, "_check_canaries", check)
+    config = WriterConfig(candidates=3, inner_steps=1, writer_epochs=1, reward="loglik", min_reward=-1e9)
+    with _mem(tmp_path / "home") as mem:
+        iid = _teach(mem)
+        first = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),
+                                   cancel_event=cancel, progress=False)
+        assert first.verdict == "cancelled" and len(checked) == 1
+        rdir = mem.home / "writer" / "runs" / first.run_id / "round-0"
+        evaluations = [json.loads(line) for line in (rdir / "evaluations.jsonl").read_text().splitlines()]
+        assert all(e["canaries_ok"] is None and isinstance(e["reward"], float) for e in evaluations)
+        order = sorted(range(3), key=lambda i: -evaluations[i]["reward"])
+        assert checked == [order[0]]
+
+        report = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),
+                                    progress=False)
+        assert report.run_id == first.run_id and report.verdict == "committed", report.reason
+        assert checked == order[:2]  # the best one's check was not redone
+        (record,) = report.rounds
+        assert (record["hurt_canaries"], record["canary_checks"], record["kept"]) == (1, 2, 1)
+        kept = writer_registry(mem.home).get(report.versions[0]).manifest["metrics"]["kept"]
+        assert [k["reward"] for k in kept] == [evaluations[order[1]]["reward"]]
+        lines = [json.loads(line) for line in (rdir / "canaries.jsonl").read_text().splitlines()]
+        assert [line["ok"] for line in lines] == [False, True]
+        assert not (rdir / "candidates").exists()  # the round's throwaway updates are gone
+
+
 def test_a_round_whose_interaction_is_forgotten_meanwhile_commits_nothing(tmp_path: Path) -> None:
     """A forget during the round (here: while the candidates are scored) must not let the
     writer commit what it learned from the forgotten interaction."""

@@ -12,11 +12,14 @@ self-edits whose updates work, by rejection sampling and fine-tuning (ReST-EM):
    knowledge adapter for `WriterConfig.inner_steps` steps (one loaded base copy, reused
    for every candidate), and the interaction's questions are scored closed-book under
    it: answer log-likelihood and/or greedy correctness. Reward = gain over no update
-   (the knowledge adapter as it is). The canaries are checked under every candidate
-   with the gate's own checks (`seal_agent.gate.canary`); a candidate whose update made
-   them flip is never kept, whatever it gained;
+   (the knowledge adapter as it is). Each trained update is kept on disk until the
+   round closes;
 3. **select**: the best candidate per interaction, if its reward is above
-   `WriterConfig.min_reward` (rejection sampling);
+   `WriterConfig.min_reward` (rejection sampling) and its update keeps the canaries
+   (the gate's own checks, `seal_agent.gate.canary`). The canaries are checked lazily,
+   in reward order: the best candidate first, the next best only if that one made them
+   flip. The kept set is the one checking every candidate would give, at one canary
+   pass per interaction instead of K (the canaries were most of a candidate's cost);
 4. **train + commit**: the writer -- a LoRA adapter of its own -- is fine-tuned on
    (self-edit prompt -> kept self-edit) from its previous version, and committed to its
    own lineage, ``home/writer/adapters/`` (an `AdapterRegistry`), so the served
@@ -31,8 +34,8 @@ knowledge adapter keeps serving everything else.
 Like consolidation, a run is a checkpointed LangGraph `StateGraph` (own SQLite file,
 ``home/writer/checkpoints.sqlite3``): a killed run resumes at its last finished node, and
 inside the expensive ``evaluate`` node every finished candidate is appended to
-``runs/<run>/round-<r>/evaluations.jsonl``, so a kill loses at most the candidate being
-trained. Every start or resumption counts as an attempt; after
+``runs/<run>/round-<r>/evaluations.jsonl`` (and every canary check in ``select`` to
+``canaries.jsonl``), so a kill loses at most the candidate being trained or checked. Every start or resumption counts as an attempt; after
 `WriterConfig.max_attempts` the run is abandoned and the next call starts afresh.
 Commits are idempotent (a resumed run finds its own version by run id and round).
 """
@@ -111,9 +114,10 @@ class WriterConfig:
             ``"accuracy"``: gain in the share of questions answered right (greedy);
             ``"both"``: their sum (accuracy decides, log-likelihood breaks ties).
         min_reward: A candidate is kept only with a reward above this (rejection sampling).
-        check_canaries: Judge every candidate's update on the gate's canaries (the
-            model's shipped ones, or ``gate.canary_file``); one that flips more than the
-            gate allows, or any contrastive canary, is never kept.
+        check_canaries: Judge a candidate's update on the gate's canaries (the model's
+            shipped ones, or ``gate.canary_file``) before keeping it; one that flips more
+            than the gate allows, or any contrastive canary, is never kept (the next best
+            candidate of its interaction is checked instead).
         writer_epochs: Epochs of the writer's fine-tune on the kept self-edits.
         writer_learning_rate: Its learning rate.
         max_attempts: Starts or resumptions of a run before it is abandoned.
@@ -383,6 +387,7 @@ class _Run:
         self.progress = progress
         self._base: tuple[Any, Any] | None = None
         self._canaries: list[Any] | None = None
+        self._reference: tuple[int, Any] | None = None  # (round, canary outcomes with no update)
 
     # -- resources -------------------------------------------------------------
 
@@ -495,20 +500,24 @@ class _Run:
         record = {"round": r, "writer_parent": writer_version, "sample_seconds": time.perf_counter() - t0}
         return {"candidates": candidates, "round_record": record}
 
+    def _candidate_dir(self, state: _State, index: int) -> Path:
+        """Where candidate `index`'s throwaway update waits for its canary check (until the round closes)."""
+        return self._round_dir(state) / "candidates" / f"c{index:04d}"
+
     def evaluate(self, state: _State) -> dict[str, Any]:
-        """Train a throwaway update per candidate, score it; resumable candidate by candidate."""
+        """Train a throwaway update per candidate and score it; resumable candidate by candidate."""
         t0 = time.perf_counter()
         rdir = self._round_dir(state)
         rdir.mkdir(parents=True, exist_ok=True)
         log = rdir / "evaluations.jsonl"
         done = {e["id"]: e for e in _jsonl(log)}
-        todo = [c for c in state["candidates"] if c["id"] not in done]
         questions = {i: tuple(Question.of(q, "questions") for q in qs) for i, qs in state["questions"].items()}
         baseline: dict[str, Any] | None = None
-        reference: Any = None
         with tqdm(total=len(state["candidates"]), initial=len(done), disable=not self.progress,
                   desc=f"writer round {state['round']}", unit="candidate") as bar:
-            for c in todo:
+            for index, c in enumerate(state["candidates"]):
+                if c["id"] in done:
+                    continue
                 self._cancel_check("between candidates")
                 tc = time.perf_counter()
                 cand = WriterCandidate(c["id"], c["interaction_id"], c["strategy"], c["text"],
@@ -516,16 +525,23 @@ class _Run:
                 if not cand.examples:
                     result = {"id": c["id"], "reward": None, "canaries_ok": True, "usable": False,
                               "detail": {"why": "no usable self-edit in the reply"}}
-                else:
-                    if self.reward_fn is None and baseline is None:
-                        baseline, reference = self._baseline(state, questions)
+                elif self.reward_fn is not None:
                     adapter = self._train_throwaway(cand, rdir / "throwaway")
                     try:
-                        ev = self._reward(cand, adapter, baseline, reference)
+                        got = self.reward_fn(cand, adapter)
                     finally:
                         shutil.rmtree(adapter, ignore_errors=True)
+                    ev = got if isinstance(got, Evaluation) else Evaluation(float(got))
                     result = {"id": c["id"], "reward": float(ev.reward), "canaries_ok": bool(ev.canaries_ok),
                               "usable": True, "detail": ev.detail}
+                else:
+                    if baseline is None:
+                        baseline = self._baseline(state, questions)
+                    # Kept for `select`, which checks the canaries of the best candidates only.
+                    adapter = self._train_throwaway(cand, self._candidate_dir(state, index))
+                    result = {"id": c["id"], "reward": None, "canaries_ok": None, "usable": True,
+                              "detail": self._reward(cand, adapter, baseline)}
+                    result["reward"] = result["detail"].pop("reward")
                 result["seconds"] = time.perf_counter() - tc
                 with log.open("a", encoding="utf-8") as f:  # one line per finished candidate
                     f.write(json.dumps(result, default=str) + "\n")
@@ -535,19 +551,24 @@ class _Run:
         record = {**state.get("round_record", {}), "evaluate_seconds": time.perf_counter() - t0}
         return {"evaluations": evaluations, "round_record": record}
 
-    def _baseline(self, state: _State, questions: Mapping[str, tuple[Question, ...]]) -> tuple[dict[str, Any], Any]:
-        """Scores with no update (the knowledge adapter as it is) and the canaries' outcomes."""
-        rdir = self._round_dir(state)
-        cached = rdir / "baseline.json"
-        knowledge = self._knowledge_dir()
-        with self._peft(knowledge) as model:
+    def _baseline(self, state: _State, questions: Mapping[str, tuple[Question, ...]]) -> dict[str, Any]:
+        """Scores with no update (the knowledge adapter as it is), cached for a resumed round."""
+        cached = self._round_dir(state) / "baseline.json"
+        if cached.is_file():
+            return json.loads(cached.read_text(encoding="utf-8"))
+        with self._peft(self._knowledge_dir()) as model:
             _, tokenizer = self.base_model()
-            reference = self._canary_outcomes(model, tokenizer)
-            if cached.is_file():
-                return json.loads(cached.read_text(encoding="utf-8")), reference
             scores = {iid: self._score(model, tokenizer, qs) for iid, qs in questions.items()}
         write_atomic(cached, json.dumps(scores))
-        return scores, reference
+        return scores
+
+    def _canary_reference(self, state: _State) -> Any:
+        """The canaries' outcomes with no update (the knowledge adapter as it is), once per round."""
+        if self._reference is None or self._reference[0] != state["round"]:
+            _, tokenizer = self.base_model()
+            with self._peft(self._knowledge_dir()) as model:
+                self._reference = (state["round"], self._canary_outcomes(model, tokenizer))
+        return self._reference[1]
 
     @contextlib.contextmanager
     def _peft(self, adapter: Path | None) -> Iterator[Any]:
@@ -582,23 +603,30 @@ class _Run:
                                output_dir=out, cancel_event=self.cancel_event, progress=False)
         return result.adapter_path
 
-    def _reward(self, cand: WriterCandidate, adapter: Path, baseline: dict[str, Any] | None,
-                reference: Any) -> Evaluation:
-        if self.reward_fn is not None:
-            got = self.reward_fn(cand, adapter)
-            return got if isinstance(got, Evaluation) else Evaluation(float(got))
-        assert baseline is not None
+    def _reward(self, cand: WriterCandidate, adapter: Path, baseline: dict[str, Any]) -> dict[str, Any]:
+        """The candidate's closed-book scores under its update, and the reward (gain over `baseline`)."""
         _, tokenizer = self.base_model()
         with self._peft(adapter) as model:
             scores = self._score(model, tokenizer, cand.questions)
-            outcomes = self._canary_outcomes(model, tokenizer)
         before = baseline[cand.interaction_id]
         gain_ll = scores["loglik"] - before["loglik"]
         gain_acc = scores["accuracy"] - before["accuracy"] if scores["accuracy"] is not None else 0.0
         reward = {"loglik": gain_ll, "accuracy": gain_acc, "both": gain_acc + gain_ll}[self.config.reward]
-        ok, why = self._canaries_ok(reference, outcomes)
-        return Evaluation(reward, ok, {"before": before, "after": scores, "loglik_gain": gain_ll,
-                                       "accuracy_gain": gain_acc, "canaries": why})
+        return {"reward": reward, "before": before, "after": scores, "loglik_gain": gain_ll,
+                "accuracy_gain": gain_acc}
+
+    def _check_canaries(self, state: _State, index: int) -> tuple[bool, str]:
+        """The gate's canary judgement of candidate `index`'s update (kept on disk by `evaluate`)."""
+        if not self.canaries():
+            return True, "no canaries"
+        adapter = self._candidate_dir(state, index)
+        if not (adapter / "adapter_config.json").is_file():
+            return False, f"its trained update is missing ({adapter}): not kept unchecked"
+        reference = self._canary_reference(state)
+        _, tokenizer = self.base_model()
+        with self._peft(adapter) as model:
+            outcomes = self._canary_outcomes(model, tokenizer)
+        return self._canaries_ok(reference, outcomes)
 
     def _score(self, model: Any, tokenizer: Any, questions: Sequence[Question]) -> dict[str, Any]:
         from seal_agent.gate.canary import answer_contains
@@ -655,29 +683,56 @@ class _Run:
         return (not reasons), "; ".join(reasons) or "held"
 
     def select(self, state: _State) -> dict[str, Any]:
-        """Rejection sampling: the best candidate per interaction, if it gained and kept the canaries."""
+        """Rejection sampling: the best candidate per interaction, if it gained and keeps the canaries.
+
+        Candidates are checked on the canaries best first, per interaction, until one
+        keeps them: the same choice as checking all, at a fraction of the cost. Every
+        check is appended to ``canaries.jsonl``, so a resumed round does not redo it.
+        """
+        t0 = time.perf_counter()
+        index = {c["id"]: i for i, c in enumerate(state["candidates"])}
         by_id = {c["id"]: c for c in state["candidates"]}
-        best: dict[str, tuple[float, dict[str, Any]]] = {}
-        for ev in state["evaluations"]:
-            if not ev["usable"] or not ev["canaries_ok"] or ev["reward"] is None:
-                continue
-            if ev["reward"] <= self.config.min_reward:
-                continue
-            c = by_id[ev["id"]]
-            key = c["interaction_id"]
-            if key not in best or ev["reward"] > best[key][0]:
-                best[key] = (ev["reward"], c)
-        kept = [{**c, "reward": rew} for rew, c in best.values()]
-        usable = [e for e in state["evaluations"] if e["usable"]]
+        log = self._round_dir(state) / "canaries.jsonl"
+        checks = {e["id"]: e for e in _jsonl(log)}
+        evaluations = [dict(ev) for ev in state["evaluations"]]
+        for ev in evaluations:
+            if ev["id"] in checks:
+                ev["canaries_ok"] = checks[ev["id"]]["ok"]
+                ev["detail"] = {**ev.get("detail", {}), "canaries": checks[ev["id"]]["why"]}
+        ranked: dict[str, list[dict[str, Any]]] = {}
+        for ev in evaluations:
+            if ev["usable"] and ev["reward"] is not None and ev["canaries_ok"] is not False \
+                    and ev["reward"] > self.config.min_reward:
+                ranked.setdefault(by_id[ev["id"]]["interaction_id"], []).append(ev)
+        kept = []
+        for candidates in ranked.values():
+            for ev in sorted(candidates, key=lambda e: -e["reward"]):  # stable: a tie keeps sampling order
+                if ev["canaries_ok"] is None:
+                    self._cancel_check("between canary checks")
+                    tc = time.perf_counter()
+                    ok, why = self._check_canaries(state, index[ev["id"]])
+                    check = {"id": ev["id"], "ok": ok, "why": why, "seconds": time.perf_counter() - tc}
+                    with log.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(check) + "\n")
+                    checks[ev["id"]] = check
+                    ev["canaries_ok"], ev["detail"] = ok, {**ev.get("detail", {}), "canaries": why}
+                if ev["canaries_ok"]:
+                    kept.append({**by_id[ev["id"]], "reward": ev["reward"]})
+                    break
+        usable = [e for e in evaluations if e["usable"]]
         rewards = [e["reward"] for e in usable]  # the writer's average, canary-hurting candidates included
         secs = [e["seconds"] for e in usable]
         record = {**state.get("round_record", {}),
-                  "total": len(state["evaluations"]), "unusable": len(state["evaluations"]) - len(usable),
-                  "hurt_canaries": sum(1 for e in usable if not e["canaries_ok"]), "kept": len(kept),
+                  "total": len(evaluations), "unusable": len(evaluations) - len(usable),
+                  "hurt_canaries": sum(1 for e in usable if e["canaries_ok"] is False),
+                  "canary_checks": len(checks), "kept": len(kept),
                   "mean_reward": statistics.fmean(rewards) if rewards else None,
                   "best_mean_reward": statistics.fmean([k["reward"] for k in kept]) if kept else None,
-                  "seconds_per_candidate": statistics.fmean(secs) if secs else None}
-        return {"kept": kept, "round_record": record}
+                  "seconds_per_candidate": statistics.fmean(secs) if secs else None,
+                  "seconds_per_canary_check": statistics.fmean([c["seconds"] for c in checks.values()])
+                  if checks else None,
+                  "select_seconds": time.perf_counter() - t0}
+        return {"kept": kept, "evaluations": evaluations, "round_record": record}
 
     def train_writer(self, state: _State) -> dict[str, Any]:
         """Fine-tune the writer on (self-edit prompt -> kept self-edit), from its previous version."""
@@ -764,7 +819,9 @@ class _Run:
         record.setdefault("version", None)
         record.setdefault("train_seconds", 0.0)
         record["seconds"] = sum(record.get(k, 0.0) or 0.0 for k in ("sample_seconds", "evaluate_seconds",
-                                                                     "train_seconds"))
+                                                                     "select_seconds", "train_seconds"))
+        # The round's throwaway updates waited here for their canary checks: done now.
+        shutil.rmtree(self._round_dir(state) / "candidates", ignore_errors=True)
         if record["version"] is None:
             logger.info("writer round %d: nothing kept (%d candidates, %d hurt the canaries); nothing committed",
                         state["round"], record.get("total", 0), record.get("hurt_canaries", 0))
