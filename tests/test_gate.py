@@ -231,6 +231,47 @@ def test_scaled_adapter_equals_interpolated_merged_weights(tiny, tmp_path):
 # --------------------------------------------------------------------------- tinystories
 
 
+def test_settled_contains_waits_until_no_later_token_can_change_the_verdict() -> None:
+    from seal_agent.gate.canary import answer_contains, settled_contains
+
+    assert not settled_contains("It is Paris", "Paris")  # the word may still grow ...
+    assert answer_contains("It is Parisian.", "Paris") is False  # ... and then it would not count
+    assert not settled_contains("It is Paris.", "Paris")  # "Paris.com" normalises to "pariscom"
+    assert settled_contains("It is Paris. It", "Paris") and settled_contains("It is Paris\n", "Paris")
+    assert not settled_contains("It is Parisian. ", "Paris")
+    assert settled_contains("It is the capital, Lutetia ", "Paris", aliases=("Lutetia",))
+
+
+@pytest.mark.skipif(not TINYSTORIES.is_dir(), reason="../shared/models/tinystories-260k is absent")
+def test_greedy_canaries_stop_once_settled_with_the_verdicts_of_the_full_answers() -> None:
+    """Real weights: a canary whose answer appears early stops there (a prefix of the full
+    greedy answer); one whose answer never appears runs to max_new_tokens; the verdicts
+    are those of the full answers."""
+    from seal_agent.gate.canary import answer_contains, canary_outcomes
+    from seal_agent.gate.scorers import generate_answers
+    from seal_agent.model import load_model
+
+    model, tok = load_model(str(TINYSTORIES), device="cpu")
+    prompts = ["Once upon a time, there was a little girl named Lily.", "Tom had a big red ball.",
+               "The sun was hot and the cat", "One day, Sue went to the park with her mom."]
+    probe = [SuiteItem(kind="canary", id=f"p{i}", prompt=({"role": "text", "content": p},), expected="x", raw=True,
+                       check="greedy") for i, p in enumerate(prompts)]
+    full = generate_answers(model, tok, probe, max_new_tokens=32)
+    words = [normalize_answer(a).split() for a in full]
+    assert all(len(w) >= 6 for w in words), full  # each answer has an early word to expect
+    items = [dataclasses.replace(it, expected=w[2]) for it, w in zip(probe, words, strict=True)]  # said early
+    items.append(dataclasses.replace(probe[0], id="never", expected="zebra"))  # never said
+    outcomes = canary_outcomes(model, tok, items, max_new_tokens=32)
+    everything = [*full, full[0]]
+    assert [o.passed for o in outcomes] == [answer_contains(a, it.expected) for a, it in
+                                            zip(everything, items, strict=True)] == [True] * 4 + [False]
+    for o, a in zip(outcomes[:4], full, strict=True):
+        assert a.startswith(o.answer) and len(o.answer) < len(a)  # stopped early, on the same tokens
+    assert outcomes[4].answer == full[0]  # ran to max_new_tokens
+
+
+
+
 @pytest.mark.skipif(not TINYSTORIES.is_dir(), reason="../shared/models/tinystories-260k is absent")
 def test_tinystories_story_canary_rejects_a_wreck_and_passes_a_light_update(mem, tmp_path):
     from seal_agent.model import load_model

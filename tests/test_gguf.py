@@ -43,9 +43,10 @@ def test_missing_and_garbage_files_are_clear_errors_and_leave_nothing(tmp_path: 
     assert not [p for p in gguf_dir.iterdir() if not p.name.endswith(".lock")]
 
 
-def test_load_model_by_path_converts_once_then_reuses_the_cache(tmp_path: Path) -> None:
+def test_load_model_by_path_converts_once_then_reuses_the_cache(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The real file: dequantized into the cache once; a half-written folder is redone."""
-    from seal_agent.model import load_model
+    from seal_agent.model import gguf, load_model
 
     src = packaged_gguf(SMOLLM2_135M)
     folder = cached_gguf_folder(src, cache=tmp_path)
@@ -54,9 +55,19 @@ def test_load_model_by_path_converts_once_then_reuses_the_cache(tmp_path: Path) 
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert cached_gguf_folder(src, cache=tmp_path) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
-
-    (folder / "seal-gguf.json").unlink()  # as if killed before the marker was written
-    assert cached_gguf_folder(src, cache=tmp_path) == folder and (folder / "seal-gguf.json").exists()
-
     model, tok = load_model(str(folder))
     assert model.config.model_type == "llama" and tok.chat_template
+
+    # As if killed before the marker was written: converted again (the conversion itself
+    # is the one above; here only that it is called, which saves a second 20 s dequantization).
+    saved = (folder / "seal-gguf.json").read_text()
+    (folder / "seal-gguf.json").unlink()
+    calls: list[Path] = []
+
+    def convert(source: Path, into: Path, digest: str) -> None:
+        calls.append(into)
+        (into / "seal-gguf.json").write_text(saved)
+
+    monkeypatch.setattr(gguf, "_convert", convert)
+    assert cached_gguf_folder(src, cache=tmp_path) == folder and calls == [folder]
+    assert cached_gguf_folder(src, cache=tmp_path) == folder and calls == [folder]  # complete again: reused

@@ -141,17 +141,32 @@ def answer_contains(answer: str, expected: str, aliases: Sequence[str] = ()) -> 
     return any(f" {normalize_answer(e)} " in text for e in (expected, *aliases) if normalize_answer(e))
 
 
+def settled_contains(text: str, expected: str, aliases: Sequence[str] = ()) -> bool:
+    """Whether `text`, a greedy answer still being generated, already contains the expected
+    answer whatever comes next: `answer_contains` on the text up to its last whitespace
+    (the last word may still grow, "Paris" into "Parisian"; the words before it cannot
+    change, as normalisation never joins words across whitespace)."""
+    cut = max((i for i, ch in enumerate(text) if ch.isspace()), default=-1)
+    return cut > 0 and answer_contains(text[:cut], expected, aliases)
+
+
 def canary_outcomes(model: Any, tokenizer: Any, items: Sequence[SuiteItem], *, max_new_tokens: int,
                     batch_size: int = 16) -> list[CanaryOutcome]:
-    """Run each greedy/rank canary's check under `model` (its active adapter), in order."""
+    """Run each greedy/rank canary's check under `model` (its active adapter), in order.
+
+    A greedy canary's generation stops as soon as its answer is settled in it
+    (`settled_contains`): the verdict is the one the full `max_new_tokens` answer gets,
+    and the recorded answer is the prefix that decided it.
+    """
     out: list[CanaryOutcome | None] = [None] * len(items)
     greedy = [i for i, it in enumerate(items) if it.check == "greedy"]
     rank = [i for i, it in enumerate(items) if it.check == "rank"]
     if len(greedy) + len(rank) != len(items):
         raise ValueError("canary_outcomes takes greedy and rank canaries only")
     if greedy:
-        answers = generate_answers(model, tokenizer, [items[i] for i in greedy], max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size)
+        chosen = [items[i] for i in greedy]
+        answers = generate_answers(model, tokenizer, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   done=lambda j, text: settled_contains(text, chosen[j].expected, chosen[j].aliases))
         for i, a in zip(greedy, answers, strict=True):
             out[i] = CanaryOutcome(passed=answer_contains(a, items[i].expected, items[i].aliases), answer=a)
     if rank:

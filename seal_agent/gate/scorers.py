@@ -279,10 +279,34 @@ def _prompt_ids(tokenizer: Any, item: SuiteItem) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+class _RowsDone:
+    """A per-row stopping criterion for `generate`: row r stops once ``done(item, text)``
+    holds for its text so far (the other rows go on; the batch ends when all have stopped)."""
+
+    def __init__(self, tokenizer: Any, width: int, items: list[int], done: Callable[[int, str], bool]) -> None:
+        self.tokenizer, self.width, self.items, self.done = tokenizer, width, items, done
+        self.stopped = [False] * len(items)
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        for r, i in enumerate(self.items):
+            if not self.stopped[r]:
+                text = self.tokenizer.decode(input_ids[r, self.width:], skip_special_tokens=True)
+                self.stopped[r] = bool(self.done(i, text))
+        return torch.tensor(self.stopped, dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate_answers(model: Any, tokenizer: Any, items: Sequence[SuiteItem], *, max_new_tokens: int = 32,
-                     batch_size: int = 16) -> list[str]:
-    """Greedy answers, batched with left padding (so every row ends where generation starts)."""
+                     batch_size: int = 16, done: Callable[[int, str], bool] | None = None) -> list[str]:
+    """Greedy answers, batched with left padding (so every row ends where generation starts).
+
+    `done(i, text)`: item i's answer may stop at `text` (it is then that prefix of the
+    full greedy answer); a batch ends when each of its rows is done, at EOS or at
+    `max_new_tokens`. Greedy decoding makes a row's tokens independent of when the
+    others stop.
+    """
+    from transformers import StoppingCriteriaList
+
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [_prompt_ids(tokenizer, it) for it in items]
@@ -299,8 +323,10 @@ def generate_answers(model: Any, tokenizer: Any, items: Sequence[SuiteItem], *, 
             for r, i in enumerate(idx):
                 ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]):] = 1
+            stop = StoppingCriteriaList([_RowsDone(tokenizer, width, idx, done)]) if done is not None else None
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 stopping_criteria=stop)
             for r, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[r, width:], skip_special_tokens=True).strip()
     finally:
