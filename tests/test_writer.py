@@ -341,6 +341,43 @@ def test_canaries_are_checked_best_first_until_one_holds_and_a_resumed_round_doe
         assert not (rdir / "candidates").exists()  # the round's throwaway updates are gone
 
 
+def test_questions_come_from_later_exchanges_the_user_rated_well(tmp_path: Path) -> None:
+    """No questions given: a later exchange rated > 0 whose question recalls the passage
+    checks the passage's self-edits with its question and approved answer. A rated
+    question logged before the passage, an unrelated rated one and a badly rated one
+    check nothing; the rated exchange is a question, not an interaction to write for."""
+    seen: dict[str, set] = {}
+
+    def reward(candidate: WriterCandidate, adapter_dir: Path) -> float:
+        seen.setdefault(candidate.interaction_id, set()).update((q.question, q.answer) for q in candidate.questions)
+        return 0.5
+
+    ns = ("users", "t")
+    with _mem(tmp_path / "home") as mem:
+        before = mem.log([{"role": "user", "content": "Who leads the Kelpwood lab in Tromso?"},
+                          {"role": "assistant", "content": "Ada Brandt."}], namespace=ns, feedback=1.0)
+        passage = _teach(mem)
+        liked = mem.log([{"role": "user", "content": "Who is the lead engineer of the Kelpwood lab?"},
+                         {"role": "assistant", "content": "Ada Brandt is the lead engineer."}], namespace=ns,
+                        feedback=0.8)
+        mem.log([{"role": "user", "content": "Which engineer leads the Kelpwood lab?"},
+                 {"role": "assistant", "content": "Bob Stone."}], namespace=ns, feedback=-1.0)
+        mem.log([{"role": "user", "content": "How many legs does a spider have?"},
+                 {"role": "assistant", "content": "Eight legs."}], namespace=ns, feedback=1.0)
+        config = WriterConfig(candidates=2, inner_steps=1, writer_epochs=1, check_canaries=False,
+                              feedback_min_score=0.5)
+        report = mem.improve_writer(rounds=1, config=config, reward_fn=reward,
+                                    teacher=ScriptedChatModel(["nothing to ask"] * 6 + REPLIES * 4), progress=False)
+        assert report.verdict == "committed", report.reason
+        assert seen == {passage: {("Who is the lead engineer of the Kelpwood lab?",
+                                   "Ada Brandt is the lead engineer.")}}, seen
+        assert liked not in seen and before not in seen
+        with pytest.raises(ConfigError, match="feedback_min_score"):
+            WriterConfig(feedback_min_score=2.0)
+        with pytest.raises(ConfigError, match="feedback_recall_k"):
+            WriterConfig(feedback_recall_k=0)
+
+
 def test_a_round_whose_interaction_is_forgotten_meanwhile_commits_nothing(tmp_path: Path) -> None:
     """A forget during the round (here: while the candidates are scored) must not let the
     writer commit what it learned from the forgotten interaction."""

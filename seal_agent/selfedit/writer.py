@@ -5,7 +5,9 @@ trained on it -- is consolidation. The outer loop, here, trains the *writer* to 
 self-edits whose updates work, by rejection sampling and fine-tuning (ReST-EM):
 
 1. **sample**: for each interaction that has questions to check against (a user-supplied
-   set, else the ``self_qa`` pairs the served model writes about it), the current writer
+   set; else questions asked later that the user rated well, attached to the earlier
+   interactions they recall; else the ``self_qa`` pairs the served model writes about
+   it), the current writer
    writes `WriterConfig.candidates` self-edits (one batched `generate_batch` call for
    every interaction, one reply per candidate);
 2. **evaluate**: each candidate's examples train a throwaway LoRA from the current
@@ -118,6 +120,14 @@ class WriterConfig:
             shipped ones, or ``gate.canary_file``) before keeping it; one that flips more
             than the gate allows, or any contrastive canary, is never kept (the next best
             candidate of its interaction is checked instead).
+        feedback_questions: Take questions from later exchanges the user rated well: an
+            exchange with feedback > 0 whose question recalls an earlier interaction of
+            its namespace (among its `feedback_recall_k` nearest, cosine similarity >=
+            `feedback_min_score`) checks that interaction's self-edits with its question
+            and the answer the user approved. Such exchanges are questions, not
+            interactions to write self-edits for.
+        feedback_recall_k: How many earlier interactions one rated question may check.
+        feedback_min_score: Similarity below which a rated question checks nothing.
         writer_epochs: Epochs of the writer's fine-tune on the kept self-edits.
         writer_learning_rate: Its learning rate.
         max_attempts: Starts or resumptions of a run before it is abandoned.
@@ -134,6 +144,9 @@ class WriterConfig:
     reward: RewardMode = "both"
     min_reward: float = 0.0
     check_canaries: bool = True
+    feedback_questions: bool = True
+    feedback_recall_k: int = 2
+    feedback_min_score: float = 0.3
     writer_epochs: int = 2
     writer_learning_rate: float = 5e-4
     max_attempts: int = 3
@@ -147,7 +160,7 @@ class WriterConfig:
                 and all(isinstance(s, str) and s for s in self.strategies)):
             raise bad("strategies", "must be a non-empty list of self-edit strategy names")
         for name in ("candidates", "max_new_tokens", "max_interactions", "inner_steps",
-                     "writer_epochs", "max_attempts"):
+                     "feedback_recall_k", "writer_epochs", "max_attempts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "must be a positive integer")
@@ -161,8 +174,12 @@ class WriterConfig:
             raise bad("reward", "must be 'loglik', 'accuracy' or 'both'")
         if isinstance(self.min_reward, bool) or not isinstance(self.min_reward, (int, float)):
             raise bad("min_reward", "must be a number")
-        if not isinstance(self.check_canaries, bool):
-            raise bad("check_canaries", "must be true or false")
+        for name in ("check_canaries", "feedback_questions"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
+        value = self.feedback_min_score
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
+            raise bad("feedback_min_score", "must be a number in [-1, 1] (a cosine similarity)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", "must be an integer >= 0")
 
@@ -419,17 +436,25 @@ class _Run:
     # -- nodes -------------------------------------------------------------------
 
     def prepare(self, state: _State) -> dict[str, Any]:
-        """Which interactions, and their questions (user-supplied, else ``self_qa`` pairs)."""
+        """Which interactions, and their questions: user-supplied, else later questions the
+        user rated well (`WriterConfig.feedback_questions`), else ``self_qa`` pairs."""
+        everything = self.memory.list()
+        rated, sources = self._feedback_questions(everything) if self.config.feedback_questions else ({}, set())
+        n = self.config.max_interactions
         if self.user_interactions is not None:
             chosen = [self.memory.get(i) for i in self.user_interactions]
         else:
-            pool = [it for it in self.memory.list() if it.feedback is None or it.feedback >= 0]
+            pool = [it for it in everything if (it.feedback is None or it.feedback >= 0) and it.id not in sources]
             if self.user_questions:
                 pool = [it for it in pool if it.id in self.user_questions]
-            chosen = pool[-self.config.max_interactions:]
-        chosen = chosen[: self.config.max_interactions]
+            # The newest with questions already known first; the rest ask the model for theirs.
+            known = [it for it in pool if it.id in rated or it.id in self.user_questions][-n:]
+            rest = [it for it in pool if it.id not in rated and it.id not in self.user_questions]
+            chosen = rest[len(rest) - (n - len(known)):] + known if len(known) < n else known
+        chosen = chosen[:n]
         questions: dict[str, list[dict[str, Any]]] = {
             it.id: [q.to_dict() for q in self.user_questions[it.id]] for it in chosen if it.id in self.user_questions}
+        questions.update({it.id: rated[it.id] for it in chosen if it.id in rated and it.id not in questions})
         missing = [it for it in chosen if it.id not in questions]
         if missing:
             questions.update(self._self_qa(missing))
@@ -438,6 +463,25 @@ class _Run:
         if not ids:
             out["reason"] = "no interaction with questions to check self-edits against"
         return out
+
+    def _feedback_questions(self, interactions: list[Interaction]) -> tuple[dict[str, list[dict[str, Any]]], set[str]]:
+        """Questions from exchanges rated > 0, each attached to the earlier interactions of
+        its namespace it recalls; and the ids of those rated exchanges."""
+        by_id = {it.id: it for it in interactions}
+        out: dict[str, list[dict[str, Any]]] = {}
+        sources: set[str] = set()
+        for rated in interactions:
+            if rated.feedback is None or rated.feedback <= 0 or not rated.task.strip() or not rated.outcome.strip():
+                continue
+            hits = self.memory.recall(rated.task, namespace=rated.namespace, k=self.config.feedback_recall_k + 1,
+                                      min_score=self.config.feedback_min_score)
+            # Only earlier ones (ids sort in logging order): a question checks what was said before it.
+            earlier = [h for h in hits if h.id < rated.id and h.id in by_id][: self.config.feedback_recall_k]
+            for hit in earlier:
+                out.setdefault(hit.id, []).append(Question(rated.task, rated.outcome).to_dict())
+            if earlier:
+                sources.add(rated.id)
+        return out, sources
 
     def _self_qa(self, interactions: list[Interaction]) -> dict[str, list[dict[str, Any]]]:
         """Questions the served model writes about each interaction (every pair, probes included)."""
