@@ -316,7 +316,7 @@ def test_canaries_are_checked_best_first_until_one_holds_and_a_resumed_round_doe
         return (len(checked) > 1), ("held" if len(checked) > 1 else "flipped: 3 canaries")
 
     monkeypatch.setattr(_Run, "_check_canaries", check)
-    config = WriterConfig(candidates=3, inner_steps=1, writer_epochs=1, reward="loglik", min_reward=-1e9)
+    config = WriterConfig(candidates=3, inner_steps=1, writer_epochs=1, reward="both", min_reward=-1e9)
     with _mem(tmp_path / "home") as mem:
         iid = _teach(mem)
         first = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),

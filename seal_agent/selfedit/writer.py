@@ -673,7 +673,7 @@ class _Run:
         return self._canaries_ok(reference, outcomes)
 
     def _score(self, model: Any, tokenizer: Any, questions: Sequence[Question]) -> dict[str, Any]:
-        from seal_agent.gate.canary import answer_contains
+        from seal_agent.gate.canary import answer_contains, settled_contains
         from seal_agent.gate.scorers import generate_answers
         from seal_agent.gate.suite import SuiteItem
         from seal_agent.training.scoring import answer_logprobs
@@ -684,7 +684,10 @@ class _Run:
         if self.config.reward != "loglik":
             items = [SuiteItem(kind="probe", id=f"q{i}", prompt=({"role": "user", "content": q.question},),
                                expected=q.answer) for i, q in enumerate(questions)]
-            answers = generate_answers(model, tokenizer, items, max_new_tokens=self.memory.config.gate.max_new_tokens)
+            # Stops each answer once it is right for good (the verdict of the full answer).
+            answers = generate_answers(
+                model, tokenizer, items, max_new_tokens=self.memory.config.gate.max_new_tokens,
+                done=lambda j, text: settled_contains(text, questions[j].answer, questions[j].accepted))
             right = [answer_contains(a, q.answer, q.accepted) for a, q in zip(answers, questions, strict=True)]
             out["accuracy"] = sum(right) / len(right)
         return out
