@@ -295,7 +295,8 @@ def cmd_writer(args: argparse.Namespace) -> int:
             mean = "-" if r.get("mean_reward") is None else f"{r['mean_reward']:+.3f}"
             per = "-" if r.get("seconds_per_candidate") is None else f"{r['seconds_per_candidate']:.1f}"
             lines.append(f"round {r['round']}: {r.get('version') or 'nothing committed'}; mean reward {mean}, "
-                         f"kept {r.get('kept')}/{r.get('total')}, hurt canaries {r.get('hurt_canaries')}, "
+                         f"kept {r.get('kept')}/{r.get('total')}, hurt canaries {r.get('hurt_canaries')} "
+                         f"of {r.get('canary_checks', 0)} checked, "
                          f"{per} s/candidate, {r.get('seconds', 0):.1f} s")
         _emit(args, report.to_dict(), "\n".join(lines))
     return 0

@@ -286,7 +286,9 @@ class WriterReport:
         versions: Writer versions committed by this run, in round order.
         rounds: One record per finished round: ``round``, ``version`` (None: nothing
             committed), ``mean_reward``, ``best_mean_reward`` (mean of the kept ones),
-            ``kept``, ``total``, ``unusable``, ``hurt_canaries``,
+            ``kept``, ``total``, ``unusable``, ``hurt_canaries`` (of ``canary_checks``:
+            candidates are checked best first, until one per interaction holds),
+            ``seconds_per_canary_check``,
             ``seconds_per_candidate``, ``seconds`` (the round), stage seconds.
         abandoned: A run this call gave up on before starting afresh.
     """
