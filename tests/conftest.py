@@ -69,8 +69,14 @@ def start_chroma_server(path: Path, port: int) -> subprocess.Popen[bytes]:
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `chroma run` on loopback for the whole session; yields its URL."""
-    port = _free_port()
-    proc = start_chroma_server(tmp_path_factory.mktemp("chroma-server"), port)
+    for attempt in range(3):  # another test process may take the free port first
+        port = _free_port()
+        try:
+            proc = start_chroma_server(tmp_path_factory.mktemp("chroma-server"), port)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     try:

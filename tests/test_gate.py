@@ -270,8 +270,6 @@ def test_greedy_canaries_stop_once_settled_with_the_verdicts_of_the_full_answers
     assert outcomes[4].answer == full[0]  # ran to max_new_tokens
 
 
-
-
 @pytest.mark.skipif(not TINYSTORIES.is_dir(), reason="../shared/models/tinystories-260k is absent")
 def test_tinystories_story_canary_rejects_a_wreck_and_passes_a_light_update(mem, tmp_path):
     from seal_agent.model import load_model

@@ -45,7 +45,8 @@ def test_missing_and_garbage_files_are_clear_errors_and_leave_nothing(tmp_path: 
 
 def test_load_model_by_path_converts_once_then_reuses_the_cache(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real file: dequantized into the cache once; a half-written folder is redone."""
+    """The real file: dequantized into the cache once, then reused; a folder without its
+    marker (killed mid-conversion) is converted again (here: the conversion is called)."""
     from seal_agent.model import gguf, load_model
 
     src = packaged_gguf(SMOLLM2_135M)

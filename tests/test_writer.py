@@ -7,6 +7,7 @@ scripted writer and a scripted reward; one small round on the real default model
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,9 +314,10 @@ def test_canaries_are_checked_best_first_until_one_holds_and_a_resumed_round_doe
         assert (adapter / "adapter_model.safetensors").is_file()  # the trained update waited for its check
         checked.append(index)
         cancel.set()  # stop before the next check
-        return (len(checked) > 1), ("held" if len(checked) > 1 else "flipped: 3 canaries")
+        return (len(checked) > 1), ("held" if len(checked) > 1 else "flipped: 3 canaries"), 0.1
 
     monkeypatch.setattr(_Run, "_check_canaries", check)
+    monkeypatch.setattr(_Run, "canaries", lambda self: ["a canary"])  # tiny-random ships none
     config = WriterConfig(candidates=3, inner_steps=1, writer_epochs=1, reward="both", min_reward=-1e9)
     with _mem(tmp_path / "home") as mem:
         iid = _teach(mem)
@@ -339,6 +341,39 @@ def test_canaries_are_checked_best_first_until_one_holds_and_a_resumed_round_doe
         lines = [json.loads(line) for line in (rdir / "canaries.jsonl").read_text().splitlines()]
         assert [line["ok"] for line in lines] == [False, True]
         assert not (rdir / "candidates").exists()  # the round's throwaway updates are gone
+
+
+def test_no_canaries_means_no_checks_and_a_lost_update_is_never_kept_unchecked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real rewards on tiny-random, which ships no canaries: the best is kept with nothing
+    checked. With canaries, a candidate whose trained update is gone is passed over (and
+    counted), never kept unchecked and never recorded as a canary failure."""
+    from seal_agent.selfedit.writer import _Run
+
+    config = WriterConfig(candidates=2, inner_steps=1, writer_epochs=1, reward="loglik", min_reward=-1e9)
+    with _mem(tmp_path / "a") as mem:
+        iid = _teach(mem)
+        report = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),
+                                    progress=False)
+        (record,) = report.rounds
+        assert report.verdict == "committed" and (record["kept"], record["canary_checks"]) == (1, 0)
+
+    original = _Run.select
+
+    def lose_updates(self, state):  # type: ignore[no-untyped-def]
+        shutil.rmtree(self._round_dir(state) / "candidates")
+        return original(self, state)
+
+    monkeypatch.setattr(_Run, "select", lose_updates)
+    monkeypatch.setattr(_Run, "canaries", lambda self: ["a canary"])
+    with _mem(tmp_path / "b") as mem:
+        iid = _teach(mem)
+        report = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),
+                                    progress=False)
+        (record,) = report.rounds
+        assert report.verdict == "skipped" and record["kept"] == 0
+        assert (record["unchecked_missing"], record["hurt_canaries"], record["canary_checks"]) == (2, 0, 0)
+        assert not (mem.home / "writer" / "runs" / report.run_id / "round-0" / "canaries.jsonl").exists()
 
 
 def test_questions_come_from_later_exchanges_the_user_rated_well(tmp_path: Path) -> None:

@@ -281,18 +281,25 @@ def _prompt_ids(tokenizer: Any, item: SuiteItem) -> list[int]:
 
 class _RowsDone:
     """A per-row stopping criterion for `generate`: row r stops once ``done(item, text)``
-    holds for its text so far (the other rows go on; the batch ends when all have stopped)."""
+    holds for its text so far (the other rows go on; the batch ends when all have stopped).
+    ``lengths[r]``: how many new tokens row r had when it stopped (None: it did not)."""
 
     def __init__(self, tokenizer: Any, width: int, items: list[int], done: Callable[[int, str], bool]) -> None:
         self.tokenizer, self.width, self.items, self.done = tokenizer, width, items, done
-        self.stopped = [False] * len(items)
+        self.lengths: list[int | None] = [None] * len(items)
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        rows = input_ids[:, self.width:].tolist()  # one device-to-host copy per step, not one per row
         for r, i in enumerate(self.items):
-            if not self.stopped[r]:
-                text = self.tokenizer.decode(input_ids[r, self.width:], skip_special_tokens=True)
-                self.stopped[r] = bool(self.done(i, text))
-        return torch.tensor(self.stopped, dtype=torch.bool, device=input_ids.device)
+            if self.lengths[r] is None and self.done(i, _decode(self.tokenizer, rows[r])):
+                self.lengths[r] = len(rows[r])
+        return torch.tensor([n is not None for n in self.lengths], dtype=torch.bool, device=input_ids.device)
+
+
+def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
+    # No clean-up of tokenization spaces: with it, decoding more tokens can change text
+    # already decoded ("Paris 's" becomes "Paris's"), and a stop decision must hold.
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 @torch.no_grad()
@@ -301,9 +308,9 @@ def generate_answers(model: Any, tokenizer: Any, items: Sequence[SuiteItem], *, 
     """Greedy answers, batched with left padding (so every row ends where generation starts).
 
     `done(i, text)`: item i's answer may stop at `text` (it is then that prefix of the
-    full greedy answer); a batch ends when each of its rows is done, at EOS or at
-    `max_new_tokens`. Greedy decoding makes a row's tokens independent of when the
-    others stop.
+    full greedy answer, decoded without clean-up of tokenization spaces); a batch ends
+    when each of its rows is done, at EOS or at `max_new_tokens`. Greedy decoding makes
+    a row's tokens independent of when the others stop.
     """
     from transformers import StoppingCriteriaList
 
@@ -323,12 +330,16 @@ def generate_answers(model: Any, tokenizer: Any, items: Sequence[SuiteItem], *, 
             for r, i in enumerate(idx):
                 ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]):] = 1
-            stop = StoppingCriteriaList([_RowsDone(tokenizer, width, idx, done)]) if done is not None else None
+            rows_done = _RowsDone(tokenizer, width, idx, done) if done is not None else None
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                 stopping_criteria=stop)
+                                 stopping_criteria=StoppingCriteriaList([rows_done]) if rows_done else None)
             for r, i in enumerate(idx):
-                out[i] = tokenizer.decode(gen[r, width:], skip_special_tokens=True).strip()
+                if rows_done is None:
+                    out[i] = tokenizer.decode(gen[r, width:], skip_special_tokens=True).strip()
+                else:  # up to where the row stopped (a model without EOS does not pad a stopped row)
+                    new_ids = gen[r, width:].tolist()
+                    out[i] = _decode(tokenizer, new_ids[: rows_done.lengths[r] or len(new_ids)]).strip()
     finally:
         model.train(was_training)
     return [out[i] for i in range(len(items))]

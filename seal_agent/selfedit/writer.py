@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import statistics
 import threading
@@ -287,9 +288,13 @@ class WriterReport:
         rounds: One record per finished round: ``round``, ``version`` (None: nothing
             committed), ``mean_reward``, ``best_mean_reward`` (mean of the kept ones),
             ``kept``, ``total``, ``unusable``, ``hurt_canaries`` (of ``canary_checks``:
-            candidates are checked best first, until one per interaction holds),
-            ``seconds_per_canary_check``,
-            ``seconds_per_candidate``, ``seconds`` (the round), stage seconds.
+            candidates are checked best first, until one per interaction holds;
+            ``unchecked_missing``: passed over, their trained update gone),
+            ``seconds_per_canary_check``, ``knowledge`` (the knowledge adapter version
+            the round started from),
+            ``seconds_per_candidate`` (training and scoring one update), ``seconds``
+            (the round), stage seconds (``sample``, ``evaluate``, ``select`` -- the
+            canary checks --, ``train``).
         abandoned: A run this call gave up on before starting afresh.
     """
 
@@ -406,7 +411,7 @@ class _Run:
         self.progress = progress
         self._base: tuple[Any, Any] | None = None
         self._canaries: list[Any] | None = None
-        self._reference: tuple[int, Any] | None = None  # (round, canary outcomes with no update)
+        self._reference: tuple[Any, Any] | None = None  # ((run, round), canary outcomes with no update)
 
     # -- resources -------------------------------------------------------------
 
@@ -431,8 +436,12 @@ class _Run:
     def _round_dir(self, state: _State) -> Path:
         return _root(self.memory.home) / "runs" / state["run_id"] / f"round-{state['round']}"
 
-    def _knowledge_dir(self) -> Path | None:
-        version = self.memory.adapters.serving().version
+    def _knowledge_dir(self, state: _State) -> Path | None:
+        """The knowledge adapter the round started from (pinned in `sample`): every throwaway
+        update, the baseline scores and the canary reference use the same one, even if a
+        consolidation commits or rolls back meanwhile."""
+        record = state.get("round_record", {})
+        version = record["knowledge"] if "knowledge" in record else self.memory.adapters.serving().version
         return self.memory.adapters.get(version).path if version else None
 
     # -- nodes -------------------------------------------------------------------
@@ -444,7 +453,7 @@ class _Run:
         rated, sources = self._feedback_questions(everything) if self.config.feedback_questions else ({}, set())
         n = self.config.max_interactions
         if self.user_interactions is not None:
-            chosen = [self.memory.get(i) for i in self.user_interactions]
+            chosen = [self.memory.get(i) for i in dict.fromkeys(self.user_interactions)]  # each once
         else:
             pool = [it for it in everything if (it.feedback is None or it.feedback >= 0) and it.id not in sources]
             if self.user_questions:
@@ -543,7 +552,8 @@ class _Run:
                     "prompt": _messages(job.prompt),
                     "examples": batch.examples if usable else [],
                 })
-        record = {"round": r, "writer_parent": writer_version, "sample_seconds": time.perf_counter() - t0}
+        record = {"round": r, "writer_parent": writer_version, "knowledge": self.memory.adapters.serving().version,
+                  "sample_seconds": time.perf_counter() - t0}
         return {"candidates": candidates, "round_record": record}
 
     def _candidate_dir(self, state: _State, index: int) -> Path:
@@ -572,7 +582,7 @@ class _Run:
                     result = {"id": c["id"], "reward": None, "canaries_ok": True, "usable": False,
                               "detail": {"why": "no usable self-edit in the reply"}}
                 elif self.reward_fn is not None:
-                    adapter = self._train_throwaway(cand, rdir / "throwaway")
+                    adapter = self._train_throwaway(state, cand, rdir / "throwaway")
                     try:
                         got = self.reward_fn(cand, adapter)
                     finally:
@@ -584,10 +594,12 @@ class _Run:
                     if baseline is None:
                         baseline = self._baseline(state, questions)
                     # Kept for `select`, which checks the canaries of the best candidates only.
-                    adapter = self._train_throwaway(cand, self._candidate_dir(state, index))
+                    adapter = self._train_throwaway(state, cand, self._candidate_dir(state, index))
                     result = {"id": c["id"], "reward": None, "canaries_ok": None, "usable": True,
                               "detail": self._reward(cand, adapter, baseline)}
                     result["reward"] = result["detail"].pop("reward")
+                    if result["reward"] <= self.config.min_reward:  # never kept: its update is not needed
+                        shutil.rmtree(adapter, ignore_errors=True)
                 result["seconds"] = time.perf_counter() - tc
                 with log.open("a", encoding="utf-8") as f:  # one line per finished candidate
                     f.write(json.dumps(result, default=str) + "\n")
@@ -602,7 +614,7 @@ class _Run:
         cached = self._round_dir(state) / "baseline.json"
         if cached.is_file():
             return json.loads(cached.read_text(encoding="utf-8"))
-        with self._peft(self._knowledge_dir()) as model:
+        with self._peft(self._knowledge_dir(state)) as model:
             _, tokenizer = self.base_model()
             scores = {iid: self._score(model, tokenizer, qs) for iid, qs in questions.items()}
         write_atomic(cached, json.dumps(scores))
@@ -610,10 +622,11 @@ class _Run:
 
     def _canary_reference(self, state: _State) -> Any:
         """The canaries' outcomes with no update (the knowledge adapter as it is), once per round."""
-        if self._reference is None or self._reference[0] != state["round"]:
+        key = (state["run_id"], state["round"])
+        if self._reference is None or self._reference[0] != key:
             _, tokenizer = self.base_model()
-            with self._peft(self._knowledge_dir()) as model:
-                self._reference = (state["round"], self._canary_outcomes(model, tokenizer))
+            with self._peft(self._knowledge_dir(state)) as model:
+                self._reference = (key, self._canary_outcomes(model, tokenizer))
         return self._reference[1]
 
     @contextlib.contextmanager
@@ -636,7 +649,7 @@ class _Run:
         finally:
             peft.unload()  # the base copy is bare again for the next training
 
-    def _train_throwaway(self, cand: WriterCandidate, out: Path) -> Path:
+    def _train_throwaway(self, state: _State, cand: WriterCandidate, out: Path) -> Path:
         from seal_agent.training import train_adapter
 
         model, tokenizer = self.base_model()
@@ -645,7 +658,7 @@ class _Run:
                                  epochs=self.config.inner_steps, learning_rate=self.config.inner_learning_rate,
                                  replay_ratio=0.0, rehearsal_size=0, max_seconds=None, seed=self.config.seed)
         shutil.rmtree(out, ignore_errors=True)
-        result = train_adapter(model, tokenizer, list(cand.examples), tc, init_adapter=self._knowledge_dir(),
+        result = train_adapter(model, tokenizer, list(cand.examples), tc, init_adapter=self._knowledge_dir(state),
                                output_dir=out, cancel_event=self.cancel_event, progress=False)
         return result.adapter_path
 
@@ -661,18 +674,19 @@ class _Run:
         return {"reward": reward, "before": before, "after": scores, "loglik_gain": gain_ll,
                 "accuracy_gain": gain_acc}
 
-    def _check_canaries(self, state: _State, index: int) -> tuple[bool, str]:
-        """The gate's canary judgement of candidate `index`'s update (kept on disk by `evaluate`)."""
-        if not self.canaries():
-            return True, "no canaries"
+    def _check_canaries(self, state: _State, index: int) -> tuple[bool, str, float] | None:
+        """The gate's canary judgement of candidate `index`'s update (kept on disk by
+        `evaluate`) and the seconds its canary pass took; None when that update is gone."""
         adapter = self._candidate_dir(state, index)
         if not (adapter / "adapter_config.json").is_file():
-            return False, f"its trained update is missing ({adapter}): not kept unchecked"
-        reference = self._canary_reference(state)
+            return None
+        reference = self._canary_reference(state)  # once per round, not counted as this check's time
+        t0 = time.perf_counter()
         _, tokenizer = self.base_model()
         with self._peft(adapter) as model:
             outcomes = self._canary_outcomes(model, tokenizer)
-        return self._canaries_ok(reference, outcomes)
+        ok, why = self._canaries_ok(reference, outcomes)
+        return ok, why, time.perf_counter() - t0
 
     def _score(self, model: Any, tokenizer: Any, questions: Sequence[Question]) -> dict[str, Any]:
         from seal_agent.gate.canary import answer_contains, settled_contains
@@ -736,12 +750,14 @@ class _Run:
 
         Candidates are checked on the canaries best first, per interaction, until one
         keeps them: the same choice as checking all, at a fraction of the cost. Every
-        check is appended to ``canaries.jsonl``, so a resumed round does not redo it.
+        check is appended (fsynced) to ``canaries.jsonl``, so a resumed round does not
+        redo it; the round's trained updates are deleted once the choice is made.
         """
         t0 = time.perf_counter()
         index = {c["id"]: i for i, c in enumerate(state["candidates"])}
         by_id = {c["id"]: c for c in state["candidates"]}
-        log = self._round_dir(state) / "canaries.jsonl"
+        rdir = self._round_dir(state)
+        log = rdir / "canaries.jsonl"
         checks = {e["id"]: e for e in _jsonl(log)}
         evaluations = [dict(ev) for ev in state["evaluations"]]
         for ev in evaluations:
@@ -753,28 +769,40 @@ class _Run:
             if ev["usable"] and ev["reward"] is not None and ev["canaries_ok"] is not False \
                     and ev["reward"] > self.config.min_reward:
                 ranked.setdefault(by_id[ev["id"]]["interaction_id"], []).append(ev)
-        kept = []
+        # Unchecked (None) verdicts exist only on the real reward path; with no canaries to
+        # check they stay None and do not stand in the way.
+        checking = any(ev["canaries_ok"] is None for evs in ranked.values() for ev in evs) and bool(self.canaries())
+        kept, missing = [], 0
         for candidates in ranked.values():
             for ev in sorted(candidates, key=lambda e: -e["reward"]):  # stable: a tie keeps sampling order
-                if ev["canaries_ok"] is None:
+                if ev["canaries_ok"] is None and checking:
                     self._cancel_check("between canary checks")
-                    tc = time.perf_counter()
-                    ok, why = self._check_canaries(state, index[ev["id"]])
-                    check = {"id": ev["id"], "ok": ok, "why": why, "seconds": time.perf_counter() - tc}
+                    got = self._check_canaries(state, index[ev["id"]])
+                    if got is None:  # not recorded: a later run may find the update again
+                        logger.warning("writer: the trained update of candidate %s is gone; passed over unchecked",
+                                       ev["id"])
+                        missing += 1
+                        continue
+                    ok, why, seconds = got
+                    check = {"id": ev["id"], "ok": ok, "why": why, "seconds": seconds}
                     with log.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(check) + "\n")
+                        f.flush()
+                        os.fsync(f.fileno())  # before the updates it judged are deleted below
                     checks[ev["id"]] = check
                     ev["canaries_ok"], ev["detail"] = ok, {**ev.get("detail", {}), "canaries": why}
-                if ev["canaries_ok"]:
+                if ev["canaries_ok"] is not False:
                     kept.append({**by_id[ev["id"]], "reward": ev["reward"]})
                     break
+        shutil.rmtree(rdir / "candidates", ignore_errors=True)
         usable = [e for e in evaluations if e["usable"]]
         rewards = [e["reward"] for e in usable]  # the writer's average, canary-hurting candidates included
         secs = [e["seconds"] for e in usable]
         record = {**state.get("round_record", {}),
                   "total": len(evaluations), "unusable": len(evaluations) - len(usable),
                   "hurt_canaries": sum(1 for e in usable if e["canaries_ok"] is False),
-                  "canary_checks": len(checks), "kept": len(kept),
+                  "canary_checks": sum(1 for e in usable if e["canaries_ok"] is not None),
+                  "unchecked_missing": missing, "kept": len(kept),
                   "mean_reward": statistics.fmean(rewards) if rewards else None,
                   "best_mean_reward": statistics.fmean([k["reward"] for k in kept]) if kept else None,
                   "seconds_per_candidate": statistics.fmean(secs) if secs else None,
@@ -844,7 +872,8 @@ class _Run:
         if version is None:
             parent = registry.current
             history = list(registry.get(parent).manifest.get("metrics", {}).get("reward_history", [])) if parent else []
-            record["seconds"] = sum(record.get(k, 0.0) for k in ("sample_seconds", "evaluate_seconds", "train_seconds"))
+            record["seconds"] = sum(record.get(k, 0.0) or 0.0 for k in ("sample_seconds", "evaluate_seconds",
+                                                                         "select_seconds", "train_seconds"))
             model, _ = self.base_model()
             manifest = {
                 "parent": parent,
@@ -1035,6 +1064,8 @@ def _invoke(run: _Run, graph: Any, home: Path, rounds: int, config: WriterConfig
                      "at": datetime.now(UTC).isoformat(timespec="seconds")}
         logger.warning("writer run %s abandoned after %s attempts; starting a fresh run", rid, status.get("attempts"))
         status["abandoned"] = [*status.get("abandoned", []), abandoned][-10:]
+        for waiting in (_root(home) / "runs" / rid).glob("round-*/candidates"):  # its updates, never to be checked
+            shutil.rmtree(waiting, ignore_errors=True)
         rid, snap = None, None
     if rid and snap is not None and snap.next:
         logger.info("resuming writer run %s at %s", rid, list(snap.next))
