@@ -484,8 +484,12 @@ class _Run:
         for rated in interactions:
             if rated.feedback is None or rated.feedback <= 0 or not rated.task.strip() or not rated.outcome.strip():
                 continue
-            hits = self.memory.recall(rated.task, namespace=rated.namespace, k=self.config.feedback_recall_k + 1,
-                                      min_score=self.config.feedback_min_score)
+            try:
+                hits = self.memory.recall(rated.task, namespace=rated.namespace,
+                                          k=self.config.feedback_recall_k + 1, min_score=self.config.feedback_min_score)
+            except SealAgentError as exc:  # one unreadable namespace costs its questions, not the run
+                logger.warning("writer: rated exchange %s not used as a question: %s", rated.id, exc)
+                continue
             # Only earlier ones (ids sort in logging order): a question checks what was said before it.
             earlier = [h for h in hits if h.id < rated.id and h.id in by_id][: self.config.feedback_recall_k]
             for hit in earlier:
