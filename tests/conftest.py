@@ -110,3 +110,11 @@ def _journal_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     ``SEAL_TEST_JOURNAL=postgres scripts/test.sh tests/test_memory.py``."""
     if os.environ.get("SEAL_TEST_JOURNAL") == "postgres":
         monkeypatch.setenv("SEAL_JOURNAL_URL", request.getfixturevalue("postgres").create_database("suite"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The demo's file first. Its module fixture runs the real model for minutes, the
+    longest piece of the suite: started first, the other test worker (scripts/test.sh
+    runs two, whole files each) takes everything else meanwhile. Stable: the rest keep
+    their order."""
+    items.sort(key=lambda item: 0 if item.path.name == "test_demo.py" else 1)
