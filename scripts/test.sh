@@ -9,7 +9,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false ANON
 # process shares the cores (the embedding child, a scheduler, a second test worker).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 # Two test processes by default (SEAL_TEST_WORKERS=0: one). Whole files go to one worker
-# (--dist loadfile), so a file's module fixtures, e.g. the demo run, are built once. Many
+# (--dist loadfile), so a file's module fixtures, e.g. the demo run, are built once, in
+# collection order (--no-loadscope-reorder: tests/conftest.py puts the demo first). Many
 # tests wait on subprocesses, servers and fsync rather than compute: even on 2 cores,
 # two workers finish sooner.
-exec .venv/bin/python -m pytest --timeout=900 -n "${SEAL_TEST_WORKERS:-2}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest --timeout=900 -n "${SEAL_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
