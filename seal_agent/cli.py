@@ -297,7 +297,11 @@ def cmd_writer(args: argparse.Namespace) -> int:
             lines.append(f"round {r['round']}: {r.get('version') or 'nothing committed'}; mean reward {mean}, "
                          f"kept {r.get('kept')}/{r.get('total')}, hurt canaries {r.get('hurt_canaries')} "
                          f"of {r.get('canary_checks', 0)} checked, "
-                         f"{per} s/candidate, {r.get('seconds', 0):.1f} s")
+                         f"{per} s/candidate, {r.get('seconds', 0):.1f} s"
+                         + (f"; {r['unchecked_missing']} passed over, their update gone"
+                            if r.get("unchecked_missing") else "")
+                         + (f"; knowledge adapter {r['knowledge_gone']} deleted meanwhile: nothing kept"
+                            if r.get("knowledge_gone") else ""))
         _emit(args, report.to_dict(), "\n".join(lines))
     return 0
 

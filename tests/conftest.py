@@ -59,10 +59,16 @@ def start_chroma_server(path: Path, port: int) -> subprocess.Popen[bytes]:
             raise RuntimeError(f"chroma run exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1):
-                return proc
+                pass
         except OSError:
             time.sleep(0.2)
+            continue
+        time.sleep(0.5)  # an answer from another process's server on this port: ours then exits on bind
+        if proc.poll() is not None:
+            raise RuntimeError(f"chroma run exited with {proc.returncode} (port {port} taken?)")
+        return proc
     proc.kill()
+    proc.wait()
     raise RuntimeError("chroma run did not answer within 60 s")
 
 

@@ -376,6 +376,38 @@ def test_no_canaries_means_no_checks_and_a_lost_update_is_never_kept_unchecked(
         assert not (mem.home / "writer" / "runs" / report.run_id / "round-0" / "canaries.jsonl").exists()
 
 
+def test_prepare_takes_the_newest_up_to_max_interactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from seal_agent.selfedit.writer import Question, _Run
+
+    def run(n: int) -> list[str]:
+        r = _Run(mem, WriterConfig(max_interactions=n), questions={}, interactions=None, reward_fn=None,
+                 teacher=None, cancel_event=None, progress=False)
+        return r.prepare({"run_id": "r"})["interaction_ids"]
+
+    monkeypatch.setattr(_Run, "_self_qa", lambda self, its: {it.id: [Question("q?", "a").to_dict()] for it in its})
+    with _mem(tmp_path / "home") as mem:
+        ids = [mem.log([{"role": "user", "content": f"Lab {i} is in town {i}."}, {"role": "assistant", "content": "Ok."}],
+                       namespace=("users", "t")) for i in range(5)]
+        assert run(8) == ids and run(5) == ids and run(3) == ids[-3:]
+
+
+def test_a_round_whose_knowledge_adapter_was_deleted_meanwhile_keeps_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its rewards were measured against an adapter a forget purged: nothing is kept, the
+    run does not fail (or retry) over it, and the report says why."""
+    from seal_agent.selfedit.writer import _Run
+
+    monkeypatch.setattr(_Run, "_knowledge_gone", lambda self, state: "v0001-gone")
+    config = WriterConfig(candidates=2, inner_steps=1, writer_epochs=1, reward="loglik", min_reward=-1e9)
+    with _mem(tmp_path / "home") as mem:
+        iid = _teach(mem)
+        report = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),
+                                    progress=False)
+        (record,) = report.rounds
+        assert report.verdict == "skipped" and record["kept"] == 0 and record["knowledge_gone"] == "v0001-gone"
+        assert writer_status(mem.home)["attempts"] == 0 and writer_registry(mem.home).list() == []
+
+
 def test_questions_come_from_later_exchanges_the_user_rated_well(tmp_path: Path) -> None:
     """No questions given: a later exchange rated > 0 whose question recalls the passage
     checks the passage's self-edits with its question and approved answer. A rated

@@ -64,7 +64,7 @@ from langgraph.graph import END, START, StateGraph
 from tqdm.auto import tqdm
 
 from seal_agent._fs import write_atomic
-from seal_agent.errors import ConfigError, SealAgentError, TrainingCancelled, ValidationError
+from seal_agent.errors import ConfigError, NotFoundError, SealAgentError, TrainingCancelled, ValidationError
 from seal_agent.memory.records import Interaction, new_interaction_id
 
 if TYPE_CHECKING:
@@ -444,6 +444,19 @@ class _Run:
         version = record["knowledge"] if "knowledge" in record else self.memory.adapters.serving().version
         return self.memory.adapters.get(version).path if version else None
 
+    def _knowledge_gone(self, state: _State) -> str | None:
+        """The pinned knowledge version, if it was deleted since the round began (a forget
+        purges the versions that learned the forgotten data): the round then keeps nothing,
+        as its rewards were measured against an adapter that no longer exists."""
+        version = state.get("round_record", {}).get("knowledge")
+        if version is None:
+            return None
+        try:
+            self.memory.adapters.get(version)
+        except NotFoundError:
+            return str(version)
+        return None
+
     # -- nodes -------------------------------------------------------------------
 
     def prepare(self, state: _State) -> dict[str, Any]:
@@ -461,7 +474,7 @@ class _Run:
             # The newest with questions already known first; the rest ask the model for theirs.
             known = [it for it in pool if it.id in rated or it.id in self.user_questions][-n:]
             rest = [it for it in pool if it.id not in rated and it.id not in self.user_questions]
-            chosen = rest[len(rest) - (n - len(known)):] + known if len(known) < n else known
+            chosen = rest[max(0, len(rest) - (n - len(known))):] + known if len(known) < n else known
         chosen = chosen[:n]
         questions: dict[str, list[dict[str, Any]]] = {
             it.id: [q.to_dict() for q in self.user_questions[it.id]] for it in chosen if it.id in self.user_questions}
@@ -579,6 +592,10 @@ class _Run:
                 if c["id"] in done:
                     continue
                 self._cancel_check("between candidates")
+                if (gone := self._knowledge_gone(state)) is not None:
+                    logger.warning("writer round %d: knowledge adapter %s was deleted meanwhile; the round "
+                                   "keeps nothing", state["round"], gone)
+                    break
                 tc = time.perf_counter()
                 cand = WriterCandidate(c["id"], c["interaction_id"], c["strategy"], c["text"],
                                        tuple(c["examples"]), questions[c["interaction_id"]])
@@ -609,7 +626,7 @@ class _Run:
                     f.write(json.dumps(result, default=str) + "\n")
                 done[c["id"]] = result
                 bar.update(1)
-        evaluations = [done[c["id"]] for c in state["candidates"]]
+        evaluations = [done[c["id"]] for c in state["candidates"] if c["id"] in done]
         record = {**state.get("round_record", {}), "evaluate_seconds": time.perf_counter() - t0}
         return {"evaluations": evaluations, "round_record": record}
 
@@ -682,7 +699,7 @@ class _Run:
         """The gate's canary judgement of candidate `index`'s update (kept on disk by
         `evaluate`) and the seconds its canary pass took; None when that update is gone."""
         adapter = self._candidate_dir(state, index)
-        if not (adapter / "adapter_config.json").is_file():
+        if not (adapter / "adapter_config.json").is_file() or not any(adapter.glob("adapter_model.*")):
             return None
         reference = self._canary_reference(state)  # once per round, not counted as this check's time
         t0 = time.perf_counter()
@@ -775,6 +792,9 @@ class _Run:
                 ranked.setdefault(by_id[ev["id"]]["interaction_id"], []).append(ev)
         # Unchecked (None) verdicts exist only on the real reward path; with no canaries to
         # check they stay None and do not stand in the way.
+        gone = self._knowledge_gone(state)
+        if gone is not None:  # rewards measured against a deleted adapter: nothing is kept
+            ranked = {}
         checking = any(ev["canaries_ok"] is None for evs in ranked.values() for ev in evs) and bool(self.canaries())
         kept, missing = [], 0
         for candidates in ranked.values():
@@ -798,7 +818,7 @@ class _Run:
                 if ev["canaries_ok"] is not False:
                     kept.append({**by_id[ev["id"]], "reward": ev["reward"]})
                     break
-        shutil.rmtree(rdir / "candidates", ignore_errors=True)
+        _remove_dir(rdir / "candidates")
         usable = [e for e in evaluations if e["usable"]]
         rewards = [e["reward"] for e in usable]  # the writer's average, canary-hurting candidates included
         secs = [e["seconds"] for e in usable]
@@ -806,7 +826,7 @@ class _Run:
                   "total": len(evaluations), "unusable": len(evaluations) - len(usable),
                   "hurt_canaries": sum(1 for e in usable if e["canaries_ok"] is False),
                   "canary_checks": sum(1 for e in usable if e["canaries_ok"] is not None),
-                  "unchecked_missing": missing, "kept": len(kept),
+                  "unchecked_missing": missing, "kept": len(kept), "knowledge_gone": gone,
                   "mean_reward": statistics.fmean(rewards) if rewards else None,
                   "best_mean_reward": statistics.fmean([k["reward"] for k in kept]) if kept else None,
                   "seconds_per_candidate": statistics.fmean(secs) if secs else None,
@@ -903,7 +923,7 @@ class _Run:
         record["seconds"] = sum(record.get(k, 0.0) or 0.0 for k in ("sample_seconds", "evaluate_seconds",
                                                                      "select_seconds", "train_seconds"))
         # The round's throwaway updates waited here for their canary checks: done now.
-        shutil.rmtree(self._round_dir(state) / "candidates", ignore_errors=True)
+        _remove_dir(self._round_dir(state) / "candidates")
         if record["version"] is None:
             logger.info("writer round %d: nothing kept (%d candidates, %d hurt the canaries); nothing committed",
                         state["round"], record.get("total", 0), record.get("hurt_canaries", 0))
@@ -930,6 +950,18 @@ class _Run:
 
 
 # ---------------------------------------------------------------------- entry point
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a folder, renamed first: a kill midway leaves no half-deleted folder under its
+    name (a resumed round tells an update by its folder)."""
+    doomed = path.with_name(path.name + ".deleting")
+    shutil.rmtree(doomed, ignore_errors=True)  # left by an earlier kill
+    try:
+        os.replace(path, doomed)
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _checkpointer(home: Path) -> Any:
@@ -1068,8 +1100,9 @@ def _invoke(run: _Run, graph: Any, home: Path, rounds: int, config: WriterConfig
                      "at": datetime.now(UTC).isoformat(timespec="seconds")}
         logger.warning("writer run %s abandoned after %s attempts; starting a fresh run", rid, status.get("attempts"))
         status["abandoned"] = [*status.get("abandoned", []), abandoned][-10:]
-        for waiting in (_root(home) / "runs" / rid).glob("round-*/candidates"):  # its updates, never to be checked
-            shutil.rmtree(waiting, ignore_errors=True)
+        for name in ("candidates", "throwaway", "writer"):  # its trained updates, never to be used
+            for leftover in (_root(home) / "runs" / rid).glob(f"round-*/{name}"):
+                _remove_dir(leftover)
         rid, snap = None, None
     if rid and snap is not None and snap.next:
         logger.info("resuming writer run %s at %s", rid, list(snap.next))
