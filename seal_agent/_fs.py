@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["fsync_dir", "staged_dir", "write_atomic", "write_synced"]
+__all__ = ["fsync_dir", "remove_dir", "staged_dir", "write_atomic", "write_synced"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -74,3 +75,17 @@ def staged_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(target.parent)
+
+
+def remove_dir(path: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
+    """Delete a folder, renamed out of the way first (``.tmp-trash-<name>-<random>``): a
+    crash midway leaves a temporary folder, never a half-deleted one under its name."""
+    path = Path(path)
+    trash = path.with_name(f".tmp-trash-{path.name}-{uuid.uuid4().hex[:6]}")
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    shutil.rmtree(trash, ignore_errors=True)

@@ -69,7 +69,6 @@ import re
 import shutil
 import struct
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,6 +78,7 @@ from typing import Any, Literal, NamedTuple
 from filelock import FileLock, Timeout
 
 from seal_agent._fs import fsync_dir as _fsync_dir
+from seal_agent._fs import remove_dir as _remove_dir
 from seal_agent._fs import staged_dir
 from seal_agent._fs import write_atomic as _write_atomic
 from seal_agent._fs import write_synced as _write_file
@@ -976,10 +976,3 @@ def _fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(dirpath))
-
-
-def _remove_dir(path: Path) -> None:
-    """Rename out of the version namespace first, so a crash mid-delete leaves only a temp folder."""
-    trash = path.with_name(f"{_TMP_PREFIX}trash-{path.name}-{uuid.uuid4().hex[:6]}")
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)

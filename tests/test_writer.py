@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes import HashEmbeddings, ScriptedChatModel
@@ -343,6 +344,15 @@ def test_canaries_are_checked_best_first_until_one_holds_and_a_resumed_round_doe
         assert not (rdir / "candidates").exists()  # the round's throwaway updates are gone
 
 
+def _one_real_round(mem: SealMemory, config: WriterConfig) -> tuple[Any, dict[str, Any]]:
+    """Teach the passage, run one round with real closed-book rewards: the report and its round."""
+    iid = _teach(mem)
+    report = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),
+                                progress=False)
+    (record,) = report.rounds
+    return report, record
+
+
 def test_no_canaries_means_no_checks_and_a_lost_update_is_never_kept_unchecked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real rewards on tiny-random, which ships no canaries: the best is kept with nothing
@@ -352,10 +362,7 @@ def test_no_canaries_means_no_checks_and_a_lost_update_is_never_kept_unchecked(
 
     config = WriterConfig(candidates=2, inner_steps=1, writer_epochs=1, reward="loglik", min_reward=-1e9)
     with _mem(tmp_path / "a") as mem:
-        iid = _teach(mem)
-        report = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),
-                                    progress=False)
-        (record,) = report.rounds
+        report, record = _one_real_round(mem, config)
         assert report.verdict == "committed" and (record["kept"], record["canary_checks"]) == (1, 0)
 
     original = _Run.select
@@ -367,10 +374,7 @@ def test_no_canaries_means_no_checks_and_a_lost_update_is_never_kept_unchecked(
     monkeypatch.setattr(_Run, "select", lose_updates)
     monkeypatch.setattr(_Run, "canaries", lambda self: ["a canary"])
     with _mem(tmp_path / "b") as mem:
-        iid = _teach(mem)
-        report = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),
-                                    progress=False)
-        (record,) = report.rounds
+        report, record = _one_real_round(mem, config)
         assert report.verdict == "skipped" and record["kept"] == 0
         assert (record["unchecked_missing"], record["hurt_canaries"], record["canary_checks"]) == (2, 0, 0)
         assert not (mem.home / "writer" / "runs" / report.run_id / "round-0" / "canaries.jsonl").exists()
@@ -400,10 +404,7 @@ def test_a_round_whose_knowledge_adapter_was_deleted_meanwhile_keeps_nothing(
     monkeypatch.setattr(_Run, "_knowledge_gone", lambda self, state: "v0001-gone")
     config = WriterConfig(candidates=2, inner_steps=1, writer_epochs=1, reward="loglik", min_reward=-1e9)
     with _mem(tmp_path / "home") as mem:
-        iid = _teach(mem)
-        report = mem.improve_writer(rounds=1, config=config, questions={iid: QUESTIONS}, teacher=_teacher(),
-                                    progress=False)
-        (record,) = report.rounds
+        report, record = _one_real_round(mem, config)
         assert report.verdict == "skipped" and record["kept"] == 0 and record["knowledge_gone"] == "v0001-gone"
         assert writer_status(mem.home)["attempts"] == 0 and writer_registry(mem.home).list() == []
 

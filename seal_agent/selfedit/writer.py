@@ -63,7 +63,7 @@ from filelock import FileLock, Timeout
 from langgraph.graph import END, START, StateGraph
 from tqdm.auto import tqdm
 
-from seal_agent._fs import write_atomic
+from seal_agent._fs import remove_dir, write_atomic
 from seal_agent.errors import ConfigError, NotFoundError, SealAgentError, TrainingCancelled, ValidationError
 from seal_agent.memory.records import Interaction, new_interaction_id
 
@@ -818,7 +818,7 @@ class _Run:
                 if ev["canaries_ok"] is not False:
                     kept.append({**by_id[ev["id"]], "reward": ev["reward"]})
                     break
-        _remove_dir(rdir / "candidates")
+        remove_dir(rdir / "candidates", missing_ok=True)
         usable = [e for e in evaluations if e["usable"]]
         rewards = [e["reward"] for e in usable]  # the writer's average, canary-hurting candidates included
         secs = [e["seconds"] for e in usable]
@@ -923,7 +923,7 @@ class _Run:
         record["seconds"] = sum(record.get(k, 0.0) or 0.0 for k in ("sample_seconds", "evaluate_seconds",
                                                                      "select_seconds", "train_seconds"))
         # The round's throwaway updates waited here for their canary checks: done now.
-        _remove_dir(self._round_dir(state) / "candidates")
+        remove_dir(self._round_dir(state) / "candidates", missing_ok=True)
         if record["version"] is None:
             logger.info("writer round %d: nothing kept (%d candidates, %d hurt the canaries); nothing committed",
                         state["round"], record.get("total", 0), record.get("hurt_canaries", 0))
@@ -950,18 +950,6 @@ class _Run:
 
 
 # ---------------------------------------------------------------------- entry point
-
-
-def _remove_dir(path: Path) -> None:
-    """Delete a folder, renamed first: a kill midway leaves no half-deleted folder under its
-    name (a resumed round tells an update by its folder)."""
-    doomed = path.with_name(path.name + ".deleting")
-    shutil.rmtree(doomed, ignore_errors=True)  # left by an earlier kill
-    try:
-        os.replace(path, doomed)
-    except FileNotFoundError:
-        pass
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _checkpointer(home: Path) -> Any:
@@ -1102,7 +1090,7 @@ def _invoke(run: _Run, graph: Any, home: Path, rounds: int, config: WriterConfig
         status["abandoned"] = [*status.get("abandoned", []), abandoned][-10:]
         for name in ("candidates", "throwaway", "writer"):  # its trained updates, never to be used
             for leftover in (_root(home) / "runs" / rid).glob(f"round-*/{name}"):
-                _remove_dir(leftover)
+                remove_dir(leftover, missing_ok=True)
         rid, snap = None, None
     if rid and snap is not None and snap.next:
         logger.info("resuming writer run %s at %s", rid, list(snap.next))
