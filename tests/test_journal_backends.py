@@ -310,3 +310,36 @@ def test_a_failing_batch_writes_nothing(journal: JournalBackend) -> None:
         journal.insert_many([ok, clash])
     assert journal.count() == 0
     assert journal.insert(ok) == (ok.id, True)  # the connection is usable after the rollback
+
+
+def test_corrections_supersede_by_meaning_on_both_backends(journal: JournalBackend) -> None:
+    """The boat case of issue 20: a pronoun for the same owner supersedes; a refinement,
+    another owner and a description do not; facts keyed the old way are rekeyed at open
+    and superseded by meaning afterwards; history follows the chain."""
+    from fakes import HashEmbeddings
+
+    from seal_agent.memory.facts import FactStore, fact_key, statement_key
+    from seal_agent.memory.index import ChromaIndex
+
+    texts = ["My brother's sailboat is called the Tumbleweed.", "The Tumbleweed is my brother's sailboat.",
+             "My sailboat is called the Marlin.", "The Saltpetal is my brother's sailboat.",
+             "The Saltpetal is a sailboat.", "His sailboat is called the Saltpetal."]
+    its = [make(t) for t in texts]
+    journal.insert_many(its)
+    # a home whose facts were keyed by sentence prefix (key format 1), then reopened
+    old = FactStore(journal, ChromaIndex(lambda: None, "unused_facts", HashEmbeddings()))  # type: ignore[arg-type]
+    with journal._tx() as db:
+        db.execute("DELETE FROM facts_meta")
+    [tumble] = old.add([(("default",), texts[0], fact_key(texts[0])[0], its[0].id)])
+    store = FactStore(journal, ChromaIndex(lambda: None, "unused_facts", HashEmbeddings()))  # type: ignore[arg-type]
+    assert store.get(tumble).key == statement_key(texts[0]) == "sailboat | identity"
+    ids = [tumble] + [store.add([(("default",), t, statement_key(t), it.id)])[0]
+                      for t, it in zip(texts[1:], its[1:], strict=True)]
+    status = {f.text: f.status for f in store.list(include_superseded=True)}
+    assert status == {texts[0]: "superseded", texts[1]: "superseded",  # the Saltpetal replaced both
+                      texts[2]: "active",  # my sailboat is not my brother's
+                      texts[3]: "active",  # "his sailboat ... the Saltpetal" agrees with it: both stay
+                      texts[4]: "active",  # "a sailboat" describes, it names nothing
+                      texts[5]: "active"}
+    chain = {e.id for e in store.history(ids[3])}
+    assert {ids[0], ids[1], ids[3]} <= chain and ids[2] not in chain and ids[4] not in chain

@@ -17,13 +17,16 @@ Where they live:
   * their versions in the journal's ``history`` table (``created``, ``superseded``,
     ``forgotten``).
 
-A knowledge update is not forgetting: a newer fact with the same key in the same
-namespace and another answer supersedes the older one (`supersedes`, the decision the
-gate's replay suite uses for past answers too). The older fact stays in history and is
-never recalled. A fact's key is the question it answers (``self_qa``) or the sentence
-up to its verb ("my favourite colour is" in "My favourite colour is green"), leading
-"actually"/"now" and the like removed -- a heuristic: two facts whose sentences are
-built differently are never related, so nothing is superseded by accident.
+A knowledge update is not forgetting: a newer fact of the same namespace about the same
+thing with another value supersedes the older one. The older fact stays in history and
+is never recalled. A fact's key is the question it answers (``self_qa``; a newer answer
+to the same question supersedes: `supersedes`, the decision the gate's replay suite
+uses for past answers too) or, for a sentence, the *slot* of the claim it makes
+(`seal_agent.memory.claims`: "sailboat | identity" for "My brother's sailboat is
+called the Tumbleweed"); facts in one slot supersede each other when their owners are
+compatible and the newer value is not a mere refinement (`claims.contradicts`). A
+sentence that makes no one-valued claim ("I like tea") is keyed on its own text and
+relates only to itself, so nothing is superseded by accident.
 
 Forget reaches the facts: `forget_facts` (the hook `SealMemory.forget` and the TTL sweep
 call) deletes every fact one of whose source interactions is forgotten or expired, from
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from seal_agent.memory.claims import contradicts, parse_claim
 from seal_agent.memory.index import ChromaIndex, namespace_where
 from seal_agent.memory.journal import Journal, _history
 from seal_agent.memory.records import (
@@ -60,7 +64,8 @@ from seal_agent.memory.records import (
 if TYPE_CHECKING:
     from seal_agent.seal_memory import SealMemory
 
-__all__ = ["Fact", "FactStore", "distill", "fact_key", "forget_facts", "forget_in_transaction", "normalize_text", "record_facts", "supersedes"]
+__all__ = ["Fact", "FactStore", "distill", "fact_key", "forget_facts", "forget_in_transaction", "normalize_text",
+           "record_facts", "statement_key", "supersedes"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +84,13 @@ CREATE TABLE IF NOT EXISTS facts (
 );
 CREATE INDEX IF NOT EXISTS facts_key ON facts (namespace, key);
 CREATE INDEX IF NOT EXISTS facts_unindexed ON facts (indexed) WHERE indexed=0;
-CREATE TABLE IF NOT EXISTS facts_deleted (id TEXT PRIMARY KEY)
+CREATE TABLE IF NOT EXISTS facts_deleted (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS facts_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)
 """
+
+# Facts' keys: 1 = the sentence up to its verb (`fact_key`), 2 = the claim's slot
+# (`seal_agent.memory.claims`). `FactStore` rekeys a version-1 table once, at open.
+KEY_FORMAT = "2"
 
 # Strategies whose items restate what an exchange taught (critique and raw do not).
 FACT_STRATEGIES = ("implications", "statements", "self_qa")
@@ -112,9 +122,10 @@ _VERB = re.compile(r"\b(?:is|are|was|were|lives in|live in|works at|work at|work
 
 
 def fact_key(text: str) -> tuple[str, str]:
-    """(key, answer) of a fact sentence: the normalized sentence up to and including its
-    first verb, and the rest. Without such a verb the whole sentence is the key (and
-    the answer), so it relates only to itself."""
+    """(key, answer) of a fact sentence as key format 1 stored it: the normalized
+    sentence up to and including its first verb, and the rest. Without such a verb the
+    whole sentence is the key (and the answer), so it relates only to itself. Kept to
+    recognize (and rekey) version-1 keys; new facts are keyed by `statement_key`."""
     n = _LEAD.sub("", normalize_text(text))
     m = _VERB.search(n)
     if m is None or m.start() == 0:
@@ -122,6 +133,17 @@ def fact_key(text: str) -> tuple[str, str]:
     key = " ".join(_FILLER.sub("", n[:m.end()]).split())
     answer = " ".join(_FILLER.sub("", n[m.end():]).split())
     return key, answer or n
+
+
+def statement_key(text: str) -> str:
+    """The key of a fact sentence: the slot of its claim (``"sailboat | identity"``),
+    or its normalized text when it makes no one-valued claim."""
+    claim = parse_claim(text)
+    return claim.slot if claim is not None else normalize_text(text)
+
+
+def _is_slot(key: str) -> bool:
+    return " | " in key  # a normalized question or sentence has no "|"
 
 
 # ------------------------------------------------------------------ distilling
@@ -185,7 +207,7 @@ def distill(edits: Iterable[Any], interactions: dict[str, Interaction]) -> list[
             if q and a:
                 items.append((f"{q.strip()} {a.strip()}", normalize_text(q)))
         else:
-            items.extend((s, fact_key(s)[0]) for s in _sentences(str(e.example.get("text", ""))))
+            items.extend((s, statement_key(s)) for s in _sentences(str(e.example.get("text", ""))))
         for text, key in items:
             marker = (it.namespace, normalize_text(text))
             if key and marker not in seen:
@@ -256,7 +278,22 @@ class FactStore:
         with self.journal._tx() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
+            if db.execute("SELECT value FROM facts_meta WHERE name='key_format'").fetchone() is None:
+                self._rekey(db)
+                db.execute("INSERT OR IGNORE INTO facts_meta (name, value) VALUES ('key_format', ?)", (KEY_FORMAT,))
         self._ready = True
+
+    @staticmethod
+    def _rekey(db: Any) -> None:
+        """Key format 1 -> 2, in the caller's transaction: sentence facts get their claim's
+        slot (question facts keep their question). Facts stored before stay as they are
+        (active or superseded); the new keys apply to the corrections that come next."""
+        rows = db.execute("SELECT id, key, text FROM facts").fetchall()
+        moved = [(statement_key(text), fid) for fid, key, text in rows
+                 if key == fact_key(text)[0] and statement_key(text) != key]
+        if moved:
+            db.executemany("UPDATE facts SET key=? WHERE id=?", moved)
+            logger.info("facts: %d keys moved to the claim slots of key format %s", len(moved), KEY_FORMAT)
 
     def _has_table(self) -> bool:
         return self.journal._db().execute(
@@ -308,7 +345,11 @@ class FactStore:
                 (nsp, key, fid)).fetchall():
             if me[1] != "active":
                 return
-            if not supersedes(key, nsp, _answer(text, key), key, nsp, _answer(otext, key)):
+            if _is_slot(key):
+                new_claim, old_claim = parse_claim(text), parse_claim(otext)
+                if new_claim is None or old_claim is None or not contradicts(new_claim, old_claim):
+                    continue  # "my sailboat" and "his sailboat" share a slot, not an owner
+            elif not supersedes(key, nsp, _answer(text, key), key, nsp, _answer(otext, key)):
                 continue
             old, new = (oid, fid) if olatest <= me[0] else (fid, oid)
             db.execute("UPDATE facts SET status='superseded', superseded_by=?, indexed=0 WHERE id=?", (new, old))
@@ -418,12 +459,20 @@ class FactStore:
 
     def history(self, fact_id: str) -> list[HistoryEvent]:
         """Every version of the fact and of the facts it superseded or that superseded
-        it (same namespace and key), oldest first."""
+        it, directly or down the chain, oldest first."""
         db = self.journal._db()
         row = db.execute("SELECT namespace, key FROM facts WHERE id=?", (fact_id,)).fetchone()
         ids = [fact_id]
-        if row is not None:
-            ids = [r[0] for r in db.execute("SELECT id FROM facts WHERE namespace=? AND key=?", row)]
+        if row is not None:  # the supersession chain through the fact, within its slot
+            links = db.execute("SELECT id, superseded_by FROM facts WHERE namespace=? AND key=?", row).fetchall()
+            chain, grew = {fact_id}, True
+            while grew:
+                grew = False
+                for a, b in links:
+                    if b is not None and (a in chain) != (b in chain):
+                        chain |= {a, b}
+                        grew = True
+            ids = sorted(chain)
         rows = db.execute(f"SELECT id, event, at, namespace, data FROM history WHERE id IN "
                           f"({','.join('?' * len(ids))}) ORDER BY seq", ids).fetchall()
         return [HistoryEvent(id=r[0], event=r[1], at=datetime.fromisoformat(r[2]), namespace=parse_namespace(r[3]),
