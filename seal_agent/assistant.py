@@ -65,7 +65,8 @@ HELP = """\
 commands:
   /consolidate        learn from new interactions now (self-edits, LoRA, gate); Ctrl-C cancels
   /retrieval on|off   recall memories into the prompt, or not (off also starts a new
-                      conversation: answers then come from the weights alone)
+                      conversation: answers then come from the weights alone, and
+                      those turns are not logged, so nothing learns from them)
   /forget [ID...]     forget all of this user's memories (asks first), or the given ones
   /adapters           adapter versions; * marks CURRENT
   /new                start a new conversation (the chat history is dropped; memories stay)
@@ -297,8 +298,11 @@ class ChatApp:
         # the middleware caches its recall per (namespace, message) for the tool loop of a
         # turn, and that cache must not outlive the turn (a repeated question after
         # /forget or after new memories must recall afresh, as shown above).
+        # Retrieval off is closed-book probing of what the weights know: those turns are
+        # not logged, or the next consolidation would learn the model's own guesses.
         middleware = self.memory.middleware(namespace=self.namespace, k=self.k, min_score=self.min_score,
-                                            recall=self.retrieval, metadata={"channel": "seal-agent chat"})
+                                            recall=self.retrieval, log=self.retrieval,
+                                            metadata={"channel": "seal-agent chat"})
         agent = create_agent(self.chat, tools=[], system_prompt=self.system_prompt or None,
                              middleware=[middleware])
         messages = [*self._history, HumanMessage(text)]
@@ -404,7 +408,8 @@ class ChatApp:
         if self.retrieval:
             return self._done("retrieval on: recalled memories go into the prompt")
         self.new_conversation()  # closed-book means nothing if the chat history holds the answer
-        return self._done("retrieval off, new conversation: answers now come from the model's weights alone")
+        return self._done("retrieval off, new conversation: answers now come from the model's weights alone "
+                          "(these turns are not logged)")
 
     def _cmd_adapters(self, args: list[str]) -> Reply:
         self._no_args("/adapters", args)

@@ -196,11 +196,16 @@ def test_pty_session_teach_consolidate_closed_book_forget(tmp_path: Path, chat_s
     s.send(facts[0][0])
     answer = s.expect(r"assistant> (.*)\n").group(1)
     assert answer.startswith(facts[0][1]), s.buffer  # from the weights: nothing was recalled
-    closed_book_id = s.expect(r"\(logged (\w+)\)").group(1)
+    start = s.pos
+    s.expect(r"you> ")
+    assert "(logged" not in s.buffer[start:s.pos]  # closed-book probing teaches nothing
 
     s.send("/retrieval on")
     s.expect(r"retrieval on")
     s.send("/new")
+    s.send("Please note that the harbour opens at dawn.")  # forgotten below
+    s.expect(r"assistant> ")
+    forgotten_id = s.expect(r"\(logged (\w+)\)").group(1)
     s.send(facts[1][0])
     s.expect(r"recalled \d+:")
     s.expect(re.escape(f"User: {facts[1][0]} | Assistant: {facts[1][1]}"))
@@ -211,7 +216,7 @@ def test_pty_session_teach_consolidate_closed_book_forget(tmp_path: Path, chat_s
     s.expect(r"error: command='/bogus': unknown command; /help lists them\n")
     s.send("/retrieval sideways")
     s.expect(r"error: /retrieval='sideways': must be 'on' or 'off'\n")
-    s.send(f"/forget {closed_book_id}")
+    s.send(f"/forget {forgotten_id}")
     s.expect(r"forgot 1 of 1")
     s.expect(r"you> ")
     s.control("d")
@@ -226,7 +231,8 @@ def test_pty_session_teach_consolidate_closed_book_forget(tmp_path: Path, chat_s
     assert [it["task"] for it in chat_turns] == [facts[1][0]]
     assert chat_turns[0]["metadata"].get("channel") == "seal-agent chat"
     assert not any("very long story" in it["task"] for it in logged)
-    assert closed_book_id not in {it["id"] for it in logged}
+    assert forgotten_id not in {it["id"] for it in logged}
+    assert not any(it["task"] == facts[0][0] for it in chat_turns)  # the closed-book turn
 
     # Forgetting everything asks first (a second session on the same home).
     s = chat_session(home, "--user", "ann", "--model", "tiny-random")
@@ -414,9 +420,9 @@ def test_consolidate_then_closed_book_answer_comes_from_the_weights(app_mem: Sea
                     namespace=("users", "ann"))
     app_mem.config = app_mem.config.with_overrides(**LEARNING)
     app, out = _app(app_mem, retrieval=False)
-    before = app.handle(FACTS[0][0]).text
-    assert not before.startswith(FACTS[0][1])
-    app_mem.forget(namespace=("users", "ann"), ids=[it.id for it in app_mem.list() if it.thread_id == app.thread_id])
+    before = app.handle(FACTS[0][0])
+    assert not before.text.startswith(FACTS[0][1])
+    assert before.logged == [] and not [it for it in app_mem.list() if it.thread_id == app.thread_id]
 
     reply = app.handle("/consolidate")
     assert reply.report.verdict == "committed"

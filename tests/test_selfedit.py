@@ -46,7 +46,7 @@ def interaction(
     *,
     task: str = "What is the office wifi password?",
     answer: str = FACT,
-    feedback: float | None = None,
+    feedback: float | None = 1.0,  # the user confirmed the answer: it is knowledge (provenance)
     comment: str | None = None,
     namespace: tuple[str, ...] = ("users", "alice"),
     messages: Sequence[dict[str, Any]] | None = None,
@@ -950,3 +950,42 @@ def test_one_prompt_longer_than_the_context_fails_only_its_own_jobs() -> None:
     assert len(batch.errors) == 2 and all("interaction long" in e and "context" in e for e in batch.errors)
     asyn = asyncio.run(agenerate_self_edits(inters, model, cfg, progress=False))
     assert asyn.dropped["teacher_error"] == 2
+
+
+MISO = ({"role": "user", "content": "Please remember this: my cat is called Miso."},
+        {"role": "assistant", "content": "Miso is a Japanese word that means cat."})
+
+
+def test_provenance_a_guess_nobody_confirmed_is_never_trained_on() -> None:
+    """Issue 20, provenance: the 135M model's reply to a user's fact adds words nobody
+    said; the self-edits learn the user's words and not the reply, until the user
+    confirms it (feedback > 0). A reply the user marked wrong is never learned."""
+    guess = interaction(messages=MISO, feedback=None)
+    assert stated_text(guess) == "Please remember this: my cat is called Miso."
+    [edit] = get_self_edit_strategy("statements").generate(guess, None, SelfEditConfig()).edits
+    assert "Japanese" not in json.dumps(edit.example)
+    confirmed = interaction(messages=MISO, feedback=1.0)
+    assert "Japanese" in stated_text(confirmed)
+    assert "Japanese" not in stated_text(interaction(messages=MISO, feedback=-1.0))
+
+
+@pytest.mark.parametrize(("messages", "learned"), [
+    # grounded in the user's words (acknowledgement words aside)
+    (({"role": "user", "content": "My cat is called Miso."},
+      {"role": "assistant", "content": "Got it, your cat is called Miso!"}), True),
+    # grounded in a tool result
+    (({"role": "user", "content": "What's the weather in Oslo?"},
+      {"role": "assistant", "content": "", "tool_calls": [{"name": "weather", "args": {"city": "Oslo"}, "id": "c1"}]},
+      {"role": "tool", "content": "Oslo: 4 degrees, light snow", "tool_call_id": "c1", "name": "weather"},
+      {"role": "assistant", "content": "It is 4 degrees with light snow in Oslo."}), True),
+    # the model's own knowledge, nobody said it
+    (({"role": "user", "content": "What is the capital of Zorbia?"},
+      {"role": "assistant", "content": "The capital of Zorbia is Quxville."}), False),
+])
+def test_provenance_grounded_replies_are_knowledge(messages: Any, learned: bool) -> None:
+    from seal_agent.memory.provenance import reply_is_knowledge
+
+    inter = interaction(messages=messages, feedback=None)
+    reply = messages[-1]["content"]
+    assert reply_is_knowledge(reply, inter.messages, None) is learned
+    assert (reply in stated_text(inter)) is learned

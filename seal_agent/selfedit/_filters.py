@@ -27,6 +27,8 @@ import re
 from collections import Counter
 from typing import Any
 
+from seal_agent.memory.provenance import content_words, unsupported_words
+
 __all__ = ["DROP_REASONS", "content_words", "example_hash", "is_degenerate", "rejection", "unsupported_words"]
 
 DROP_REASONS = (
@@ -94,50 +96,3 @@ def example_hash(example: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-# Function words, and words that frame a question or a restatement without stating
-# anything ("what is the name of ...", "... is known for ..."): they need no support.
-_FUNCTION_WORDS = frozenset("""
-a an the and or but nor so yet if then than that this these those there here of in on at to from by
-for with without about into onto over under after before during since until while as per via
-is are was were be been being am do does did done has have had having will would shall should can
-could may might must it its it's itself he him his she her hers they them their theirs we us our
-you your i me my mine who whom whose which what when where why how one ones also very just only
-not no yes all any each every some such both either neither other another more most many much
-own same too s t d ll m re ve
-name names named called call known kind type sort year years color colour city country place
-located location famous thing things someone something person people
-""".split())
-_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
-_STEM = 5  # "discovered"/"discovery": a shared 5-letter prefix counts as support
-_PREFIX_MIN = 4  # "bell"/"bells": a word of 4+ letters that begins the other counts too
-
-
-def content_words(text: str) -> list[str]:
-    """The lowercased words of `text` that carry content (function and framing words left out)."""
-    return [w for w in _TOKEN.findall(text.lower()) if w not in _FUNCTION_WORDS]
-
-
-def unsupported_words(text: str, source: str) -> list[str]:
-    """Content words of `text` that `source` does not contain (grounding check).
-
-    A self-edit restates what an exchange said; a word it adds that the exchange never
-    used (a city, a date, a name) is almost always a small model's invention. Support
-    is lenient on inflection: a word is supported when the source has it, or a word
-    sharing its first five letters (``discovered`` / ``discovery``), or a word of four
-    or more letters that begins the other (``bell`` / ``bells``), so restatements may
-    conjugate and pluralise freely.
-
-    Returns:
-        The unsupported words, in order, without repeats ([] means grounded).
-    """
-    have = set(_TOKEN.findall(source.lower()))
-    stems = {w[:_STEM] for w in have if len(w) >= _STEM}
-    out: list[str] = []
-    for w in content_words(text):
-        if w in have or (len(w) >= _STEM and w[:_STEM] in stems) or w in out:
-            continue
-        if len(w) >= _PREFIX_MIN and any(
-                len(h) >= _PREFIX_MIN and (h.startswith(w) or w.startswith(h)) for h in have):
-            continue
-        out.append(w)
-    return out

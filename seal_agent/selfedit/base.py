@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from seal_agent.config import SelfEditConfig
 from seal_agent.errors import NotFoundError, TrainingCancelled, ValidationError
+from seal_agent.memory.provenance import is_acknowledgement, reply_is_knowledge
 from seal_agent.memory.records import Interaction, Namespace, join_namespace
 from seal_agent.selfedit._filters import example_hash, rejection, unsupported_words
 
@@ -234,37 +235,25 @@ def passage_text(interaction: Interaction) -> str:
     return "\n".join(parts) or interaction.text
 
 
-# Words that acknowledge without stating anything ("Got it, thanks. I'll remember that.").
-_ACK_WORDS = frozenset("""
-got get thanks thank remember remembered noted note okay ok sure great understood certainly
-absolutely welcome sounds sound good glad happy help anything else keep mind recorded saved
-done perfect alright right will i'll ll that's course of noting cool nice awesome yes wonderful
-""".split())
-
-
-def is_acknowledgement(text: str) -> bool:
-    """Whether `text` only acknowledges (every content word is an acknowledgement word)."""
-    from seal_agent.selfedit._filters import content_words
-
-    words = content_words(text)
-    return all(w in _ACK_WORDS for w in words)
 
 
 def stated_text(interaction: Interaction) -> str:
     """What the exchange stated, without role labels or acknowledgements.
 
     The messages' text in order (user turns, tool results, assistant answers), one per
-    line; system prompts and assistant turns that only acknowledge are left out. This is
-    what knowledge is learned from: a user telling the agent facts is the common way an
-    agent is taught, and training on the labelled transcript would also teach the
-    acknowledgement.
+    line; system prompts, assistant turns that only acknowledge and assistant turns that
+    are not knowledge (a guess nobody confirmed, a reply marked wrong: see
+    `seal_agent.memory.provenance`) are left out. This is what knowledge is learned from:
+    a user telling the agent facts is the common way an agent is taught, and training on
+    the labelled transcript would also teach the acknowledgement.
     """
     parts = []
     for m in interaction.messages:
         content = (m.get("content") or "").strip()
         if m["role"] == "system" or not content:
             continue
-        if m["role"] == "assistant" and is_acknowledgement(content):
+        if m["role"] == "assistant" and (is_acknowledgement(content) or not reply_is_knowledge(
+                content, interaction.messages, interaction.feedback)):
             continue
         parts.append(content)
     return "\n".join(parts)

@@ -4,6 +4,11 @@ Messages are converted by `chat_messages`: tool calls become Hermes-style
 ``<tool_call>{...}</tool_call>`` text in the assistant turn (what the served model
 writes), tool results stay ``tool`` turns. Never used for an interaction with
 negative feedback: it would teach the very answer the user rejected.
+
+``raw`` is the opt-in baseline "train on the exchange as it was": unlike the default
+strategies (which learn from `stated_text`), it does not filter the model's replies by
+provenance (`seal_agent.memory.provenance`), so it also teaches the model to repeat
+guesses nobody confirmed. Use it for data you vouch for (imported, curated exchanges).
 """
 
 from __future__ import annotations
