@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -197,3 +198,46 @@ def test_agent_driven_memory_through_create_agent(mem: SealMemory) -> None:
     agent = create_agent(model, tools=mem.tools())
     agent.invoke({"messages": [HumanMessage("remember that I prefer green tea")]}, cfg("t", user_id="lee"))
     assert mem.recall("tea", namespace=("users", "lee"))[0].text == "Assistant: prefers green tea"
+
+
+def test_middleware_without_logging_never_serves_an_expired_memory(tmp_path) -> None:
+    """Issue 22, item 6: a ``log=False`` middleware commits nothing, so the journal's
+    revision stays put across turns; its cached block must still not outlive the TTL
+    of a memory in it. Real journal, real Chroma; no sweep runs (it would commit)."""
+    from fakes import HashEmbeddings
+
+    from seal_agent.config import SealConfig
+    from seal_agent.errors import NotFoundError
+
+    config = SealConfig().with_overrides(memory={"ttl_sweep_s": 86_400.0})
+    with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), config=config, model="tiny-random") as mem:
+        model = ScriptedChatModel(["Noted."] * 40)
+        agent = create_agent(model, tools=[], middleware=[mem.middleware(log=False)])
+        ttl = 3.0
+        # The scenario needs the memory to outlive one turn, and no unrelated commit (the
+        # index worker's bookkeeping) between the turns: else it is retried, longer TTL.
+        for attempt in range(6):
+            secret = f"the door code is {4711 + attempt}"
+            question = f"what is the door code? (attempt {attempt})"
+            i = mem.log([{"role": "user", "content": secret}, {"role": "assistant", "content": "ok"}], ttl_s=ttl)
+            mem.flush()  # indexed now: the turns below commit nothing
+            ttl *= 4
+            agent.invoke({"messages": [HumanMessage(question)]}, cfg("t1"))
+            if secret not in system_text(model.prompts[-1]):
+                continue
+            revision = mem._journal.revision()
+            deadline = time.monotonic() + 10 * ttl + 60
+            while True:  # until reads say it expired
+                try:
+                    mem.get(i)
+                except NotFoundError:
+                    break
+                assert time.monotonic() < deadline, "the interaction never expired"
+                time.sleep(0.05)
+            if mem._journal.revision() == revision:
+                break
+        else:
+            pytest.fail("the scenario never happened: the memory did not outlive a turn, or commits intervened")
+        agent.invoke({"messages": [HumanMessage(question)]}, cfg("t2"))
+        assert secret not in system_text(model.prompts[-1])
+        assert not mem._journal.forgotten_ids()  # expiry alone did it: the sweep never ran

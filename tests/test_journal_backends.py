@@ -343,3 +343,143 @@ def test_corrections_supersede_by_meaning_on_both_backends(journal: JournalBacke
                       texts[5]: "active"}
     chain = {e.id for e in store.history(ids[3])}
     assert {ids[0], ids[1], ids[3]} <= chain and ids[2] not in chain and ids[4] not in chain
+
+
+# ------------------------------------------------------------- TTL: re-log after expiry (issue 22, item 5)
+
+
+def test_relog_of_an_expired_exchange_is_a_new_live_row(journal: JournalBackend) -> None:
+    """Dedup never answers with an expired row: the re-log is a new row (new id) that
+    get, list and the indexing queue see, and the sweep's forget of the expired row
+    leaves it alone. Nothing of the expired copy is merged into it."""
+    old = make("the locker code is 4711", thread="t", metadata={"old": 1}, feedback=-1.0, expires_in=-1)
+    assert journal.insert(old) == (old.id, True)
+    again = make("the locker code is 4711", thread="t", metadata={"new": 2})
+    new_id, inserted = journal.insert(again)
+    assert inserted and new_id == again.id != old.id
+    got = journal.get(new_id)
+    assert got is not None and got.metadata == {"new": 2} and got.feedback is None and got.expires_at is None
+    assert [it.id for it in journal.list()] == [new_id]
+    assert new_id in {it.id for it in journal.unindexed(10)}  # queued for Chroma: recallable
+    assert journal.expired() == [old.id]
+    journal.note_expired([old.id])  # what the sweep does
+    assert journal.forget(namespace=None, ids=journal.expired()) == [old.id]
+    assert journal.get(new_id) is not None and journal.expired() == []
+    assert journal.insert(make("the locker code is 4711", thread="t")) == (new_id, False)  # live: merged
+    assert [e.event for e in journal.history(new_id)] == ["created"]
+
+
+def test_insert_many_relogs_an_expired_exchange_once(journal: JournalBackend) -> None:
+    x = make("x", expires_in=-1)
+    journal.insert(x)
+    x2, x3 = make("x", metadata={"k": 1}), make("x", metadata={"k": 2})
+    assert journal.insert_many([x2, x3]) == [(x2.id, True), (x2.id, False)]
+    assert journal.get(x2.id).metadata == {"k": 2} and journal.expired() == [x.id]
+
+
+def test_relog_of_a_live_exchange_keeps_the_longest_expiry(journal: JournalBackend) -> None:
+    """An acknowledged log is not lost when an earlier copy's TTL ends: the stored row
+    lives as long as its longest-lived log asks (no TTL: for ever)."""
+    a = make("a", expires_in=3600)
+    journal.insert(a)
+    first = journal.get(a.id).expires_at
+    assert journal.insert(make("a", expires_in=60)) == (a.id, False)
+    assert journal.get(a.id).expires_at == first  # a shorter TTL does not shorten it
+    assert journal.insert(make("a", expires_in=7200)) == (a.id, False)
+    assert journal.get(a.id).expires_at > first
+    assert journal.insert(make("a")) == (a.id, False)
+    assert journal.get(a.id).expires_at is None
+    assert journal.insert(make("a", expires_in=60)) == (a.id, False)
+    assert journal.get(a.id).expires_at is None
+    history = journal.history(a.id)
+    assert [e.event for e in history] == ["created", "updated", "updated"]
+    assert history[-1].data["expires_at"] is None
+
+
+def test_update_to_the_messages_of_an_expired_row(journal: JournalBackend) -> None:
+    """An expired row does not block an update to its messages (it is retired), while a
+    live one still does."""
+    old, b, live = make("same", expires_in=-1), make("other"), make("live one")
+    journal.insert_many([old, b, live])
+    assert journal.update(b.id, messages=list(old.messages), task=old.task, outcome=old.outcome,
+                          content_hash=old.content_hash)
+    assert journal.get(b.id).task == "same" and journal.expired() == [old.id]
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.update(b.id, messages=list(live.messages), task=live.task, outcome=live.outcome,
+                       content_hash=live.content_hash)
+
+
+def test_concurrent_relogs_of_expired_exchanges_store_each_once(journal: JournalBackend, target: str) -> None:
+    """Eight writers (own journal objects, as separate processes) re-log 20 expired
+    exchanges at once: each gets exactly one new live row, every call its id."""
+    expired = [make(f"shared {i}", expires_in=-1) for i in range(20)]
+    journal.insert_many(expired)
+    answers: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        j = open_journal(target)
+        try:
+            for i in range(20):
+                answers.append((f"shared {i}", j.insert(make(f"shared {i}"))[0]))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            j.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    live = {it.id for it in journal.list()}
+    assert len(live) == 20 and not live & {it.id for it in expired}
+    by_text: dict[str, set[str]] = {}
+    for text, id_ in answers:
+        by_text.setdefault(text, set()).add(id_)
+    assert all(len(ids) == 1 for ids in by_text.values()) and {i for s in by_text.values() for i in s} == live
+    assert sorted(journal.expired()) == sorted(it.id for it in expired)
+
+
+# ------------------------------------------------------------- TTL: expired content is never served (item 6)
+
+
+def test_history_of_an_expired_interaction_has_no_content(journal: JournalBackend) -> None:
+    """Before the sweep, an expired interaction's history is what the sweep will leave:
+    its versions without content, ending with ``expired``; a live one keeps its content."""
+    old = make("my PIN is 4711", metadata={"pin": "4711"}, expires_in=-1)
+    live = make("my PIN is public")
+    journal.insert_many([old, live])
+    events = journal.history(old.id)
+    assert [e.event for e in events] == ["created", "expired"] and all(e.data == {} for e in events)
+    assert "4711" not in repr(events)
+    assert journal.history(live.id)[0].data["messages"][0]["content"] == "my PIN is public"
+    journal.note_expired([old.id])
+    assert [e.event for e in journal.history(old.id)] == ["created", "expired"]
+    journal.forget(namespace=None, ids=[old.id])
+    assert [e.event for e in journal.history(old.id)] == ["created", "expired", "forgotten"]
+    assert journal.history("no-such-id") == []
+
+
+def test_facts_of_an_expired_interaction_are_not_served(journal: JournalBackend) -> None:
+    """A fact distilled from an interaction that expired is hidden from list, get and
+    history (its text is the interaction's) before the sweep deletes it."""
+    from fakes import HashEmbeddings
+
+    from seal_agent.memory.facts import FactStore, statement_key
+    from seal_agent.memory.index import ChromaIndex
+
+    a, b = make("my locker code is 4711", expires_in=3600), make("my bike is red")
+    journal.insert_many([a, b])
+    store = FactStore(journal, ChromaIndex(lambda: None, "unused_facts", HashEmbeddings()))  # type: ignore[arg-type]
+    code, bike = "My locker code is 4711.", "My bike is red."
+    [fc] = store.add([(("default",), code, statement_key(code), a.id)])
+    [fb] = store.add([(("default",), bike, statement_key(bike), b.id)])
+    assert {f.id for f in store.list()} == {fc, fb} and store.history(fc)[0].data["text"] == code
+    c = make("my locker code is 4711", expires_in=-1)  # the same fact from an expired source
+    journal.insert(c)
+    store.add([(("default",), code, statement_key(code), c.id)])
+    assert [f.id for f in store.list(include_superseded=True)] == [fb] and store.get(fc) is None
+    assert store.get(fb) is not None
+    assert all(e.data == {} for e in store.history(fc)) and "4711" not in repr(store.history(fc))

@@ -181,3 +181,85 @@ def test_ttl_config_is_validated() -> None:
         with pytest.raises(ConfigError) as caught:
             SealConfig().with_overrides(memory=memory)
         assert caught.value.field == field
+
+
+# ------------------------------------------------------------- TTL: issue 22, items 5 and 6
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def journal_url(request: pytest.FixtureRequest) -> str | None:
+    """None: the home's SQLite journal; else a fresh database of the real Postgres cluster."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").create_database("ttl")
+
+
+def _no_sweep_mem(home: Path, journal_url: str | None) -> SealMemory:
+    """A memory whose background sweep never runs during the test: the test sweeps."""
+    cfg = SealConfig().with_overrides(memory={"embed_in_subprocess": False, "ttl_sweep_s": 86_400.0})
+    return SealMemory(home, embeddings=HashEmbeddings(), config=cfg, model="tiny-random", journal_url=journal_url)
+
+
+def _wait_expired(mem: SealMemory, id_: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:  # until reads say it expired: progress, not a fixed sleep
+        try:
+            mem.get(id_)
+        except NotFoundError:
+            return
+        assert time.monotonic() < deadline, f"{id_} never expired"
+        time.sleep(0.05)
+
+
+def test_relog_after_expiry_is_a_live_record_everywhere(tmp_path: Path, journal_url: str | None) -> None:
+    """Item 5: re-logging an expired exchange returns a new, live id that get, list and
+    recall see, before and after the sweep (which forgets only the expired copy, in the
+    journal and in Chroma); the same through log_many."""
+    with _no_sweep_mem(tmp_path / "home", journal_url) as mem:
+        old = _say(mem, "my locker code is 4711", metadata={"v": 1}, ttl_s=0.5)
+        mem.flush()
+        _wait_expired(mem, old)
+        new = _say(mem, "my locker code is 4711", metadata={"v": 2})
+        assert new != old
+        for swept in (False, True):
+            got = mem.get(new)
+            assert got.expires_at is None and got.metadata == {"v": 2}
+            assert [i.id for i in mem.list(namespace=NS)] == [new]
+            assert [m.id for m in mem.recall("my locker code", namespace=NS, k=5)] == [new]
+            if not swept:
+                assert mem.expire() == 1
+        mem.flush()
+        assert old not in mem._index.all_ids() and new in mem._index.all_ids()
+        assert [e.event for e in mem.history(old)] == ["created", "expired", "forgotten"]
+        assert [e.event for e in mem.history(new)] == ["created"]
+        assert mem.history(new)[0].data["metadata"] == {"v": 2}
+
+        msgs = [{"role": "user", "content": "my bike is red"}, {"role": "assistant", "content": "ok"}]
+        [(first, _)] = mem.log_many([{"messages": msgs, "namespace": NS, "ttl_s": 0.5}])
+        _wait_expired(mem, first)
+        [(second, inserted)] = mem.log_many([{"messages": msgs, "namespace": NS}])
+        assert inserted and second != first and mem.get(second).expires_at is None
+        assert mem.expire() == 1 and {i.id for i in mem.list(namespace=NS)} == {new, second}
+
+
+def test_relog_of_a_live_exchange_outlives_the_first_ttl(tmp_path: Path, journal_url: str | None) -> None:
+    """Item 5's other half: a second log without a TTL, while the first copy (with one)
+    is live, is merged into it -- and is not lost when the first copy's TTL ends."""
+    with _no_sweep_mem(tmp_path / "home", journal_url) as mem:
+        first = _say(mem, "my cat is Tom", ttl_s=3600)
+        assert _say(mem, "my cat is Tom") == first
+        assert mem.get(first).expires_at is None and not mem._journal.expired()
+
+
+def test_history_never_returns_expired_content(tmp_path: Path, journal_url: str | None) -> None:
+    """Item 6: once expired, an interaction's history shows its versions without content
+    and an ``expired`` event, before the sweep runs; after it, what the sweep leaves."""
+    with _no_sweep_mem(tmp_path / "home", journal_url) as mem:
+        i = _say(mem, "my PIN is 4711", metadata={"pin": "4711"}, ttl_s=0.5)
+        _wait_expired(mem, i)
+        events = mem.history(i)
+        assert events[0].event == "created" and events[-1].event == "expired"
+        assert all(e.data == {} for e in events) and "4711" not in repr(events)
+        assert mem.expire() == 1
+        events = mem.history(i)
+        assert [e.event for e in events][-2:] == ["expired", "forgotten"] and "4711" not in repr(events)

@@ -4,8 +4,9 @@
   latest user message and adds them to the system prompt as one block. They are seen
   by the model but not stored in the conversation state, so the history does not grow
   with them. The model is called several times per turn when tools run; the block is
-  recalled once and reused for those calls as long as the memory has not changed (see
-  `SealMemoryMiddleware._memory_block`), so it is never stale. With ``facts`` (default: ``memory.facts``) the
+  recalled once and reused for those calls as long as the memory has not changed and
+  none of its memories expired (see `SealMemoryMiddleware._memory_block`), so it is
+  never stale. With ``facts`` (default: ``memory.facts``) the
   block starts with the namespace's distilled facts (see `seal_agent.memory.facts`):
   current knowledge first, superseded facts never, then the episodes.
 * After the agent finishes a turn it logs the turn (last user message to the final
@@ -34,12 +35,11 @@ from langgraph.config import get_config
 from seal_agent.integrations.langgraph import (
     DEFAULT_HEADER,
     _log_turn,
-    _recall_text,
     format_memories,
     last_user_text,
     resolve_scope,
 )
-from seal_agent.memory.records import Namespace, validate_min_score, validate_namespace
+from seal_agent.memory.records import Memory, Namespace, validate_min_score, validate_namespace
 
 if TYPE_CHECKING:
     from langgraph.runtime import Runtime
@@ -102,13 +102,16 @@ class SealMemoryMiddleware(AgentMiddleware):
         self.log_turns = log
         self.recall_memories = recall
         self.metadata = dict(metadata or {})
-        # (namespace, query) -> block, valid only at journal revision `_cache_revision`.
-        # Why a revision and not a per-turn cache: the journal's revision changes on every
-        # commit by anyone (log, feedback, forget, a tool's save_memory, another process),
-        # so a hit is exactly what recall would return now. A per-turn cache would still
-        # show a memory forgotten mid-turn, and keying by question alone (the old cache)
-        # kept serving "Rex" after "my dog is called Max now" and after `forget`.
-        self._cache: dict[tuple[Namespace, str], str | None] = {}
+        # (namespace, query) -> (block, ids behind it that have a TTL), valid only at
+        # journal revision `_cache_revision`. Why a revision and not a per-turn cache: the
+        # journal's revision changes on every commit by anyone (log, feedback, forget, a
+        # tool's save_memory, another process), so a hit is what recall would return now.
+        # A per-turn cache would still show a memory forgotten mid-turn, and keying by
+        # question alone (the old cache) kept serving "Rex" after "my dog is called Max
+        # now" and after `forget`. Expiry commits nothing (reads hide an expired row at
+        # once; the sweep forgets it later), so a hit whose block holds a memory with a
+        # TTL also checks that those ids are still live (see `_expiring`).
+        self._cache: dict[tuple[Namespace, str], tuple[str | None, tuple[str, ...]]] = {}
         self._cache_revision: int | None = None
         self._lock = threading.Lock()
 
@@ -131,21 +134,40 @@ class SealMemoryMiddleware(AgentMiddleware):
             if revision != self._cache_revision:
                 self._cache.clear()
                 self._cache_revision = revision
-            elif key in self._cache:
-                return self._cache[key]
-        block = (self._facts_first(query, ns) if self.facts
-                 else _recall_text(self.memory, request.messages, ns, self.k, self.min_score, self.header))
+            cached = self._cache.get(key)
+        if cached is not None:
+            block, expiring = cached
+            # the journal's clock decides, as for every read (a host's clock may differ)
+            if not expiring or len(self.memory._journal.get_many(list(expiring))) == len(expiring):
+                return block
+        found = self._recall(query, ns)
+        block = self._format(found)
+        expiring = self._expiring(found)
         with self._lock:
-            if revision == self._cache_revision:
+            if revision == self._cache_revision and expiring is not None:
                 if len(self._cache) >= 256:  # many users between two writes: bound the memory
                     self._cache.clear()
-                self._cache[key] = block
+                self._cache[key] = (block, expiring)
         return block
 
-    def _facts_first(self, query: str, ns: Namespace) -> str | None:
+    def _recall(self, query: str, ns: Namespace) -> list[Memory]:
+        kinds = ("episodes", "facts") if self.facts else ("episodes",)
+        return self.memory.recall(query, namespace=ns, k=self.k, min_score=self.min_score, kinds=kinds)
+
+    def _expiring(self, found: list[Memory]) -> tuple[str, ...] | None:
+        """The interaction ids behind `found` (episodes, facts' sources) that have a TTL,
+        which a cache hit must find still live; None when one already expired since the
+        recall (the block must not be cached at all)."""
+        ids = sorted({s for m in found for s in (m.metadata.get("sources", ()) if m.kind == "fact" else (m.id,))})
+        if not ids:
+            return ()
+        rows = self.memory._journal.get_many(ids)
+        if len(rows) != len(ids):
+            return None
+        return tuple(i for i, it in rows.items() if it.expires_at is not None)
+
+    def _format(self, found: list[Memory]) -> str | None:
         """Facts block, then episodes block (either left out when empty)."""
-        found = self.memory.recall(query, namespace=ns, k=self.k, min_score=self.min_score,
-                                   kinds=("episodes", "facts"))
         facts = [m for m in found if m.kind == "fact"]
         episodes = [m for m in found if m.kind != "fact"]
         parts = []

@@ -406,14 +406,27 @@ class FactStore:
 
     _COLS = "id, namespace, key, text, sources, created_at, status, superseded_by"
 
+    def _expired(self, facts: Sequence[Fact]) -> set[str]:
+        """Ids of those `facts` one of whose sources is no longer live: expired, not yet
+        swept (a forgotten source took its facts with it in its transaction). Their text
+        is what the expired interaction said, so it is never served, like the source."""
+        ids = sorted({s for f in facts for s in f.sources})
+        live: set[str] = set()
+        for start in range(0, len(ids), 500):  # bounded IN lists
+            live.update(self.journal.get_many(ids[start:start + 500]))
+        return {f.id for f in facts if not set(f.sources) <= live}
+
     def get(self, fact_id: str) -> Fact | None:
+        """The fact, unless unknown, forgotten or distilled from an expired interaction."""
         if not self._ready and not self._has_table():
             return None
         row = self.journal._db().execute(f"SELECT {self._COLS} FROM facts WHERE id=?", (fact_id,)).fetchone()
-        return self._row(row) if row else None
+        fact = self._row(row) if row else None
+        return None if fact is None or self._expired([fact]) else fact
 
     def list(self, namespace: Namespace | None = None, *, include_superseded: bool = False) -> list[Fact]:
-        """Facts (of one namespace), oldest first; active only unless told otherwise."""
+        """Facts (of one namespace), oldest first; active only unless told otherwise;
+        never one distilled from an expired interaction."""
         if not self._ready and not self._has_table():
             return []
         clauses, params = ["1=1"], []
@@ -424,7 +437,9 @@ class FactStore:
             clauses.append("status='active'")
         rows = self.journal._db().execute(
             f"SELECT {self._COLS} FROM facts WHERE {' AND '.join(clauses)} ORDER BY created_at, id", params)
-        return [self._row(r) for r in rows]
+        facts = [self._row(r) for r in rows]
+        expired = self._expired(facts)
+        return [f for f in facts if f.id not in expired]
 
     def query(self, vector: list[float], namespace: Namespace, k: int, *,
               include_descendants: bool = False) -> list[Memory]:
@@ -459,7 +474,8 @@ class FactStore:
 
     def history(self, fact_id: str) -> list[HistoryEvent]:
         """Every version of the fact and of the facts it superseded or that superseded
-        it, directly or down the chain, oldest first."""
+        it, directly or down the chain, oldest first; without the content of a fact
+        distilled from an expired interaction (its text is that interaction's)."""
         db = self.journal._db()
         row = db.execute("SELECT namespace, key FROM facts WHERE id=?", (fact_id,)).fetchone()
         ids = [fact_id]
@@ -473,10 +489,13 @@ class FactStore:
                         chain |= {a, b}
                         grew = True
             ids = sorted(chain)
+        marks = ",".join("?" * len(ids))
+        hidden = self._expired([self._row(r) for r in db.execute(
+            f"SELECT {self._COLS} FROM facts WHERE id IN ({marks})", ids).fetchall()])
         rows = db.execute(f"SELECT id, event, at, namespace, data FROM history WHERE id IN "
-                          f"({','.join('?' * len(ids))}) ORDER BY seq", ids).fetchall()
+                          f"({marks}) ORDER BY seq", ids).fetchall()
         return [HistoryEvent(id=r[0], event=r[1], at=datetime.fromisoformat(r[2]), namespace=parse_namespace(r[3]),
-                             data=json.loads(r[4]) if r[4] else {}) for r in rows]
+                             data=json.loads(r[4]) if r[4] and r[0] not in hidden else {}) for r in rows]
 
 
 def forget_in_transaction(db: Any, ids: Sequence[str], event: str = "forgotten") -> list[str]:

@@ -16,7 +16,10 @@ Columns worth knowing:
   * table ``forgotten`` -- ids deleted by `forget`, kept so the worker can delete them
     from Chroma (``chroma_deleted``) and so adapter lineages can be checked later.
   * ``expires_at`` -- unix time after which the row is expired (None: never). Reads
-    never return an expired row; `SealMemory.expire` forgets them.
+    never return an expired row; `SealMemory.expire` forgets them. Logging an expired
+    row's exchange again never answers with the expired row: it is *retired* (its
+    ``content_hash`` becomes ``expired:<id>``, so the dedup index no longer holds it)
+    and a new row is stored, while the sweep still forgets the old one everywhere.
   * table ``history`` -- every version of an interaction (``created``, ``updated``,
     ``forgotten``/``expired``), written in the same transaction as the change; forget
     empties the ``data`` of the forgotten ids' versions (their content must go too).
@@ -106,6 +109,35 @@ _COLUMNS = (
     "id, namespace, thread_id, created_at, messages, task, outcome, metadata, feedback, "
     "feedback_comment, content_hash, status, consolidated_version"
 )
+
+
+def retired_hash(id_sql: str) -> str:
+    """SQL for the ``content_hash`` of a retired (expired) row: ``'expired:' || <id>``.
+
+    Why retire rather than merge into it or revive it: dedup answering with an expired
+    row's id acknowledged a `log` that no read returned and the sweep then deleted; and
+    reviving the row in place races the sweep, which forgets the ids it found expired
+    (a revived row among them would be lost). A retired row keeps its id, its expiry and
+    its content until the sweep forgets it (Chroma, adapters, facts...), but a real hash
+    is hex, so it never matches a new log again; the new log gets a new row and id.
+    Both journals use it (SQLite and Postgres both spell concatenation ``||``)."""
+    return f"('expired:' || {id_sql})"
+
+
+def history_events(rows: Sequence[Sequence[Any]]) -> list[HistoryEvent]:
+    """`HistoryEvent`s from ``(id, event, at, namespace, data, expires_at, live)`` rows
+    (history joined with the interaction's current row, both journals).
+
+    An interaction whose time-to-live has passed is shown as the sweep will leave it:
+    every version without its content, ending with an ``expired`` event. Expired content
+    is never served, even in the moments before the sweep forgets it."""
+    expired = next((r for r in rows if r[6] is not None and not r[6]), None)
+    out = [HistoryEvent(id=r[0], event=r[1], at=datetime.fromisoformat(r[2]), namespace=parse_namespace(r[3]),
+                        data=json.loads(r[4]) if r[4] and expired is None else {}) for r in rows]
+    if expired is not None and not any(e.event == "expired" for e in out):
+        out.append(HistoryEvent(id=expired[0], event="expired", at=datetime.fromtimestamp(expired[5], UTC),
+                                namespace=parse_namespace(expired[3]), data={}))
+    return out
 
 
 # SQLite primary result codes that mean the file or its disk is at fault, not the caller.
@@ -528,11 +560,21 @@ class Journal:
         ns = join_namespace(it.namespace)
         thread_key = it.thread_id or ""
         row = db.execute(
-            "SELECT id, metadata FROM interactions WHERE namespace=? AND thread_key=? AND content_hash=?",
+            f"SELECT id, metadata, expires_at, {_LIVE} FROM interactions "
+            "WHERE namespace=? AND thread_key=? AND content_hash=?",
             (ns, thread_key, it.content_hash),
         ).fetchone()
+        if row is not None and not row[3]:  # expired: retired, never merged into (see `retired_hash`)
+            db.execute(f"UPDATE interactions SET content_hash={retired_hash('id')} WHERE id=?", (row[0],))
+            row = None
         if row is not None:
-            id_, stored = row
+            id_, stored, expires, _live = row
+            # The row lives as long as its longest-lived log asks: a re-log without a TTL
+            # (or with a later expiry) must not be lost when the first copy's TTL ends.
+            new_expiry = None if it.expires_at is None else it.expires_at.timestamp()
+            extend = expires is not None and (new_expiry is None or new_expiry > expires)
+            if extend:
+                db.execute("UPDATE interactions SET expires_at=? WHERE id=?", (new_expiry, id_))
             if it.metadata:
                 merged = {**json.loads(stored), **dict(it.metadata)}
                 # indexed=0: Chroma holds the scalar metadata too (recall's filters)
@@ -541,7 +583,7 @@ class Journal:
             if it.feedback is not None:
                 db.execute("UPDATE interactions SET feedback=?, feedback_comment=? WHERE id=?",
                            (it.feedback, it.feedback_comment, id_))
-            if it.metadata or it.feedback is not None:
+            if it.metadata or it.feedback is not None or extend:
                 _snapshot(db, id_, "updated")
             return id_, False
         db.execute(
@@ -625,6 +667,10 @@ class Journal:
         if not sets:
             return self.get(id_) is not None
         with self._tx() as db:
+            if messages is not None:  # an expired row with these messages is retired, not a duplicate
+                db.execute(f"UPDATE interactions SET content_hash={retired_hash('id')} WHERE content_hash=? "
+                           f"AND NOT {_LIVE} AND id<>? AND (namespace, thread_key) = "
+                           "(SELECT namespace, thread_key FROM interactions WHERE id=?)", (content_hash, id_, id_))
             cur = db.execute(f"UPDATE interactions SET {', '.join(sets)} WHERE id=? AND {self._live}",
                              (*params, id_))
             if not cur.rowcount:
@@ -633,12 +679,16 @@ class Journal:
             return True
 
     def history(self, id_: str) -> list[HistoryEvent]:
-        """Every recorded version of `id_`, oldest first (empty for an unknown id)."""
-        rows = self._db().execute("SELECT id, event, at, namespace, data FROM history WHERE id=? ORDER BY seq",
-                                  (id_,)).fetchall()
-        return [HistoryEvent(id=r[0], event=r[1], at=datetime.fromisoformat(r[2]),
-                             namespace=parse_namespace(r[3]), data=json.loads(r[4]) if r[4] else {})
-                for r in rows]
+        """Every recorded version of `id_`, oldest first (empty for an unknown id); an
+        expired interaction's without content (see `history_events`)."""
+        if self._live == "1=1":  # a journal from before TTL, read-only: nothing expires
+            expiry = "NULL, NULL"
+        else:  # one statement: the versions and whether the row has expired, from one snapshot
+            expiry = f"i.expires_at, CASE WHEN i.id IS NULL THEN NULL ELSE {_LIVE} END"
+        rows = self._db().execute(
+            f"SELECT h.id, h.event, h.at, h.namespace, h.data, {expiry} FROM history h "
+            "LEFT JOIN interactions i ON i.id=h.id WHERE h.id=? ORDER BY h.seq", (id_,)).fetchall()
+        return history_events(rows)
 
     def expired(self, limit: int = 500) -> list[str]:
         """Ids of interactions whose time-to-live has passed (the sweep forgets them)."""

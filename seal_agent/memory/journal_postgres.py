@@ -7,8 +7,9 @@ Same promises as the SQLite journal (`seal_agent.memory.journal`), kept by the s
     synchronous standbys when the operator configured some);
   * **dedup** -- the unique index ``(namespace, thread_key, content_hash)`` with
     ``INSERT ... ON CONFLICT DO NOTHING``, then the stored row is merged (metadata key-wise,
-    feedback replaced) under a row lock: two hosts logging the same exchange at once
-    store it once;
+    feedback replaced, expiry extended) under a row lock: two hosts logging the same
+    exchange at once store it once; an expired stored row is retired instead and the
+    insert retried (see `seal_agent.memory.journal.retired_hash`);
   * **forget** -- rows deleted, ids kept in ``forgotten`` for the index worker and the
     lineages, history content emptied, in one transaction (facts too);
   * **watermarks / indexing queue** -- ``indexed`` and ``forgotten.chroma_deleted``, the
@@ -39,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from seal_agent.errors import BackendUnavailableError, StorageError
+from seal_agent.memory.journal import history_events, retired_hash
 from seal_agent.memory.journal_base import redact_url
 from seal_agent.memory.records import (
     NAMESPACE_SEP,
@@ -48,7 +50,6 @@ from seal_agent.memory.records import (
     Namespace,
     iso,
     join_namespace,
-    parse_namespace,
     utc_now,
 )
 
@@ -373,22 +374,31 @@ class PostgresJournal:
             if row is not None:
                 self._snapshot(conn, it.id, "created")
                 return it.id, True
-            stored = conn.execute("SELECT id, metadata FROM interactions WHERE namespace=%s AND thread_key=%s "
-                                  "AND content_hash=%s FOR UPDATE", (ns, thread_key, it.content_hash)).fetchone()
+            stored = conn.execute(f"SELECT id, metadata, expires_at, {_LIVE} FROM interactions WHERE namespace=%s "
+                                  "AND thread_key=%s AND content_hash=%s FOR UPDATE",
+                                  (ns, thread_key, it.content_hash)).fetchone()
             if stored is None:
                 continue
-            id_, metadata = stored
+            id_, metadata, expires, live = stored
+            if not live:  # expired: retired under the row lock, never merged into; insert again
+                conn.execute(f"UPDATE interactions SET content_hash={retired_hash('id')} WHERE id=%s", (id_,))
+                continue
+            # The row lives as long as its longest-lived log asks (as in the SQLite journal).
+            new_expiry = None if it.expires_at is None else it.expires_at.timestamp()
+            extend = expires is not None and (new_expiry is None or new_expiry > expires)
+            if extend:
+                conn.execute("UPDATE interactions SET expires_at=%s WHERE id=%s", (new_expiry, id_))
             if it.metadata:
                 conn.execute("UPDATE interactions SET metadata=%s, indexed=0 WHERE id=%s",
                              (_json({**json.loads(metadata), **dict(it.metadata)}), id_))
             if it.feedback is not None:
                 conn.execute("UPDATE interactions SET feedback=%s, feedback_comment=%s WHERE id=%s",
                              (it.feedback, it.feedback_comment, id_))
-            if it.metadata or it.feedback is not None:
+            if it.metadata or it.feedback is not None or extend:
                 self._snapshot(conn, id_, "updated")
             return id_, False
         raise StorageError(f"could not store interaction {it.id} in {self.path}: its duplicate kept being "
-                           "forgotten while it was merged; retry", path=self.path)
+                           "forgotten or expiring while it was merged; retry", path=self.path)
 
     def insert(self, it: Interaction) -> tuple[str, bool]:
         """Store `it`, or merge it into its duplicate; (id, inserted). Durable on return."""
@@ -429,6 +439,10 @@ class PostgresJournal:
         if not sets:
             return self.get(id_) is not None
         with self._conn_tx() as conn:
+            if messages is not None:  # an expired row with these messages is retired, not a duplicate
+                conn.execute(f"UPDATE interactions SET content_hash={retired_hash('id')} WHERE content_hash=%s "
+                             f"AND NOT {_LIVE} AND id<>%s AND (namespace, thread_key) = "
+                             "(SELECT namespace, thread_key FROM interactions WHERE id=%s)", (content_hash, id_, id_))
             n = conn.execute(f"UPDATE interactions SET {', '.join(sets)} WHERE id=%s AND {_LIVE}",
                              (*params, id_)).rowcount
             if n:
@@ -636,9 +650,11 @@ class PostgresJournal:
         return [_row(r) for r in self._q(sql, params)]
 
     def history(self, id_: str) -> list[HistoryEvent]:
-        rows = self._q("SELECT id, event, at, namespace, data FROM history WHERE id=%s ORDER BY seq", (id_,))
-        return [HistoryEvent(id=r[0], event=r[1], at=datetime.fromisoformat(r[2]), namespace=parse_namespace(r[3]),
-                             data=json.loads(r[4]) if r[4] else {}) for r in rows]
+        """As `Journal.history`: an expired interaction's versions without content."""
+        rows = self._q(f"SELECT h.id, h.event, h.at, h.namespace, h.data, i.expires_at, "
+                       f"CASE WHEN i.id IS NULL THEN NULL ELSE {_LIVE} END FROM history h "
+                       "LEFT JOIN interactions i ON i.id=h.id WHERE h.id=%s ORDER BY h.seq", (id_,))
+        return history_events(rows)
 
     def expired(self, limit: int = 500) -> list[str]:
         return [r[0] for r in self._q(f"SELECT id FROM interactions WHERE expires_at <= {_NOW} "
