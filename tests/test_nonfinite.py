@@ -354,3 +354,27 @@ def test_writer_never_keeps_a_nan_or_inf_reward_and_writes_strict_json(tmp_path:
     with pytest.raises(Exception, match="writer.min_reward"):
         WriterConfig(min_reward=NAN)
     assert math.isfinite(WriterConfig().min_reward)
+
+
+def test_a_writer_candidate_whose_update_diverges_is_unusable_and_the_round_goes_on(tmp_path, monkeypatch) -> None:
+    import seal_agent.training as training
+
+    real, calls = training.train_adapter, []
+
+    def diverges_once(*args: Any, **kwargs: Any) -> Any:  # the second throwaway update diverges
+        calls.append(1)
+        if len(calls) == 2:
+            raise TrainingError("loss diverged at step 1: nan; try a lower train.learning_rate; nothing was saved")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_adapter", diverges_once)
+    config = WriterConfig(candidates=3, inner_steps=1, writer_epochs=1, check_canaries=False)
+    with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random",
+                    config=SealConfig().with_overrides(train={"lora_rank": 4})) as mem:
+        iid = mem.log([{"role": "user", "content": PASSAGE}, {"role": "assistant", "content": "Noted."}],
+                      namespace=("users", "t"))
+        report = mem.improve_writer(rounds=1, config=config, questions={iid: [("Who leads Kelpwood?", "Ada Brandt.")]},
+                                    reward_fn=lambda c, d: 0.5 if c.text == REPLIES[2] else 0.1,
+                                    teacher=ScriptedChatModel(REPLIES * 2), progress=False)
+        assert report.verdict == "committed", report.reason
+        assert report.rounds[0]["unusable"] == 1 and report.rounds[0]["kept"] == 1
