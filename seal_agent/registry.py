@@ -77,6 +77,7 @@ from typing import Any, Literal, NamedTuple
 
 from filelock import FileLock, Timeout
 
+from seal_agent._finite import adapter_nonfinite, describe_nonfinite, json_safe, nonfinite_paths
 from seal_agent._fs import fsync_dir as _fsync_dir
 from seal_agent._fs import remove_dir as _remove_dir
 from seal_agent._fs import staged_dir
@@ -439,10 +440,13 @@ class AdapterRegistry:
 
         Raises:
             AdapterError: The adapter folder is incomplete or corrupt, not LoRA, has a
-                bias or modules_to_save, or was trained on another base model.
-            ValidationError: A manifest field is unknown or malformed.
+                bias or modules_to_save, holds NaN/inf weights, or was trained on another
+                base model.
+            ValidationError: A manifest field is unknown or malformed (a NaN/inf number
+                included: JSON has none).
             RegistryError: The registry is locked by another process for too long.
         """
+        _refuse_nonfinite(adapter_dir, "commit")  # an all-NaN adapter must never become CURRENT
         name = self._store(adapter_dir, manifest, verdict="committed", full_candidate=full_candidate)
         for hook in list(COMMIT_HOOKS):
             try:
@@ -482,7 +486,7 @@ class AdapterRegistry:
             NotFoundError: No such version.
             RegistryError: The version was never committed (staged or rejected).
             AdapterError: It was trained on another base model than the registry's, or
-                its weights are missing or damaged.
+                its weights are missing, damaged or hold NaN/inf values.
         """
         with self._locked():
             v = self.get(version)
@@ -492,6 +496,7 @@ class AdapterRegistry:
             problem = check_weights(v.path, v.manifest)
             if problem is not None:
                 raise AdapterError(f"cannot roll back to {v.version}: {problem}")
+            _refuse_nonfinite(v.path, f"roll back to {v.version}")  # committed before NaN was refused
             if self._base_hash is not None:
                 self.check_compatible(v.version, self._base_hash)
             self._write_current(v.version)
@@ -524,7 +529,8 @@ class AdapterRegistry:
         """
         with self._locked():
             v = self.get(version)
-            body = {**v.manifest, "gate": dict(gate) if gate is not None else None}
+            # json_safe: a report written before NaN was refused may hold NaN (JSON has none).
+            body = {**v.manifest, "gate": json_safe(dict(gate)) if gate is not None else None}
             _write_atomic(v.path / MANIFEST_FILENAME, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
     def delete_versions(self, versions: Iterable[str], *, new_current: str | None = _KEEP_CURRENT) -> list[str]:
@@ -944,11 +950,29 @@ def _check_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any]:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale <= 10.0:
         raise ValidationError("manifest.scale", scale, "must be a number in [0, 10]")
     out["scale"] = float(scale)
+    bad = nonfinite_paths(out)
+    if bad:  # json.dumps would write NaN/Infinity tokens, which strict JSON readers refuse
+        path, value = bad[0]
+        more = f" (and {len(bad) - 1} more: {', '.join(p for p, _ in bad[1:4])})" if len(bad) > 1 else ""
+        raise ValidationError(f"manifest.{path}", value, f"must be a finite number: JSON has no NaN or "
+                              f"Infinity{more}")
     try:
-        json.dumps(out)
+        json.dumps(out, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError("manifest", "<dict>", f"must be JSON-serialisable: {exc}") from exc
     return out
+
+
+def _refuse_nonfinite(folder: str | os.PathLike[str], action: str) -> None:
+    """`AdapterError` when the adapter's weights hold NaN/inf values (unreadable weights are
+    left to `validate_adapter_dir` / `check_weights`, which name that)."""
+    try:
+        bad = adapter_nonfinite(folder)
+    except Exception:  # safetensors raises its own types
+        return
+    if bad:
+        raise AdapterError(f"cannot {action}: the adapter in {folder} holds NaN/inf weights in "
+                           f"{describe_nonfinite(bad)} (it would answer nothing)")
 
 
 # --------------------------------------------------------------------------- filesystem

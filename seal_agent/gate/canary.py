@@ -49,6 +49,11 @@ updates, each within the allowance, add up against a fixed reference.
 or two per update cannot add up. Canaries that fail under the reference judge nothing
 (they are counted, not held against the candidate). The candidate is judged forgetting
 when more than ``floor(canary_max_flip_share * n_judged)`` canaries flip.
+
+A margin that is NaN or infinite (a broken update's log-probabilities) never passes, and
+under the candidate it rejects on its own (``Decision.nonfinite``), judged or not: every
+comparison with NaN is False, so "passes while the margin is > 0" is written as "passes
+only if the margin is finite and > 0".
 """
 
 from __future__ import annotations
@@ -113,12 +118,18 @@ class ContrastOutcome:
 
     @property
     def passed(self) -> bool:
-        return all(m > 0 for m in self.margins.values())
+        return all(math.isfinite(m) and m > 0 for m in self.margins.values())
+
+    @property
+    def nonfinite(self) -> list[str]:
+        """Foils whose margin is NaN or infinite."""
+        return [f for f, m in self.margins.items() if not math.isfinite(m)]
 
     @property
     def worst(self) -> str:
-        """The foil closest to (or furthest past) ``expected``."""
-        return min(self.margins, key=lambda f: self.margins[f])
+        """The foil closest to (or furthest past) ``expected``; a non-finite margin first."""
+        return min(self.margins, key=lambda f: (math.isfinite(self.margins[f]),
+                                                self.margins[f] if math.isfinite(self.margins[f]) else 0.0))
 
     def shown(self) -> str:
         return f"vs {self.worst!r} {self.margins[self.worst]:+.2f}"
@@ -172,7 +183,7 @@ def canary_outcomes(model: Any, tokenizer: Any, items: Sequence[SuiteItem], *, m
     if rank:
         for i, margin in zip(rank, _rank_margins(model, tokenizer, [items[i] for i in rank], batch_size),
                              strict=True):
-            out[i] = CanaryOutcome(passed=margin > 0, margin=margin)
+            out[i] = CanaryOutcome(passed=math.isfinite(margin) and margin > 0, margin=margin)
     return out  # type: ignore[return-value]
 
 
@@ -187,7 +198,10 @@ def _rank_margins(model: Any, tokenizer: Any, items: Sequence[SuiteItem], batch_
             rows.append((head, list(tokenizer(lead + answer, add_special_tokens=False)["input_ids"])))
         spans.append((first, len(rows)))
     scores = continuation_logprobs(model, rows, reduce="sum", batch_size=batch_size)
-    return [scores[a] - max(scores[a + 1 : b]) for a, b in spans]
+    # max() over NaNs depends on their order, and -inf for a wrong answer gives +inf: any
+    # non-finite score makes the margin NaN, which fails.
+    return [scores[a] - max(scores[a + 1 : b]) if all(math.isfinite(x) for x in scores[a:b]) else math.nan
+            for a, b in spans]
 
 
 @torch.no_grad()
@@ -297,6 +311,12 @@ def decide_canaries(
                          f"the {allowed} allowed ({how} check): {named}{more}")
     elif judged:
         dec.notes.append(f"canaries: none of {len(judged)} went from right to wrong ({how} check)")
+    bad = [i for i, c in enumerate(candidate) if c.margin is not None and not math.isfinite(c.margin)]
+    if bad:
+        dec.nonfinite.append(
+            f"canaries: non-finite rank margin (NaN/inf log-probabilities) under the candidate on {len(bad)} of "
+            f"{len(items)} canaries: " + ", ".join(f"{items[i].id} ({items[i].preview!r}: {candidate[i].margin})"
+                                                    for i in bad[:_NAMED]) + ": the candidate is rejected")
     if len(judged) < len(items):
         dec.notes.append(f"canaries: {len(items) - len(judged)} of {len(items)} fail under the current adapter "
                          "already and judge nothing" + (f" ({len(gained)} now pass)" if gained else ""))
@@ -346,8 +366,11 @@ def decide_contrastive(
         ``flipped``, ``margins`` (id -> foil -> candidate margin).
     """
     dec = Decision(scorer="contrastive")
-    flipped, unjudged = [], []
+    flipped, unjudged, broken = [], [], []
     for i, (it, cur, cand) in enumerate(zip(items, current, candidate, strict=True)):
+        if cand.nonfinite:  # rejects judged or not: a NaN margin is no margin
+            broken.append(i)
+            continue
         refs = []
         if cur.passed:
             refs.append(("the current adapter", cur))
@@ -368,6 +391,13 @@ def decide_contrastive(
         "flipped": [items[i].id for i, _ in flipped],
         "margins": {it.id: dict(c.margins) for it, c in zip(items, candidate, strict=True)},
     }
+    if broken:
+        dec.nonfinite.append(
+            f"contrastive canaries: non-finite margin (NaN/inf log-probabilities) under the candidate on "
+            f"{len(broken)} of {len(items)}: " + ", ".join(
+                f"{items[i].id} ({items[i].preview!r}: " + ", ".join(
+                    f"vs {f!r} {candidate[i].margins[f]}" for f in candidate[i].nonfinite) + ")"
+                for i in broken[:_NAMED]) + ": the candidate is rejected")
     for i, refs in flipped:
         it, cand = items[i], candidate[i]
         beaten = sorted((f for f, m in cand.margins.items() if m <= 0), key=lambda f: cand.margins[f])
@@ -377,7 +407,7 @@ def decide_contrastive(
             f"contrastive canary {it.id} ({it.preview!r}): the candidate now prefers "
             f"{' and '.join(repr(f) for f in beaten)} to {it.expected!r} (margin {cand.margins[cand.worst]:+.2f}; "
             f"was {before}): an answer it must not become; no flip is allowed, whatever the update gained")
-    if not flipped and n_judged:
+    if not flipped and not broken and n_judged:
         dec.notes.append(f"contrastive canaries: the expected answer still beats every foil in all {n_judged}")
     if unjudged:
         dec.notes.append(f"contrastive canaries: {len(unjudged)} of {len(items)} already prefer a foil under "

@@ -6,7 +6,9 @@ One `Gate.evaluate` call:
    consolidated interactions on first use) minus the items that the interactions
    being consolidated now supersede, the canaries (``GateConfig.canary_file``, else the
    set shipped for the served model), and this consolidation's probes;
-2. with nothing at all to judge on, refuses the candidate -- or, with
+2. refuses a candidate whose weights hold NaN or +-inf values before anything is scored
+   (and any candidate while the serving adapter's weights do: roll back first);
+   with nothing at all to judge on, refuses the candidate -- or, with
    ``GateConfig.allow_unverified``, passes it flagged ``unverified`` -- without loading it;
 3. loads the candidate (and the current adapter, if any) as named adapters of one
    `PeftModel` around the given base model, and scores every item under both: past
@@ -18,7 +20,8 @@ One `Gate.evaluate` call:
    ``home/gate/base-canaries/<fingerprint>.json``, so the base is scored once, not every run;
 4. applies the decision rule per scorer (`seal_agent.gate.decision`) and the canary
    rules; a scorer that raises is skipped with a reason and the others decide. A
-   contrastive canary that flips rejects whatever else passed;
+   contrastive canary that flips rejects whatever else passed, and so does any NaN or
+   infinite score (the reason names the measure, the items and the model);
 5. when the candidate fails *only* for forgetting, writes scaled-back adapters
    (`seal_agent.gate.scale`) for each ``GateConfig.scale_back`` factor, largest first,
    scores each, and keeps the first that passes;
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seal_agent._compat import quiet_peft
+from seal_agent._finite import adapter_nonfinite, describe_nonfinite, is_finite_number
 from seal_agent._fs import write_atomic
 from seal_agent.config import GateConfig
 from seal_agent.errors import TrainingCancelled, ValidationError
@@ -290,6 +294,13 @@ class Gate:
             if cancel_event is not None and cancel_event.is_set():
                 raise TrainingCancelled(f"gate cancelled before {phase}; nothing was decided")
 
+        # 0. Weights that hold NaN/inf: rejected unscored (cheap: one read of the LoRA tensors).
+        broken = self._nonfinite_weights(Path(candidate_dir), current_dir)
+        if broken is not None:
+            logger.warning("gate: %s", broken)
+            return self._report(False, [broken], {"nonfinite": [broken], "notes": []}, [], 1.0, None,
+                                t_start, timings)
+
         # 1. Items.
         t = time.perf_counter()
         suite = self.suite()
@@ -367,6 +378,14 @@ class Gate:
 
                     out = _fresh_dir(Path(work_dir) / f"candidate-scale-{s:g}")
                     written = write_scaled_adapter(candidate_dir, current_dir, s, out, max_rank=max_rank)
+                    bad = _nonfinite_in(out)
+                    if bad:  # e.g. an overflow where the factors were cast back: never scored or kept
+                        why = f"the scaled-back adapter's weights hold NaN/inf values in {describe_nonfinite(bad)}"
+                        attempts.append({"scale": s, "passed": False, "rank": written["rank"],
+                                         "truncation_error": written["truncation_error"], "reasons": [why]})
+                        log("gate: scale-back %g fails: %s", s, why)
+                        shutil.rmtree(out, ignore_errors=True)
+                        continue
                     name = f"scaled_{i}"
                     with quiet_peft():
                         peft.load_adapter(str(out), adapter_name=name)
@@ -422,6 +441,8 @@ class Gate:
         if scale != 1.0:
             metrics["candidate_full"] = _headline(decisions, checks)
         metrics["scale_back"] = attempts
+        metrics["nonfinite"] = [r for d in (*final.values(), *final_checks) if isinstance(d, Decision)
+                                for r in d.nonfinite]
         rows = self._rows(items, cur.scores, final_scored.scores, final, primary) if primary is not None else []
         rows += self._canary_rows(behaviour, cur.outcomes, final_scored.outcomes, canary_dec)
         rows += self._contrast_rows(contrastive, cur.contrasts, final_scored.contrasts, contrast_dec,
@@ -503,6 +524,7 @@ class Gate:
                             "cache_file": str(path)}
         fresh: dict[str, Any] = {}
         live: dict[tuple[int, str], float | None] = {}
+        live_outcomes: dict[str, Any] = {}  # scored now, cached or not
         if known is not None:  # the base served: what was just scored is the base's
             self._base_stats["scored"] = 0
             for it, o in zip(behaviour, known.outcomes, strict=True):
@@ -512,7 +534,9 @@ class Gate:
             for (i, n), k in skey.items():
                 if n in cacheable and isinstance(known.scores.get(n), list):
                     fresh[k] = {"score": known.scores[n][i]}  # type: ignore[index]
-            fresh = {k: v for k, v in fresh.items() if entries.get(k) != v}  # rewrite only what is new
+            live_outcomes.update({k: v for k, v in fresh.items() if "score" not in v})
+            # A NaN/inf result is not cached (JSON has no NaN; it is scored again next time).
+            fresh = {k: v for k, v in fresh.items() if entries.get(k) != v and _valid_entry(v)}
             entries.update(fresh)
         elif todo_b or todo_c or todo_s:
             with peft.disable_adapter():
@@ -520,9 +544,11 @@ class Gate:
                     for it, o in zip(todo_b, canary_outcomes(peft, tokenizer, todo_b,
                                                              max_new_tokens=self.config.max_new_tokens), strict=True):
                         fresh[okey[it.id]] = {"passed": o.passed, "answer": o.answer, "margin": o.margin}
+                        live_outcomes[okey[it.id]] = fresh[okey[it.id]]
                 if todo_c:
                     for it, c in zip(todo_c, contrast_outcomes(peft, tokenizer, todo_c), strict=True):
                         fresh[ckey[it.id]] = {"margins": c.margins}
+                        live_outcomes[ckey[it.id]] = fresh[ckey[it.id]]
                 if todo_s:
                     got = self._scorer_scores(peft, tokenizer, [items[i] for i in todo_s], self.scorers)
                     for n, scores in got.items():
@@ -532,6 +558,8 @@ class Gate:
                             if n in cacheable and value is not None:
                                 fresh[skey[(i, n)]] = {"score": value}
             logger.info("gate: scored %d canary results under the base model (cached in %s)", n_todo, path)
+            # A NaN/inf result is used this time but not cached (JSON has no NaN).
+            fresh = {k: v for k, v in fresh.items() if _valid_entry(v)}
             entries.update(fresh)
         if fresh:
             with self._lock:
@@ -541,6 +569,7 @@ class Gate:
         scores: dict[str, list[float | None]] = {n: [None] * len(items) for n in self.scorers}
         for (i, n), k in skey.items():
             scores[n][i] = live[(i, n)] if (i, n) in live else entries.get(k, {}).get("score")
+        entries = {**entries, **live_outcomes}
         return _Base(
             outcomes=[CanaryOutcome(passed=bool(e["passed"]), answer=str(e.get("answer") or ""), margin=e.get("margin"))
                       for e in (entries[okey[it.id]] for it in behaviour)],
@@ -624,6 +653,22 @@ class Gate:
         if contrast is not None:
             out.update(contrastive=n_contrast, contrastive_total=contrast.metrics["n"])
         return out
+
+    @staticmethod
+    def _nonfinite_weights(candidate_dir: Path, current_dir: Path | None) -> str | None:
+        """Why the weights forbid judging (NaN/inf in the candidate's, or the serving adapter's), or None."""
+        bad = _nonfinite_in(candidate_dir)
+        if bad:
+            return (f"candidate adapter {candidate_dir}: its weights hold NaN/inf values in "
+                    f"{describe_nonfinite(bad)}: rejected before evaluation (a non-finite adapter answers "
+                    "nothing; training diverged or the file was damaged)")
+        if current_dir is not None:
+            bad = _nonfinite_in(Path(current_dir))
+            if bad:
+                return (f"the serving adapter {current_dir}: its weights hold NaN/inf values in "
+                        f"{describe_nonfinite(bad)}: no candidate can be judged against it; roll back to an "
+                        "intact version (`seal-agent adapters rollback V`)")
+        return None
 
     def _unjudged(self, notes: list[str], metrics: dict[str, Any], candidate_dir: Path, t_start: float,
                   timings: dict[str, float]) -> GateReport:
@@ -728,9 +773,10 @@ def _passed(decisions: Mapping[str, Decision | str], checks: Sequence[Decision])
 
 
 def _forgot_only(decisions: Mapping[str, Decision | str], checks: Sequence[Decision]) -> bool:
-    """Failed, and only for forgetting: scaling back can help (it cannot add gain)."""
+    """Failed, and only for forgetting: scaling back can help (it cannot add gain, nor
+    repair an update whose scores are NaN/inf)."""
     ran = [d for d in decisions.values() if isinstance(d, Decision)] + list(checks)
-    return any(d.forgetting for d in ran) and not any(d.no_gain for d in ran)
+    return any(d.forgetting for d in ran) and not any(d.no_gain or d.nonfinite for d in ran)
 
 
 def _reasons(decisions: Mapping[str, Decision | str], checks: Sequence[Decision]) -> list[str]:
@@ -764,7 +810,16 @@ def _valid_entry(entry: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number: a NaN/inf in the cache (written before they were refused) is scored again."""
+    return isinstance(value, (int, float)) and is_finite_number(value)
+
+
+def _nonfinite_in(folder: Path) -> list[tuple[str, int, int]]:
+    """`adapter_nonfinite`, or [] when the weights cannot be read (loading them names that)."""
+    try:
+        return adapter_nonfinite(folder)
+    except Exception:  # safetensors raises its own types; PeftModel's load reports the damage
+        return []
 
 
 def _find(checks: Sequence[Decision], name: str) -> Decision | None:

@@ -11,12 +11,17 @@
   warning.
 
 `render_report` is what ``seal-agent gate report V`` prints.
+
+JSON has no NaN or Infinity: a score or metric that is not finite is written as
+``null`` (the reasons say which measure it was), so that strict JSON readers can read
+every report.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +127,7 @@ class GateReport:
         """Write ``gate_report.json``, ``.md`` and (with matplotlib) ``.png`` into `folder`."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / JSON_NAME, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+        write_atomic(out / JSON_NAME, json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False))
         (out / MD_NAME).write_text(self.to_markdown(), encoding="utf-8")
         self.plot(out / PNG_NAME)
         return out
@@ -188,15 +193,16 @@ class GateReport:
                 cells = [str(x).replace("|", "\\|").replace("\n", " ") for x in
                          (r["id"], r.get("prompt", ""), r.get("expected", ""), before, after)]
                 lines.append("| " + " | ".join(cells) + " |")
-        rows = sorted(self.rows, key=lambda r: r.get("delta", 0.0))
+        rows = sorted(self.rows, key=lambda r: _sort_key(r.get("delta", 0.0)))
         if rows:
             lines += ["", f"## Most changed items (of {len(rows)})", "",
                       "| kind | id | prompt | current | candidate | delta | flipped |", "|---|---|---|---|---|---|---|"]
             shown = rows[: top // 2] + [r for r in rows[-(top - top // 2):] if r not in rows[: top // 2]]
             for r in shown:
                 prompt = str(r.get("prompt", "")).replace("|", "\\|")
-                lines.append(f"| {r['kind']} | {r['id']} | {prompt} | {r['current']:.3f} | "
-                             f"{r['candidate']:.3f} | {r['delta']:+.3f} | {'yes' if r.get('flipped') else ''} |")
+                lines.append(f"| {r['kind']} | {r['id']} | {prompt} | {_num(r['current'], '.3f')} | "
+                             f"{_num(r['candidate'], '.3f')} | {_num(r['delta'], '+.3f')} | "
+                             f"{'yes' if r.get('flipped') else ''} |")
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | os.PathLike[str]) -> Path | None:
@@ -210,20 +216,22 @@ class GateReport:
             logger.warning("matplotlib is not installed: gate report plot skipped")
             return None
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        # Rows with a NaN/inf score (null once saved) cannot be drawn; the reasons name them.
+        plotted = [r for r in self.rows if all(_finite(r.get(k)) for k in ("current", "candidate", "delta"))]
         for kind, color in _COLORS.items():
-            rows = [r for r in self.rows if r["kind"] == kind]
+            rows = [r for r in plotted if r["kind"] == kind]
             if rows:
                 ax1.scatter([r["current"] for r in rows], [r["candidate"] for r in rows], s=18, c=color,
                             label=kind, alpha=0.8)
-        if self.rows:
-            lo = min(min(r["current"], r["candidate"]) for r in self.rows)
-            hi = max(max(r["current"], r["candidate"]) for r in self.rows)
+        if plotted:
+            lo = min(min(r["current"], r["candidate"]) for r in plotted)
+            hi = max(max(r["current"], r["candidate"]) for r in plotted)
             ax1.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
             ax1.legend(loc="best", fontsize=8)
         ax1.set_xlabel(f"current ({self.scorer})")
         ax1.set_ylabel(f"candidate ({self.scorer})")
         ax1.set_title("per item: below the diagonal = worse")
-        rows = sorted(self.rows, key=lambda r: r["delta"])
+        rows = sorted(plotted, key=lambda r: r["delta"])
         ax2.bar(range(len(rows)), [r["delta"] for r in rows], color=[_COLORS[r["kind"]] for r in rows])
         ax2.axhline(0, color="grey", lw=1)
         ax2.set_xlabel("items, sorted")
@@ -252,6 +260,20 @@ def render_report(path: str | os.PathLike[str], *, version: str | None = None) -
     return text
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _num(value: Any, spec: str) -> str:
+    """A number formatted, or ``nan`` for a missing (null) or non-finite one."""
+    return format(value, spec) if _finite(value) else "nan"
+
+
+def _sort_key(value: Any) -> float:
+    """Most negative first; a missing or non-finite delta before everything (the worst)."""
+    return float(value) if _finite(value) else float("-inf")
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -261,7 +283,7 @@ def _short(value: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    """Paths, numpy numbers, tuples and sets as plain JSON types."""
+    """Paths, numpy numbers, tuples and sets as plain JSON types; NaN/inf as None (JSON null)."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
@@ -269,5 +291,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value

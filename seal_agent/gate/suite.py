@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from seal_agent._finite import is_finite_number
 from seal_agent._fs import write_atomic
 from seal_agent.errors import ValidationError
 from seal_agent.memory.facts import normalize_text, supersedes
@@ -279,7 +280,9 @@ class ReplaySuite:
             items=[SuiteItem.from_dict(d) for d in data.get("items", [])],
             n_seen=int(data.get("n_seen", 0)), watermark=str(data.get("watermark", "")),
             dropped=list(data.get("dropped", [])),
-            anchors={str(k): {str(n): float(x) for n, x in v.items()} for k, v in data.get("anchors", {}).items()},
+            # A NaN/inf anchor (saved before they were refused) anchors nothing: dropped.
+            anchors={str(k): {str(n): float(x) for n, x in v.items() if is_finite_number(x)}
+                     for k, v in data.get("anchors", {}).items()},
         )
         if capacity is not None and capacity != suite.capacity:
             suite.capacity = capacity
@@ -346,7 +349,12 @@ class ReplaySuite:
                 key, name = str(row["id"]), scorer
             else:
                 continue
-            best = max(float(row["current"]), float(row["candidate"]))
+            # Only finite scores anchor (a NaN one is null in a saved report): max() over a
+            # NaN depends on the order, and a NaN anchor would compare False with everything.
+            scores = [float(row[k]) for k in ("current", "candidate") if is_finite_number(row.get(k))]
+            if not scores:
+                continue
+            best = max(scores)
             slot = self.anchors.setdefault(key, {})
             if best > slot.get(name, float("-inf")):
                 slot[name] = best

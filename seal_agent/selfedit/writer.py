@@ -40,6 +40,11 @@ inside the expensive ``evaluate`` node every finished candidate is appended to
 ``canaries.jsonl``), so a kill loses at most the candidate being trained or checked. Every start or resumption counts as an attempt; after
 `WriterConfig.max_attempts` the run is abandoned and the next call starts afresh.
 Commits are idempotent (a resumed run finds its own version by run id and round).
+
+A reward that is NaN or infinite (a broken update, a scripted reward gone wrong) is never
+compared with ``min_reward`` or ranked: the candidate is recorded as unusable with the
+reason (its reward ``null`` in the records, which are strict JSON), and a throwaway update
+whose training diverged is unusable the same way, instead of failing the round.
 """
 
 from __future__ import annotations
@@ -63,8 +68,16 @@ from filelock import FileLock, Timeout
 from langgraph.graph import END, START, StateGraph
 from tqdm.auto import tqdm
 
+from seal_agent._finite import is_finite_number, json_safe
 from seal_agent._fs import remove_dir, write_atomic
-from seal_agent.errors import ConfigError, NotFoundError, SealAgentError, TrainingCancelled, ValidationError
+from seal_agent.errors import (
+    ConfigError,
+    NotFoundError,
+    SealAgentError,
+    TrainingCancelled,
+    TrainingError,
+    ValidationError,
+)
 from seal_agent.memory.records import Interaction, new_interaction_id
 
 if TYPE_CHECKING:
@@ -165,16 +178,16 @@ class WriterConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "must be a positive integer")
-        if self.candidates > 1 and not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise bad("temperature", "must be > 0 to sample more than one candidate")
+        if self.candidates > 1 and not (is_finite_number(self.temperature) and self.temperature > 0):
+            raise bad("temperature", "must be a finite number > 0 to sample more than one candidate")
         for name in ("inner_learning_rate", "writer_learning_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
                 raise bad(name, "must be a number in (0, 1]")
         if self.reward not in ("loglik", "accuracy", "both"):
             raise bad("reward", "must be 'loglik', 'accuracy' or 'both'")
-        if isinstance(self.min_reward, bool) or not isinstance(self.min_reward, (int, float)):
-            raise bad("min_reward", "must be a number")
+        if not is_finite_number(self.min_reward):  # `reward > nan` keeps nothing, `> -inf` everything
+            raise bad("min_reward", "must be a finite number")
         for name in ("check_canaries", "feedback_questions"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
@@ -381,6 +394,17 @@ def _messages(prompt: Sequence[Any]) -> list[dict[str, str]]:
     """LangChain messages as ``{"role", "content"}`` dicts (the trainer's chat format)."""
     roles = {"human": "user", "ai": "assistant", "system": "system"}
     return [{"role": roles.get(m.type, m.type), "content": m.text} for m in prompt]
+
+
+def _nonfinite_reward(result: dict[str, Any]) -> None:
+    """A NaN/inf reward makes its candidate unusable: reward None, the value named in its detail."""
+    reward = result.get("reward")
+    if reward is None or is_finite_number(reward):
+        return
+    logger.warning("writer: candidate %s has a non-finite reward (%s): unusable, never kept", result.get("id"), reward)
+    result["detail"] = {**(result.get("detail") or {}), "nonfinite_reward": str(reward),
+                        "why": f"non-finite reward ({reward}): never compared with min_reward nor kept"}
+    result["reward"], result["usable"] = None, False
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -604,26 +628,34 @@ class _Run:
                               "detail": {"why": "no usable self-edit in the reply"}}
                 elif self.reward_fn is not None:
                     adapter = self._train_throwaway(state, cand, rdir / "throwaway")
-                    try:
-                        got = self.reward_fn(cand, adapter)
-                    finally:
-                        shutil.rmtree(adapter, ignore_errors=True)
-                    ev = got if isinstance(got, Evaluation) else Evaluation(float(got))
-                    result = {"id": c["id"], "reward": float(ev.reward), "canaries_ok": bool(ev.canaries_ok),
-                              "usable": True, "detail": ev.detail}
+                    if adapter is None:
+                        result = self._diverged(c["id"])
+                    else:
+                        try:
+                            got = self.reward_fn(cand, adapter)
+                        finally:
+                            shutil.rmtree(adapter, ignore_errors=True)
+                        ev = got if isinstance(got, Evaluation) else Evaluation(float(got))
+                        result = {"id": c["id"], "reward": float(ev.reward), "canaries_ok": bool(ev.canaries_ok),
+                                  "usable": True, "detail": ev.detail}
                 else:
                     if baseline is None:
                         baseline = self._baseline(state, questions)
                     # Kept for `select`, which checks the canaries of the best candidates only.
                     adapter = self._train_throwaway(state, cand, self._candidate_dir(state, index))
-                    result = {"id": c["id"], "reward": None, "canaries_ok": None, "usable": True,
-                              "detail": self._reward(cand, adapter, baseline)}
-                    result["reward"] = result["detail"].pop("reward")
-                    if result["reward"] <= self.config.min_reward:  # never kept: its update is not needed
-                        shutil.rmtree(adapter, ignore_errors=True)
+                    if adapter is None:
+                        result = self._diverged(c["id"])
+                    else:
+                        result = {"id": c["id"], "reward": None, "canaries_ok": None, "usable": True,
+                                  "detail": self._reward(cand, adapter, baseline)}
+                        result["reward"] = result["detail"].pop("reward")
+                _nonfinite_reward(result)
+                if result["reward"] is None or not result["reward"] > self.config.min_reward:
+                    # never kept: its update (if any) is not needed
+                    shutil.rmtree(self._candidate_dir(state, index), ignore_errors=True)
                 result["seconds"] = time.perf_counter() - tc
                 with log.open("a", encoding="utf-8") as f:  # one line per finished candidate
-                    f.write(json.dumps(result, default=str) + "\n")
+                    f.write(json.dumps(json_safe(result), default=str, allow_nan=False) + "\n")
                 done[c["id"]] = result
                 bar.update(1)
         evaluations = [done[c["id"]] for c in state["candidates"] if c["id"] in done]
@@ -638,7 +670,7 @@ class _Run:
         with self._peft(self._knowledge_dir(state)) as model:
             _, tokenizer = self.base_model()
             scores = {iid: self._score(model, tokenizer, qs) for iid, qs in questions.items()}
-        write_atomic(cached, json.dumps(scores))
+        write_atomic(cached, json.dumps(json_safe(scores), allow_nan=False))  # NaN: null, and no reward
         return scores
 
     def _canary_reference(self, state: _State) -> Any:
@@ -670,7 +702,15 @@ class _Run:
         finally:
             peft.unload()  # the base copy is bare again for the next training
 
-    def _train_throwaway(self, state: _State, cand: WriterCandidate, out: Path) -> Path:
+    @staticmethod
+    def _diverged(candidate_id: str) -> dict[str, Any]:
+        """The record of a candidate whose throwaway update diverged (see `_train_throwaway`)."""
+        return {"id": candidate_id, "reward": None, "canaries_ok": None, "usable": False,
+                "detail": {"why": "its throwaway update diverged (NaN/inf loss or weights): no reward"}}
+
+    def _train_throwaway(self, state: _State, cand: WriterCandidate, out: Path) -> Path | None:
+        """Train a candidate's throwaway update into `out`; None when training diverged (NaN/inf):
+        that candidate is unusable, the round goes on (the run does not fail on one reply)."""
         from seal_agent.training import train_adapter
 
         model, tokenizer = self.base_model()
@@ -679,8 +719,13 @@ class _Run:
                                  epochs=self.config.inner_steps, learning_rate=self.config.inner_learning_rate,
                                  replay_ratio=0.0, rehearsal_size=0, max_seconds=None, seed=self.config.seed)
         shutil.rmtree(out, ignore_errors=True)
-        result = train_adapter(model, tokenizer, list(cand.examples), tc, init_adapter=self._knowledge_dir(state),
-                               output_dir=out, cancel_event=self.cancel_event, progress=False)
+        try:
+            result = train_adapter(model, tokenizer, list(cand.examples), tc, init_adapter=self._knowledge_dir(state),
+                                   output_dir=out, cancel_event=self.cancel_event, progress=False)
+        except TrainingError as exc:
+            logger.warning("writer: candidate %s: %s; unusable", cand.id, exc)
+            shutil.rmtree(out, ignore_errors=True)
+            return None
         return result.adapter_path
 
     def _reward(self, cand: WriterCandidate, adapter: Path, baseline: dict[str, Any]) -> dict[str, Any]:
@@ -760,10 +805,10 @@ class _Run:
         reasons: list[str] = []
         items, ref = reference["behaviour"]
         if items:
-            reasons += decide_canaries(items, ref, candidate["behaviour"][1], self.memory.config.gate).forgetting
+            reasons += decide_canaries(items, ref, candidate["behaviour"][1], self.memory.config.gate).reasons
         items, ref = reference["contrastive"]
         if items:
-            reasons += decide_contrastive(items, ref, candidate["contrastive"][1]).forgetting
+            reasons += decide_contrastive(items, ref, candidate["contrastive"][1]).reasons
         return (not reasons), "; ".join(reasons) or "held"
 
     def select(self, state: _State) -> dict[str, Any]:
@@ -787,7 +832,9 @@ class _Run:
                 ev["detail"] = {**ev.get("detail", {}), "canaries": checks[ev["id"]]["why"]}
         ranked: dict[str, list[dict[str, Any]]] = {}
         for ev in evaluations:
-            if ev["usable"] and ev["reward"] is not None and ev["canaries_ok"] is not False \
+            _nonfinite_reward(ev)  # a record written before NaN was refused reads back as NaN
+            # Kept only if finite and above min_reward: `nan > x` is False but `inf > x` is True.
+            if ev["usable"] and is_finite_number(ev["reward"]) and ev["canaries_ok"] is not False \
                     and ev["reward"] > self.config.min_reward:
                 ranked.setdefault(by_id[ev["id"]]["interaction_id"], []).append(ev)
         # Unchecked (None) verdicts exist only on the real reward path; with no canaries to
@@ -827,6 +874,7 @@ class _Run:
                   "hurt_canaries": sum(1 for e in usable if e["canaries_ok"] is False),
                   "canary_checks": sum(1 for e in usable if e["canaries_ok"] is not None),
                   "unchecked_missing": missing, "kept": len(kept), "knowledge_gone": gone,
+                  "nonfinite_rewards": sum(1 for e in evaluations if "nonfinite_reward" in (e.get("detail") or {})),
                   "mean_reward": statistics.fmean(rewards) if rewards else None,
                   "best_mean_reward": statistics.fmean([k["reward"] for k in kept]) if kept else None,
                   "seconds_per_candidate": statistics.fmean(secs) if secs else None,
@@ -980,7 +1028,7 @@ def _load_status(home: Path) -> dict[str, Any]:
 def _save_status(home: Path, status: dict[str, Any]) -> None:
     status["format_version"] = WRITER_FORMAT_VERSION
     try:
-        write_atomic(_status_path(home), json.dumps(status, indent=1, default=str))
+        write_atomic(_status_path(home), json.dumps(json_safe(status), indent=1, default=str, allow_nan=False))
     except OSError:  # a record for humans: failing to write it must not fail the run
         logger.warning("could not write %s", _status_path(home), exc_info=True)
 

@@ -19,6 +19,12 @@ What happens in `train_adapter`, in order:
    temporary sibling folder and rename it into place, so ``output_dir`` is either
    complete or absent.
 
+Nothing non-finite is ever saved: a NaN/inf loss or gradient norm stops training before
+the optimizer applies it, the LoRA weights are checked once more before saving, and an
+``init_adapter`` whose weights hold NaN/inf is refused up front (`TrainingError` /
+`ValidationError`, nothing written). An all-NaN adapter answers nothing; the gate refuses
+one too, but it must never be produced.
+
 The loss is computed only where it is needed: the decoder's hidden states at the
 labelled positions go through the output head (``[N, H] @ [H, V]`` instead of
 ``[B, T, H] @ [H, V]``), which for chat data (loss on the answers only) and large
@@ -58,6 +64,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from seal_agent._compat import quiet_peft
+from seal_agent._finite import adapter_nonfinite, describe_nonfinite
 from seal_agent._fs import staged_dir
 from seal_agent.config import TrainConfig
 from seal_agent.errors import TrainingCancelled, TrainingError, ValidationError
@@ -170,8 +177,9 @@ def train_adapter(
     Raises:
         ValidationError: Bad examples (empty, wrong shape, unknown role, longer than
             ``config.max_seq_len``), a ``PeftModel`` as ``model``, or an unusable
-            ``init_adapter``/``output_dir``. Nothing is written.
-        TrainingError: The loss diverged (NaN/inf).
+            ``init_adapter`` (e.g. NaN/inf weights) or ``output_dir``. Nothing is written.
+        TrainingError: The loss or the gradient norm diverged (NaN/inf), or the trained
+            weights are not finite. Nothing is saved.
         TrainingCancelled: ``cancel_event`` was set.
     """
     from peft import PeftModel
@@ -241,6 +249,7 @@ def train_adapter(
                 distill=frozenset(range(fixed, len(data))) if config.rehearsal_loss == "kl" else frozenset(),
             )
             losses, epoch_losses, stopped, tokens, padded, seconds = result
+            _check_finite_weights(peft_model)
             adapter_path = _save_adapter(peft_model, out_path)
         finally:
             for p, flag in flags.items():
@@ -336,15 +345,22 @@ def _train_loop(
                     step_loss += loss_sum.item()
                     tokens += n_real
                     padded += input_ids.numel()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            loss = step_loss / step_targets
+            # Checked before the optimizer applies the step: a NaN/inf loss or gradient would
+            # make every LoRA weight NaN (clipping by a NaN norm multiplies by NaN), and a
+            # last step's NaN weights were saved with no later loss to notice them.
+            if not math.isfinite(loss):
+                raise TrainingError(f"loss diverged at step {step + 1}: {loss}; try a lower train.learning_rate; "
+                                    "nothing was saved")
+            norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            if not math.isfinite(norm):
+                raise TrainingError(f"gradient norm diverged at step {step + 1}: {norm} (loss {loss:.4f}); try a "
+                                    "lower train.learning_rate; nothing was saved")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss = step_loss / step_targets
             totals = epoch_sums.setdefault(epoch_of_step[step], [0.0, 0.0])
             totals[0] += step_loss
             totals[1] += step_targets
-            if not math.isfinite(loss):
-                raise TrainingError(f"loss diverged at step {step + 1}: {loss}; try a lower train.learning_rate")
             losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
@@ -529,7 +545,23 @@ def _check_init_adapter(init_adapter: str | os.PathLike[str] | None) -> Path | N
     path = Path(init_adapter)
     if not (path / "adapter_config.json").is_file():
         raise ValidationError("init_adapter", str(path), "must be a PEFT adapter folder with adapter_config.json")
+    try:
+        bad = adapter_nonfinite(path)
+    except Exception:  # missing or unreadable weights: loading it names the problem
+        bad = []
+    if bad:  # training from NaN weights gives NaN weights: refuse before anything runs
+        raise ValidationError("init_adapter", str(path), f"its weights hold NaN/inf values in "
+                              f"{describe_nonfinite(bad)}; continue from an intact adapter (roll back)")
     return path
+
+
+def _check_finite_weights(peft_model: Any) -> None:
+    """Raise `TrainingError` if a trainable (LoRA) weight is NaN/inf: such an adapter is never saved."""
+    bad = [name for name, p in peft_model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise TrainingError(f"training left NaN/inf values in {len(bad)} LoRA weights ({shown}); try a lower "
+                            "train.learning_rate; nothing was saved")
 
 
 def _check_output_dir(output_dir: str | os.PathLike[str] | None) -> Path | None:
