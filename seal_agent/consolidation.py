@@ -71,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 CONSOLIDATION_FORMAT_VERSION = 1
 
-Verdict = Literal["committed", "rejected", "skipped", "pending_approval"]
+Verdict = Literal["committed", "rejected", "skipped", "pending_approval", "failed"]
 
 
 @dataclass
@@ -82,7 +82,8 @@ class ConsolidationReport:
         run_id: Id of the run (its checkpoint thread; pass it to `approve`).
         verdict: ``committed`` (a new CURRENT), ``rejected`` (the gate said no; the
             candidate is kept as a staged version), ``skipped`` (nothing to do, dry
-            run, cancelled, or another run holds the home), ``pending_approval``.
+            run, cancelled, or another run holds the home), ``pending_approval``;
+            ``failed`` only in ``runs``: that lineage's run raised, the others went on.
         reason: Why, for anything but ``committed``.
         version: The committed or staged adapter version.
         gate: The gate report (dict), when the gate ran.
@@ -847,13 +848,17 @@ def consolidate(
     With ``consolidation.adapter_scope = "namespace"`` each lineage with new
     interactions gets a run of its own, one after the other (only the lineage of
     `namespace`, when given). The report then sums them up: ``runs`` holds one report
-    per lineage, ``verdict`` is "committed" if any lineage committed.
+    per lineage, ``verdict`` is "committed" if any lineage committed. A lineage whose
+    run raises does not stop the others: its report in ``runs`` says ``failed`` (with
+    the error), its run is retried first, as any unfinished run, while other lineages
+    wait -- up to ``consolidation.max_attempts``, then abandoned -- and the other lineages
+    are consolidated after it.
 
     Raises:
         ConsolidationError: A run raised; the message names the run, the node, the
             attempt and whether the run will be resumed or was abandoned (the original
-            exception is its ``__cause__``). With several lineages, the lineages before
-            it have finished (their reports are lost to this call, not their commits).
+            exception is its ``__cause__``). With several lineages: only when no
+            lineage's run ended without error.
         NotFoundError: `run_id` is not a pending run.
     """
     config = config or memory.config
@@ -893,14 +898,33 @@ def _consolidate_lineages(memory: SealMemory, namespace: Namespace | None, **kwa
     only = lineage_for(memory.home, namespace, config.consolidation) if namespace is not None else None
     reports: list[ConsolidationReport] = []
     tried: set[str] = set()
+    failures: list[ConsolidationError] = []
+    failed_runs: dict[str, int] = {}
     cancel = kwargs.get("cancel_event")
     while not (cancel is not None and cancel.is_set()):
         waiting = [ln for ln in _waiting_lineages(memory, config)
                    if ln.name not in tried and (only is None or ln == only)]
-        if not waiting and not pending_runs(memory):
+        # After a failure the unfinished run is that failed one: retried only to let
+        # other waiting lineages through, else left to the next call.
+        if not waiting and (failures or not pending_runs(memory)):
             break
         target = waiting[0] if waiting else Lineage(memory.home)
-        report = _consolidate_one(memory, lineage=target, **kwargs)
+        try:
+            report = _consolidate_one(memory, lineage=target, **kwargs)
+        except ConsolidationError as exc:
+            # One tenant's failing run (a bad namespace, a broken adapter) must not keep
+            # every other tenant from being consolidated: record it and go on.
+            kwargs.update(resume=None, run_id=None)
+            name = getattr(exc, "lineage", None) or target.name
+            run = getattr(exc, "run_id", None) or "-"
+            logger.error("consolidation of lineage %s failed: %s", name, exc)
+            failures.append(exc)
+            tried.add(name)
+            reports.append(ConsolidationReport(run_id=run, verdict="failed", reason=str(exc), lineage=name))
+            failed_runs[run] = failed_runs.get(run, 0) + 1
+            if failed_runs[run] > config.consolidation.max_attempts:  # cannot happen; never loop forever
+                break
+            continue
         kwargs.update(resume=None, run_id=None)  # those concern the first (resumed) run only
         tried.add(report.lineage or target.name)
         reports.append(report)
@@ -910,10 +934,12 @@ def _consolidate_lineages(memory: SealMemory, namespace: Namespace | None, **kwa
     if not reports:
         return ConsolidationReport(run_id="-", verdict="skipped", reason="nothing new to learn in any lineage",
                                    lineage=only.name if only else None)
+    if failures and all(r.verdict == "failed" for r in reports):
+        raise failures[0]  # nothing else ran: as with one lineage (the error names the run)
     if len(reports) == 1:
         return reports[0]
     committed = [r for r in reports if r.verdict == "committed"]
-    first = committed[0] if committed else reports[0]
+    first = committed[0] if committed else next(r for r in reports if r.verdict != "failed")
     summary = "; ".join(f"{r.lineage}: {r.verdict}" + (f" ({r.reason})" if r.reason else "") for r in reports)
     return ConsolidationReport(run_id=first.run_id, verdict=first.verdict, reason=summary, version=first.version,
                                lineage=first.lineage, runs=reports)
@@ -977,7 +1003,13 @@ def _consolidate_one(
             graph.invoke(inp, {"configurable": {"thread_id": rid}}, durability="sync")
             report = _report(memory, graph, rid)
         except Exception as exc:
-            raise _failed(memory, graph, book, rid, attempt, max_attempts, exc) from exc
+            error = _failed(memory, graph, book, rid, attempt, max_attempts, exc)
+            # which lineage's run failed (a resumed run keeps its own): for the report of
+            # a consolidation over all lineages, which goes on with the others
+            ns = inp["lineage"] if isinstance(inp, dict) else (snap.values.get("lineage") if snap else None)
+            error.lineage = Lineage(memory.home, tuple(ns) if ns is not None else None).name  # type: ignore[attr-defined]
+            error.run_id = rid  # type: ignore[attr-defined]
+            raise error from exc
         report.abandoned = abandoned
         if report.verdict != "pending_approval":
             _active_file(memory).unlink(missing_ok=True)

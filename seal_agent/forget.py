@@ -591,6 +591,7 @@ def _purge_writer(memory: SealMemory, hit: _Matcher, report: ForgetReport) -> No
 
 def _delete_lineage(memory: SealMemory, lineage: Lineage, forgotten: set[str], report: ForgetReport) -> None:
     """A forgotten namespace's own lineage: every version, its replay, suite and reports."""
+    lineage.verify()  # a folder whose marker names another namespace is never deleted as this one's
     registry = _registry(lineage, memory)
     if registry is not None:
         versions = registry.list()
