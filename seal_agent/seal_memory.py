@@ -850,7 +850,8 @@ class SealMemory:
         self._check_open()
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query", query, "must be a non-empty string")
-        validate_text(query, "query")  # a lone surrogate would fail in the embedder, unnamed
+        # A lone surrogate would fail in the embedder, unnamed; NUL is fine (a query is never stored).
+        validate_text(query, "query", allow_nul=True)
         ns = validate_namespace(namespace)
         k = self.config.memory.recall_k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
