@@ -220,6 +220,7 @@ def test_item10_huge_numbers_elsewhere_are_named(mem: SealMemory) -> None:
         (lambda: mem.recall("parcel", min_score=huge), "min_score"),
         (lambda: mem.list(filter={"n": huge}), "filter.n"),
         (lambda: mem.list(filter={"n": {"$in": [1, huge]}}), "filter.n.$in"),
+        (lambda: mem.list(limit=huge), "limit"),  # a raw OverflowError / "bigint out of range" before
         (lambda: mem.log([{"role": "assistant", "content": "",
                            "tool_calls": [{"name": "f", "args": {"x": huge}, "id": "c"}]}]),
          "messages[0].tool_calls[0].args.x"),
