@@ -11,6 +11,7 @@ Errors about bad input name the offending field and value: ``ValidationError("sc
 from __future__ import annotations
 
 import os
+import reprlib
 from typing import Any
 
 __all__ = [
@@ -29,9 +30,38 @@ __all__ = [
 ]
 
 
+class _BoundedRepr(reprlib.Repr):
+    """A repr that cannot crash or blow up: the rejected value may be exactly what a
+    plain ``repr`` chokes on (metadata nested 10,000 deep recurses past the interpreter's
+    limit; ``10**5000`` exceeds Python's int-to-str digit limit and raises ValueError)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = limit
+
+    def repr_str(self, x: str, level: int) -> str:
+        # The head, not reprlib's head...tail: a message shows where the text starts.
+        return repr(x[: self.maxstring]) + ("..." if len(x) > self.maxstring else "")
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:  # formatting a huge int is slow, and refused past 4300 digits
+            return f"<int of about {int(x.bit_length() * 0.30103) + 1} digits>"
+        return int.__repr__(x)
+
+
 def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    """A repr of `value` at most `limit` characters long, whatever the value."""
+    try:
+        text = _BoundedRepr(limit).repr(value)
+    except Exception:  # a broken __repr__ of a caller's object must not hide the real error
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """`text` cut in the middle to `limit` characters (a field path 64 levels deep)."""
+    return text if len(text) <= limit else text[: limit // 2 - 2] + " ... " + text[-(limit // 2 - 3):]
 
 
 class SealAgentError(Exception):
@@ -51,7 +81,7 @@ class ValidationError(SealAgentError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}={_short(value)}: {reason}")
+        super().__init__(f"{_clip(str(field))}={_short(value)}: {reason}")
 
 
 class ConfigError(ValidationError):

@@ -802,8 +802,9 @@ class SealMemory:
             except ValueError as exc:
                 raise ValidationError("status", status,
                                       f"must be one of {[s.value for s in InteractionStatus]}") from exc
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValidationError("limit", limit, "must be a positive integer or None")
+        # Past 2**63 - 1 both journals' drivers raised (OverflowError, bigint out of range).
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 2**63):
+            raise ValidationError("limit", limit, "must be a positive integer below 2**63, or None")
         flt = validate_filter(filter)
         return self._journal.list(namespace=ns, since=t, status=st, limit=limit, filter=flt)
 
@@ -850,7 +851,8 @@ class SealMemory:
         self._check_open()
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query", query, "must be a non-empty string")
-        validate_text(query, "query")  # a lone surrogate would fail in the embedder, unnamed
+        # A lone surrogate would fail in the embedder, unnamed; NUL is fine (a query is never stored).
+        validate_text(query, "query", allow_nul=True)
         ns = validate_namespace(namespace)
         k = self.config.memory.recall_k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:

@@ -90,6 +90,7 @@ from langgraph.store.base import (
 
 from seal_agent.errors import BackendUnavailableError, ValidationError
 from seal_agent.memory.chroma import make_client
+from seal_agent.memory.records import validate_text
 
 __all__ = ["ChromaStore", "StoreNamespaceError"]
 
@@ -630,6 +631,7 @@ def _check_namespace(
 def _check_key(key: Any) -> None:
     if not isinstance(key, str):
         raise ValidationError("key", key, "must be a string")
+    validate_text(key, "key")  # a lone surrogate failed hashing the id; NUL, as in namespace labels
 
 
 def _check_page(limit: Any, offset: Any) -> None:
@@ -673,8 +675,11 @@ def _and(*clauses: dict | None) -> dict | None:
 
 def _dump_value(value: dict[str, Any]) -> str:
     try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+        # Nested 10,000 deep (RecursionError) or holding a lone surrogate (Chroma needs UTF-8): ours too.
+        return validate_text(json.dumps(value, ensure_ascii=False), "value")
+    except (TypeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, ValidationError):
+            raise
         raise ValidationError("value", value, f"must be JSON-serializable ({exc})") from exc
 
 

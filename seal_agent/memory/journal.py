@@ -48,6 +48,7 @@ from seal_agent.memory.records import (
     Namespace,
     iso,
     join_namespace,
+    metadata_key_path,
     parse_namespace,
     utc_now,
 )
@@ -230,26 +231,33 @@ def _filter_sql(flt: dict[str, Any]) -> tuple[str, list[Any]]:
             for _, p in subs:
                 params.extend(p)
             continue
-        path = "$" + "".join(f'."{part}"' for part in key.split("."))
         (op, value), = cond.items()
-        col = "json_extract(metadata, ?)"
-        kind = "COALESCE(json_type(metadata, ?), 'none')"  # a missing key: not NULL, or NOT(...) is NULL
-        scalar = f"{kind} IN ('text', 'integer', 'real', 'true', 'false')"
+        # $ne/$nin are NOT($eq/$in): a row without the key (or with a non-scalar there) matches.
         if op in ("$in", "$nin"):
-            marks = ",".join("?" * len(value))
-            if op == "$in":
-                parts.append(f"({scalar} AND {col} IN ({marks}))")
-                params += [path, path, *value]
-            else:
-                parts.append(f"(NOT ({scalar}) OR {col} NOT IN ({marks}))")
-                params += [path, path, *value]
-        elif op == "$ne":
-            parts.append(f"(NOT ({scalar}) OR {col} != ?)")
-            params += [path, path, value]
+            test, tparams = f"IN ({','.join('?' * len(value))})", list(value)
         else:
-            parts.append(f"({scalar} AND {col} {_SQL_OPS[op]} ?)")
-            params += [path, path, value]
+            test, tparams = f"{_SQL_OPS['$eq' if op == '$ne' else op]} ?", [value]
+        found, fparams = _leaf_exists(metadata_key_path(key), test)
+        parts.append(f"(NOT {found})" if op in ("$ne", "$nin") else found)
+        params += fparams + tparams
     return "(" + " AND ".join(parts) + ")", params
+
+
+def _leaf_exists(path: list[str], test: str) -> tuple[str, list[Any]]:
+    """``EXISTS`` a scalar at `path` (keys of nested objects) of ``metadata`` passing `test`.
+
+    The keys are walked with ``json_each``, which compares each key as decoded text: a
+    JSON path string (``$."a.b"``) cannot hold every key (a ``"`` ends it) and SQLite
+    versions disagree on its escapes, so a key with a backslash or newline was missed.
+    Only objects are entered (never arrays), as Chroma's flattened metadata does.
+    """
+    joins = ["json_each(metadata) AS k0"]
+    for i in range(1, len(path)):
+        joins.append(f"json_each(CASE WHEN k{i - 1}.type = 'object' THEN k{i - 1}.value ELSE '{{}}' END) AS k{i}")
+    leaf = f"k{len(path) - 1}"
+    where = [f"k{i}.key = ?" for i in range(len(path))]
+    where += [f"{leaf}.type IN ('text', 'integer', 'real', 'true', 'false')", f"{leaf}.atom {test}"]
+    return f"EXISTS (SELECT 1 FROM {', '.join(joins)} WHERE {' AND '.join(where)})", list(path)
 
 
 class _Cursor(sqlite3.Cursor):

@@ -50,6 +50,7 @@ from seal_agent.memory.records import (
     Namespace,
     iso,
     join_namespace,
+    metadata_key_path,
     utc_now,
 )
 
@@ -137,15 +138,19 @@ def _typed(op: str, path: list[str], value: Any) -> tuple[str, list[Any]]:
     """``metadata[path] op value`` when the stored value is a scalar of value's kind, else
     false. CASE, not AND: Postgres does not promise to evaluate AND left to right, and the
     cast must never see a value of another kind."""
-    x = "(metadata::jsonb #> %s)"
+    # One `->` per key, never `#>` with a text[] path: `#>` also indexes arrays by a key
+    # that looks like a number ("tags.0"), which SQLite's journal and Chroma never do.
+    x = "(metadata::jsonb" + " -> %s::text" * len(path) + ")"
     if isinstance(value, bool):
         kind, cast = "boolean", "::boolean"
-    elif isinstance(value, int | float):
+    elif isinstance(value, int):  # numeric: exact for every 64-bit integer (float8 is not past 2**53)
+        kind, cast = "number", "::numeric"
+    elif isinstance(value, float):
         kind, cast = "number", "::float8"
     else:
         kind, cast, value = "string", "", str(value)
     return (f"(CASE WHEN jsonb_typeof({x})='{kind}' THEN ({x} #>> '{{}}'){cast} {op} %s ELSE false END)",
-            [path, path, value])
+            [*path, *path, value])
 
 
 def _filter_sql(flt: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -160,7 +165,7 @@ def _filter_sql(flt: dict[str, Any]) -> tuple[str, list[Any]]:
             for _, p in subs:
                 params.extend(p)
             continue
-        path = key.split(".")
+        path = metadata_key_path(key)  # keys may hold dots, escaped
         (op, value), = cond.items()
         if op in ("$in", "$nin"):
             subs = [_typed("=", path, v) for v in value]

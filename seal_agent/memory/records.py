@@ -19,8 +19,15 @@ inline bytes) is kept in ``attachments``. Tool-call and reasoning blocks are lef
 of the text: tool calls are kept in ``tool_calls``, and reasoning is not the exchange.
 
 Everything stored must be valid JSON and encodable as UTF-8: strings holding a lone
-surrogate (``"\\ud800"``) and NaN or infinite numbers are refused with a
-`ValidationError` naming the field, before anything is written.
+surrogate (``"\\ud800"``) or NUL (``"\\x00"``: PostgreSQL cannot store it in text or
+jsonb, so SQLite refuses it too and a home can move between backends) and NaN or
+infinite numbers are refused with a `ValidationError` naming the field, before anything
+is written. Metadata integers must fit in 64 bits (what Chroma stores and both journals'
+filters compare exactly).
+
+Metadata keys may be any such text (dots, backslashes, newlines, quotes included): a
+filter addresses a nested field with a dotted path in which ``\\.``, ``\\\\`` and a
+leading ``\\$`` stand for a literal dot, backslash and dollar (`metadata_key_path`).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ __all__ = [
     "Interaction",
     "InteractionStatus",
     "Memory",
+    "MAX_TTL_S",
     "METADATA_OPERATORS",
     "Namespace",
     "content_hash",
@@ -53,6 +61,7 @@ __all__ = [
     "interaction_text",
     "iso",
     "join_namespace",
+    "metadata_key_path",
     "new_interaction_id",
     "normalize_messages",
     "parse_namespace",
@@ -272,12 +281,16 @@ def parse_namespace(path: str, field_name: str = "namespace") -> Namespace:
 # -------------------------------------------------------------- text and JSON values
 
 
-def validate_text(value: str, field_name: str) -> str:
-    """Refuse a string that cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``).
+def validate_text(value: str, field_name: str, *, allow_nul: bool = False) -> str:
+    """Refuse a string that cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``)
+    or that holds NUL (``"\\x00"``), unless `allow_nul` (text that is never stored).
 
-    Such strings come from bad decoding (``surrogateescape``) or broken JSON escapes;
+    Lone surrogates come from bad decoding (``surrogateescape``) or broken JSON escapes;
     SQLite, Chroma and JSON files all need UTF-8, so they would fail later with a raw
-    `UnicodeEncodeError`, possibly half-way through a write.
+    `UnicodeEncodeError`, possibly half-way through a write. PostgreSQL cannot store NUL
+    in text or jsonb (a raw ``DataError`` on write, or on every later jsonb cast of the
+    row: one tenant's row broke every tenant's filtered list); SQLite refuses it too, so
+    that both backends accept exactly the same input.
     """
     try:
         value.encode("utf-8")
@@ -285,7 +298,28 @@ def validate_text(value: str, field_name: str) -> str:
         raise ValidationError(
             field_name, value, f"is not valid Unicode text (lone surrogate {value[exc.start]!r} at index {exc.start})"
         ) from None
+    if not allow_nul and "\x00" in value:
+        raise ValidationError(field_name, value, f"must not contain NUL ('\\x00', at index {value.index(chr(0))}): "
+                              "PostgreSQL cannot store it")
     return value
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a float when it is a finite real number (bool excluded), else None.
+
+    ``math.isfinite(10**400)`` raises OverflowError instead of answering: caught here.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        out = float(value)
+    except (OverflowError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Metadata integers: Chroma stores int64, and both journals' filters compare them exactly."""
 
 
 _MAX_JSON_DEPTH = 64
@@ -295,12 +329,20 @@ def _key_path(base: str, key: str) -> str:
     return f"{base}.{key}" if key.isidentifier() and key.isascii() else f"{base}[{ascii(key)}]"
 
 
-def _plain_json(value: Any, where: str, depth: int = 0) -> Any:
+def _plain_json(value: Any, where: str, depth: int = 0, *, int64: bool = False) -> Any:
     """A plain copy of `value` that ``json.dumps(..., allow_nan=False)`` accepts, or a
-    `ValidationError` naming the first offending path (``metadata.scores[2]``)."""
+    `ValidationError` naming the first offending path (``metadata.scores[2]``).
+    `int64`: integers must fit in 64 bits (metadata)."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
+        if int64 and not INT64_MIN <= value <= INT64_MAX:
+            raise ValidationError(where, value, "must be an integer in [-2**63, 2**63 - 1] (what Chroma stores and "
+                                  "filters compare exactly); store a bigger number as a string")
+        try:  # past Python's int-to-str digit limit an int cannot be written as JSON, nor read back
+            str(int(value))
+        except ValueError:
+            raise ValidationError(where, value, "is an integer too long to write as JSON") from None
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -316,18 +358,18 @@ def _plain_json(value: Any, where: str, depth: int = 0) -> Any:
             if not isinstance(key, str):
                 raise ValidationError(where, key, "keys must be strings")
             validate_text(key, f"{where} key {ascii(key)}")
-            out[str.__str__(key)] = _plain_json(item, _key_path(where, key), depth + 1)
+            out[str.__str__(key)] = _plain_json(item, _key_path(where, key), depth + 1, int64=int64)
         return out
     if isinstance(value, (list, tuple)):
-        return [_plain_json(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+        return [_plain_json(item, f"{where}[{i}]", depth + 1, int64=int64) for i, item in enumerate(value)]
     raise ValidationError(where, value, f"must be JSON-serialisable (a {type(value).__name__} is not)")
 
 
-def _json_value(value: Any, where: str) -> Any:
-    plain = _plain_json(value, where)
+def _json_value(value: Any, where: str, *, int64: bool = False) -> Any:
+    plain = _plain_json(value, where, int64=int64)
     try:  # what the walk cannot see, e.g. an integer too long to print
         json.dumps(plain, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(where, value, f"must be JSON-serialisable ({exc})") from exc
     return plain
 
@@ -547,14 +589,10 @@ def content_hash(messages: Sequence[Mapping[str, Any]]) -> str:
 
 def validate_score(score: Any, field_name: str = "score") -> float:
     """A feedback score: a finite number in [-1, 1]."""
-    if (
-        isinstance(score, bool)
-        or not isinstance(score, (int, float))
-        or not math.isfinite(score)
-        or not -1.0 <= score <= 1.0
-    ):
+    value = _finite(score) if isinstance(score, (int, float)) else None  # 10**400: no OverflowError
+    if value is None or not -1.0 <= value <= 1.0:
         raise ValidationError(field_name, score, "must be a number in [-1, 1]")
-    return float(score)
+    return value
 
 
 def validate_min_score(value: Any, field_name: str = "min_score") -> float | None:
@@ -565,14 +603,10 @@ def validate_min_score(value: Any, field_name: str = "min_score") -> float | Non
     """
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-        or not -1.0 <= float(value) <= 1.0
-    ):
+    number = _finite(value)
+    if number is None or not -1.0 <= number <= 1.0:
         raise ValidationError(field_name, value, "must be a finite number in [-1, 1] (cosine similarity) or None")
-    return float(value)
+    return number
 
 
 def validate_thread_id(thread_id: Any, field_name: str = "thread_id") -> str | None:
@@ -589,7 +623,9 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
 
     Returns a plain copy (dicts, lists, str, int, float, bool, None). Raises a
     `ValidationError` naming the offending key's path (``metadata.score``) for NaN or
-    infinite numbers, lone surrogates and values JSON cannot hold.
+    infinite numbers, integers beyond 64 bits, lone surrogates, NUL, nesting deeper than
+    64 levels and values JSON cannot hold. Keys may be any such text: a filter reaches
+    every one (see `metadata_key_path`).
     """
     if metadata is None:
         return {}
@@ -598,7 +634,7 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     for key in metadata:
         if not isinstance(key, str):
             raise ValidationError("metadata", key, "keys must be strings")
-    return _json_value(metadata, "metadata")
+    return _json_value(metadata, "metadata", int64=True)
 
 
 def utc_now() -> datetime:
@@ -622,13 +658,20 @@ def parse_time(value: Any, field_name: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+MAX_TTL_S = 1e10
+"""The longest time-to-live in seconds (about 317 years; ``memory.ttl_s`` has the same
+bound): an expiry must stay a date (``now + 1e12 s`` is past year 9999 and overflowed)."""
+
+
 def validate_ttl(value: Any, field_name: str = "ttl_s") -> float | None:
-    """A time-to-live in seconds: a finite number > 0, or None (never expires)."""
+    """A time-to-live in seconds: a finite number in (0, `MAX_TTL_S`], or None (never expires)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValidationError(field_name, value, "must be a number of seconds > 0, or None (never expires)")
-    return float(value)
+    number = _finite(value)
+    if number is None or not 0 < number <= MAX_TTL_S:
+        raise ValidationError(field_name, value, "must be a number of seconds > 0 and <= 1e10 (about 317 years), "
+                              "or None (never expires)")
+    return number
 
 
 METADATA_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"})
@@ -638,9 +681,56 @@ METADATA_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in
 def _filter_scalar(value: Any, where: str) -> Any:
     if isinstance(value, bool) or isinstance(value, str):
         return validate_text(value, where) if isinstance(value, str) else value
-    if isinstance(value, numbers.Real) and math.isfinite(value):
+    if isinstance(value, numbers.Integral):
+        if INT64_MIN <= value <= INT64_MAX:  # what metadata can hold (validate_metadata)
+            return int(value)
+        raise ValidationError(where, value, "must be an integer in [-2**63, 2**63 - 1] (what metadata holds)")
+    if _finite(value) is not None:
         return value
     raise ValidationError(where, value, "must be a string, a finite number or a bool (what metadata filters compare)")
+
+
+def _escape_key(key: str) -> str:
+    """One metadata key as a part of a dotted path: ``\\`` and ``.`` escaped with ``\\``, and
+    a leading ``$`` too (a filter key starting with ``$`` would read as an operator)."""
+    out = key.replace("\\", "\\\\").replace(".", "\\.")
+    return "\\" + out if out.startswith("$") else out
+
+
+def metadata_key_path(key: str, field_name: str = "filter") -> list[str]:
+    """A filter key as the metadata keys it goes through: ``"user.tier"`` -> ``["user",
+    "tier"]``; ``\\.``, ``\\\\`` and ``\\$`` stand for a literal ``.``, ``\\`` and ``$``
+    (``"http\\.status"`` -> ``["http.status"]``).
+
+    The one reading of a key that every backend uses: the journals' SQL walks these keys
+    one by one (never a JSON path string, whose quoting differs between SQLite versions),
+    and Chroma's metadata names join them escaped again (`flat_metadata`), so a key with
+    dots, backslashes, newlines or quotes is reached the same way everywhere.
+
+    Raises:
+        ValidationError: A backslash followed by anything else, or at the end.
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(key):
+        ch = key[i]
+        if ch == "\\":
+            nxt = key[i + 1:i + 2]
+            if nxt not in (".", "\\", "$"):
+                raise ValidationError(field_name, key, f"unknown escape at index {i}: in a filter key '\\' must be "
+                                      "followed by '.', '\\' or '$' (a literal dot, backslash or dollar)")
+            current.append(nxt)
+            i += 2
+            continue
+        if ch == ".":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    return parts
 
 
 def validate_filter(flt: Any, field_name: str = "filter") -> dict[str, Any] | None:
@@ -653,8 +743,11 @@ def validate_filter(flt: Any, field_name: str = "filter") -> dict[str, Any] | No
         {"$and": [filter, ...]}, {"$or": [filter, ...]}
         several keys in one dict            all of them ($and)
 
-    A dotted key (``"user.tier"``) names a field of a nested dict. Values are strings,
-    finite numbers or bools. Raises `ValidationError` naming the offending part.
+    A dotted key (``"user.tier"``) names a field of a nested dict; ``\\.``, ``\\\\`` and a
+    leading ``\\$`` name a key holding a literal dot, backslash or dollar
+    (`metadata_key_path`); keys come back in that one spelling. Values are strings,
+    finite numbers (integers within 64 bits) or bools. Raises `ValidationError` naming
+    the offending part.
     """
     if flt is None:
         return None
@@ -668,9 +761,12 @@ def validate_filter(flt: Any, field_name: str = "filter") -> dict[str, Any] | No
                 raise ValidationError(where, cond, "must be a non-empty list of filters")
             out[key] = [validate_filter(c, f"{where}[{i}]") for i, c in enumerate(cond)]
             continue
-        if not isinstance(key, str) or not key or key.startswith("$") or '"' in key or "" in key.split("."):
-            raise ValidationError(field_name, key, "keys must be metadata field names (no '$' prefix, no '\"', "
-                                  "no empty dotted part), or $and/$or")
+        if not isinstance(key, str) or key.startswith("$"):
+            raise ValidationError(field_name, key, "keys must be metadata field names (a leading '$' written "
+                                  "'\\$'), or $and/$or")
+        validate_text(key, field_name)  # NUL: a raw driver error in either journal otherwise
+        key = ".".join(_escape_key(part) for part in metadata_key_path(key, field_name))  # one spelling
+        where = f"{field_name}.{key}"
         if isinstance(cond, Mapping):
             if len(cond) != 1:
                 raise ValidationError(where, cond, "must hold exactly one operator, e.g. {'$gte': 3}")
@@ -691,10 +787,12 @@ def validate_filter(flt: Any, field_name: str = "filter") -> dict[str, Any] | No
 
 def flat_metadata(metadata: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Scalar leaves of `metadata` by dotted path (``{"user": {"tier": 1}}`` -> ``{"user.tier": 1}``);
-    lists and None are left out (a Chroma metadata value must be a scalar)."""
+    lists and None are left out (a Chroma metadata value must be a scalar). Keys are
+    escaped as `validate_filter` spells them (``{"a.b": 1}`` -> ``{"a\\.b": 1}``), so that
+    ``{"a.b": 1}`` and ``{"a": {"b": 1}}`` stay apart and a filter reaches each."""
     out: dict[str, Any] = {}
     for key, value in metadata.items():
-        path = f"{prefix}{key}"
+        path = f"{prefix}{_escape_key(key)}"
         if isinstance(value, Mapping):
             out.update(flat_metadata(value, path + "."))
         elif isinstance(value, (str, bool, int, float)):
