@@ -93,6 +93,13 @@ _LOCK_TIMEOUT_S = 600.0  # a commit holds the lock for seconds; a forget for as 
 _MIN_NEEDLE = 8  # shorter message texts ("ok", "thanks") are not searched for
 _ID_RE = re.compile(rb"(?<![0-9a-f])[0-9a-f]{24}(?![0-9a-f])")  # `new_interaction_id`: 24 hex digits
 _SKIP_SCAN = (".safetensors", ".bin", ".pickle", ".png", ".lock")  # weights, vectors, plots: no text
+# SQLite's files: a database (the journal, checkpoints, the scheduler's jobs, Chroma's), its
+# write-ahead log, shared-memory index and rollback journal. Never read with Python's file
+# I/O (see `_database_holds`).
+_SQLITE_FILE = re.compile(r"\.(?:sqlite3?|db)(?P<companion>-wal|-shm|-journal)?$")
+_SCAN_COPY = ".forget-scan-"  # prefix of the consistent copies `_database_holds` searches
+_STALE_COPY_S = 3600.0  # such a copy this old was left by a killed forget
+_SQLITE_NOTADB = 26  # SQLite's "file is not a database"
 
 
 @dataclass
@@ -332,7 +339,7 @@ def forget_interactions(memory: SealMemory, *, namespace: Namespace | None,
     chroma_residual: list[str] = []
     _purge_chroma(memory, report, hit, chroma_residual)
     if hit.has_text:
-        report.residual = _residual(home, hit, chroma_residual)
+        report.residual = _residual(home, hit, chroma_residual, report.pending)
         for path in report.residual:
             logger.warning("forget: %s still contains forgotten text", path)
     logger.info("forget: %d interactions; %d adapter versions deleted; pending: %s", report.journal_rows,
@@ -718,11 +725,11 @@ def _folder_mentions(folder: Path, hit: _Matcher) -> bool:
         return False
     for p in folder.rglob("*"):
         if p.is_file() and not p.name.endswith(_SKIP_SCAN):
-            try:
-                if hit(p.read_bytes()):
-                    return True
-            except OSError:
-                continue
+            found, problem = _file_holds(p, hit)
+            if problem:
+                logger.warning("forget: %s", problem)
+            if found:
+                return True
     return False
 
 
@@ -904,9 +911,8 @@ def close_and_scrub(index: Any, chroma_dir: Path, ids: Collection[str],
             except Exception as exc:  # Chroma down: it will be reopened (and cleared at close) later
                 logger.warning("could not reopen %s after scrubbing it: %s", chroma_dir, exc)
             zero_hnsw_slack(chroma_dir)
-            residual = [str(Path(chroma_dir).name / p.relative_to(chroma_dir))
-                        for p in sorted(Path(chroma_dir).rglob("*"))
-                        if texts and p.is_file() and any(t in p.read_bytes() for t in texts)]
+            # Chroma has its SQLite file open again: the child searched it, through SQLite
+            residual += _vector_files_holding(chroma_dir, texts)
         return problem, residual
 
 
@@ -932,9 +938,11 @@ def scrub_chroma_files(chroma_dir: str | os.PathLike[str], ids: Collection[str],
     forgotten ids' add/update/upsert log entries are deleted (their delete entries stay,
     so a replay of the log after a crash still ends without them), the FTS index is merged
     (``'optimize'``), and the file is vacuumed. Chroma's own ``chroma vacuum`` does not
-    purge that log (tried). With `hnsw` (only when no process has the index open:
-    `close_and_scrub` closes this process's client first), the unused slots of each
-    vector segment are zeroed (`zero_hnsw_slack`) and the folder is searched for `texts`.
+    purge that log (tried). With `texts`, the child then searches the database for them
+    through SQLite (a page-by-page copy, never the live file: see `_database_holds`).
+    With `hnsw` (only when no process has the index open: `close_and_scrub` closes this
+    process's client first), the unused slots of each vector segment are zeroed
+    (`zero_hnsw_slack`) and the other files of the folder are searched for `texts`.
     The vectors of deleted records stay in the HNSW files as tombstones until their
     slots are reused: numbers, not text.
 
@@ -967,7 +975,8 @@ def _scrub_chroma(chroma_dir: str | os.PathLike[str], ids: Collection[str], text
     path = Path(chroma_dir) / "chroma.sqlite3"
     if not path.is_file():
         return None, []
-    payload = json.dumps({"path": str(path), "ids": list(ids)})
+    payload = json.dumps({"path": str(path), "ids": list(ids), "texts": [t.hex() for t in texts],
+                          "copy_dir": str(Path(chroma_dir).resolve().parent), "copy_prefix": _SCAN_COPY})
     try:
         done = subprocess.run([sys.executable, "-c", _SCRUB_CHILD], input=payload, capture_output=True,
                               text=True, timeout=600, check=False)
@@ -978,17 +987,44 @@ def _scrub_chroma(chroma_dir: str | os.PathLike[str], ids: Collection[str], text
         last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         return f"could not scrub {path} ({last}); the next forget retries", []
     residual: list[str] = []
-    if hnsw:  # nothing of this process holds the index: its files may be read
+    if texts:
+        try:
+            found = json.loads(done.stdout.strip().splitlines()[-1])["found"]
+        except (IndexError, KeyError, ValueError):
+            return f"could not search {path} (the scrub said {done.stdout[-200:]!r}); the next forget retries", []
+        if found:
+            residual.append(str(Path(Path(chroma_dir).name) / path.name))
+    if hnsw:  # nothing of this process holds the index: its vector files may be written
         zero_hnsw_slack(chroma_dir)
-        for p in sorted(Path(chroma_dir).rglob("*")):
-            if texts and p.is_file() and any(t in p.read_bytes() for t in texts):
-                residual.append(str(Path(chroma_dir).name / p.relative_to(chroma_dir)))
+        residual += _vector_files_holding(chroma_dir, texts)
     return None, residual
+
+
+def _vector_files_holding(chroma_dir: str | os.PathLike[str], texts: Sequence[bytes]) -> list[str]:
+    """Files of an embedded Chroma other than its SQLite database that hold one of `texts`.
+
+    ``chroma.sqlite3`` (and its journal) is left out: it is only read through SQLite, by
+    the scrub's child process (`_SCRUB_CHILD`). The vector segments' files are plain
+    files: Chroma keeps descriptors of them open but no locks (checked in /proc/locks with
+    chromadb 1.5), so opening and closing them here takes nothing from Chroma."""
+    out: list[str] = []
+    if not texts:
+        return out
+    root = Path(chroma_dir)
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or _SQLITE_FILE.search(p.name) or p.name.startswith(_SCAN_COPY):
+            continue
+        try:
+            if any(t in p.read_bytes() for t in texts):
+                out.append(str(Path(root.name) / p.relative_to(root)))
+        except OSError:
+            continue
+    return out
 
 
 # The child of `scrub_chroma_files`: plain sqlite3, nothing of seal_agent or chromadb.
 _SCRUB_CHILD = r"""
-import json, os, sqlite3, sys
+import json, os, sqlite3, sys, tempfile
 args = json.load(sys.stdin)
 ids = args["ids"]
 db = sqlite3.connect(args["path"], timeout=60, isolation_level=None)
@@ -1008,7 +1044,32 @@ if "embedding_fulltext_search" in tables:
     db.execute("INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES('optimize')")
 db.execute("COMMIT")
 db.execute("VACUUM")
+found = False
+texts = [bytes.fromhex(t) for t in args["texts"]]
+if texts:
+    # Search the file through SQLite, not with file I/O (see forget._database_holds): the
+    # log checkpointed and truncated, then a page-by-page copy (free pages included)
+    # beside the home's other files, searched and deleted.
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    fd, name = tempfile.mkstemp(prefix=args["copy_prefix"], suffix=".tmp", dir=args["copy_dir"])
+    os.close(fd)
+    try:
+        dst = sqlite3.connect(name, isolation_level=None)
+        try:
+            db.backup(dst)
+        finally:
+            dst.close()
+        with open(name, "rb") as f:
+            blob = f.read()
+        found = any(t in blob for t in texts)
+    finally:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            try:
+                os.unlink(name + suffix)
+            except OSError:
+                pass
 db.close()
+print(json.dumps({"found": found}))
 """
 
 
@@ -1036,6 +1097,10 @@ def zero_hnsw_slack(chroma_dir: str | os.PathLike[str]) -> int:
     max_elements, cur_element_count, size_data_per_element, ...); a file of another layout
     is left alone. Only while no process has the index open (Chroma would write its
     memory back): `close_and_scrub` and `SealMemory.close` call it after closing.
+    (`close_and_scrub` calls it again after reopening, inside `ChromaIndex.exclusive`: no
+    operation of the index runs, so Chroma writes none of these files meanwhile; it keeps
+    descriptors of them open but takes no lock on them -- they are not SQLite's -- so
+    opening and closing them here drops nothing of Chroma's.)
     """
     import struct
 
@@ -1076,23 +1141,117 @@ def _serving(memory: SealMemory, report: ForgetReport) -> None:
         report.serving["writer"] = writer_registry(memory.home).serving().version
 
 
-def _residual(home: Path, hit: _Matcher, chroma_residual: Sequence[str] = ()) -> list[str]:
+def _residual(home: Path, hit: _Matcher, chroma_residual: Sequence[str] = (),
+              problems: list[str] | None = None) -> list[str]:
     """Files under the home that still contain the forgotten text (bytes), for the report.
 
     ``home/chroma`` is not opened here (closing a descriptor of Chroma's SQLite file in
     this process would drop the locks Chroma's own SQLite holds on it): the scrub's child
-    process searched it (`chroma_residual`)."""
+    process searched it (`chroma_residual`). SQLite databases (the journal, checkpoints)
+    are searched through SQLite (`_database_holds`); what could not be searched is added
+    to `problems`."""
     out = list(chroma_residual)
     chroma = home / "chroma"
+    for p in home.rglob(f"{_SCAN_COPY}*"):  # left by a forget killed while it searched one (not
+        with contextlib.suppress(OSError):  # another forget's, searching now)
+            if time.time() - p.stat().st_mtime > _STALE_COPY_S:
+                p.unlink()
     for p in sorted(home.rglob("*")):
         if not p.is_file() or p.name.endswith(_SKIP_SCAN) or chroma in p.parents:
             continue
-        try:
-            if hit.text_in(p.read_bytes()):
-                out.append(str(p.relative_to(home)))
-        except OSError:
-            continue
+        found, problem = _file_holds(p, hit.text_in)
+        if problem and problems is not None:
+            problems.append(problem)
+        if found:
+            out.append(str(p.relative_to(home)))
     return out
+
+
+def _file_holds(path: Path, test: Callable[[bytes], bool]) -> tuple[bool, str | None]:
+    """Whether the file at `path` holds bytes that `test` finds: (found, why it could not
+    be searched or None). An SQLite file is searched through SQLite (`_database_holds`)."""
+    if path.name.startswith(_SCAN_COPY):
+        return False, None  # another forget's copy of a database, deleted by that forget
+    kind = _SQLITE_FILE.search(path.name)
+    if kind is not None:
+        if kind.group("companion") is None:
+            return _database_holds(path, test)
+        if path.with_name(path.name[:kind.start("companion")]).exists():
+            # -wal: checkpointed and truncated by `_database_holds` on its database;
+            # -shm: the log's index (frame numbers, checksums), no content; -journal:
+            # exists during a transaction only. SQLite may hold any of them open.
+            return False, None
+        # no database beside it (an orphan): no SQLite connection can hold it, read it below
+    try:
+        return test(path.read_bytes()), None
+    except OSError:
+        return False, None
+
+
+def _database_holds(path: Path, test: Callable[[bytes], bool]) -> tuple[bool, str | None]:
+    """Whether the SQLite database at `path` holds bytes that `test` finds, read through
+    SQLite -- never with Python's file I/O: (found, why its log could not be searched).
+
+    Why: POSIX record locks (SQLite's) belong to a process, and closing *any* descriptor
+    of a file drops all of that process's locks on it. SQLite's own connections know (one
+    descriptor per file and process, closes deferred while locks are held), but a
+    ``read_bytes()`` of ``journal.sqlite3`` or of its ``-shm`` in the process that has the
+    journal open released the journal's locks behind SQLite's back: another process then
+    wrote at the same time, or, closing its last connection, believed itself alone and
+    deleted the write-ahead log still in use here -- acknowledged writes were lost and
+    ``PRAGMA integrity_check`` failed (issue 22).
+
+    How, keeping the guarantee that the forgotten text is in none of the home's files:
+    through a connection of our own, the write-ahead log is checkpointed into the database
+    and truncated to zero bytes (``wal_checkpoint(TRUNCATE)``), so the database file holds
+    everything there is; then SQLite's backup API copies the database page by page --
+    free pages as they are, so deleted text left in free space is found just as in the
+    file (``VACUUM INTO`` would drop it) -- into a temporary file beside it (the home's
+    data stays in the home), whose bytes are searched; the copy is deleted. If the log
+    cannot be truncated (a reader holds it), its older frames cannot be searched: that
+    is the returned problem.
+    """
+    import tempfile
+    import urllib.parse
+
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw"  # never creates a database
+    fd, name = tempfile.mkstemp(prefix=_SCAN_COPY, suffix=".tmp", dir=path.parent)
+    os.close(fd)  # a fresh, empty file: SQLite makes it a database; no one else has it open
+    copy = Path(name)
+    try:
+        src = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
+        try:
+            busy = src.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            dst = sqlite3.connect(copy, isolation_level=None)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+        found = test(copy.read_bytes())  # our own copy, closed by SQLite: safe to read
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_NOTADB:
+            # not a database (a file of ours named like one): no SQLite connection can
+            # hold it as one, so its bytes may be read
+            try:
+                return test(path.read_bytes()), None
+            except OSError:
+                return False, None
+        return False, f"{path}: could not be searched for forgotten text through SQLite ({exc}); forget again"
+    except OSError as exc:
+        return False, f"{path}: could not be searched for forgotten text through SQLite ({exc}); forget again"
+    finally:
+        _unlink_copy(copy)
+    problem = (f"{path}: its write-ahead log is in use and could not be truncated, so it was not searched for "
+               "forgotten text; forget again" if busy else None)
+    return found, problem
+
+
+def _unlink_copy(copy: Path) -> None:
+    for p in (copy, *(copy.with_name(copy.name + s) for s in ("-journal", "-wal", "-shm"))):
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def retrain_after_forget(memory: SealMemory, report: ForgetReport) -> None:
