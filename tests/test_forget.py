@@ -699,3 +699,28 @@ def test_residual_check_reads_a_file_named_like_a_database_that_is_not_one(tmp_p
     hit.needles, hit.has_text = [b"the forgotten locker code 0451-xyzzy"], True
     problems: list[str] = []
     assert _residual(home, hit, problems=problems) == ["notes.db"] and problems == []
+
+
+def test_a_second_journal_on_a_live_home_never_opens_its_file_with_python_io(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same class of defect outside forget: opening a journal checked its header with
+    `open()`, and the close dropped the locks of this process's other connection to it
+    (a second `SealMemory` on the same home in one process). A journal nobody holds yet
+    is still checked (a damaged file is refused before SQLite touches it)."""
+    from seal_agent.errors import StorageError
+    from seal_agent.memory.journal import Journal
+
+    path = tmp_path / "journal.sqlite3"
+    first = Journal(path)
+    first.insert_many([])  # a connection of this process holds the file
+    first._db().execute("SELECT COUNT(*) FROM interactions").fetchone()
+    spy = _LiveSqliteFileIO(monkeypatch)
+    second = Journal(path)
+    monkeypatch.undo()
+    assert spy.opened == []
+    second.close()
+    first.close()
+    bad = tmp_path / "bad.sqlite3"
+    bad.write_bytes(b"this is not a database" * 10)
+    with pytest.raises(StorageError, match="not an SQLite database"):
+        Journal(bad)
