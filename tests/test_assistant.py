@@ -463,3 +463,33 @@ def test_model_choice_reads_config(tmp_path: Path) -> None:
     assert _configured_model(tmp_path) is None
     (tmp_path / "config.toml").write_text('[model]\nname_or_path = "tiny-random"\n', encoding="utf-8")
     assert _configured_model(tmp_path) == "tiny-random"
+
+
+# ------------------------------------------------------------------ issue 22, item 10 (chat)
+
+
+def test_issue22_non_utf8_byte_on_stdin_is_one_line_and_the_chat_goes_on(tmp_path: Path) -> None:
+    """One byte that is not UTF-8 (a Latin-1 'é') on stdin ended the chat with a
+    UnicodeDecodeError traceback. Now the line is named as bad input, nothing is answered
+    or logged for it, and the next line is answered and logged."""
+    home = tmp_path / "home"
+    proc = subprocess.run(
+        [sys.executable, "-m", "seal_agent.cli", "--home", str(home), "chat", "--user", "ann",
+         "--model", "tiny-random", "--max-new-tokens", "4"],
+        input=b"caf\xe9 au lait?\nHello.\n/quit\n", capture_output=True, timeout=900,  # a hang guard only
+        env={**_env(), "PYTHONPATH": str(Path(__file__).parents[1])})
+    out, err = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0 and "Traceback" not in out + err, out + err
+    bad = [line for line in out.splitlines() if "error:" in line]
+    assert len(bad) == 1 and "input=b'caf\\xe9 au lait?': is not UTF-8 text (byte 0xe9" in bad[0], out
+    assert out.count("assistant> ") == 1 and re.search(r"\(logged \w+\)", out), out  # "Hello." only
+    logged = _logged(home, "users/ann")
+    assert [m["messages"][0]["content"] for m in logged] == ["Hello."]
+
+
+def test_issue22_handle_refuses_text_that_is_not_utf8(app_mem: SealMemory) -> None:
+    app, out = _app(app_mem)
+    reply = app.handle("caf\udce9")  # how stdin (errors="surrogateescape") hands over the byte 0xe9
+    assert reply.kind == "error" and "is not UTF-8 text (byte 0xe9 at character 3)" in reply.error
+    assert out.getvalue().count("\n") == 1 and app_mem.list() == []
+    assert app.handle("/new").kind == "command"
