@@ -13,4 +13,4 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 # collection order (--no-loadscope-reorder: tests/conftest.py puts the demo first). Many
 # tests wait on subprocesses, servers and fsync rather than compute: even on 2 cores,
 # two workers finish sooner.
-exec .venv/bin/python -m pytest --timeout=900 -n "${SEAL_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
+exec .venv/bin/python -m pytest --timeout=3600 -n "${SEAL_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

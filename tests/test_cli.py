@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import waits
 
 from seal_agent import SealMemory
 from seal_agent.cli import build_parser, main
@@ -324,12 +325,10 @@ def test_item19_stored_gate_report_of_a_committed_run_names_the_version(mem: Sea
 
 def _cli_process(home: Path, *argv: str, env: dict[str, str] | None = None,
                  stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """The real CLI in its own process, on this checkout (PYTHONPATH), as a user runs it.
-
-    The timeout is only a guard against a hang: the commands here fail fast or finish."""
-    return subprocess.run([sys.executable, "-m", "seal_agent.cli", "--home", str(home), *argv],
-                          input=stdin, capture_output=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})})
+    """The real CLI in its own process, on this checkout (PYTHONPATH), as a user runs it;
+    waited for while it works (tests/waits.py), not on a clock."""
+    return waits.run([sys.executable, "-m", "seal_agent.cli", "--home", str(home), *argv], input=stdin,
+                     env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})})
 
 
 def test_issue22_closed_postgres_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
