@@ -128,6 +128,12 @@ def _printable(text: str) -> str:
     return _CONTROL.sub("?", text)
 
 
+def _single_line(text: str) -> str:
+    """An error message on one line: a driver's may span several (psycopg's "connection
+    refused" adds "\n\tIs the server running...?")."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def _one_line(text: str, limit: int = 110) -> str:
     text = _printable(" | ".join(part.strip() for part in text.splitlines() if part.strip()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -283,7 +289,7 @@ class ChatApp:
                 return command(args)
             return self.ask(text)
         except SealAgentError as exc:
-            message = str(exc)
+            message = _single_line(str(exc))
             self._say(f"error: {message}")
             return Reply("error", error=message)
 
@@ -579,7 +585,7 @@ def run_repl(app: ChatApp, *, read: Callable[[str], str] = input) -> int:
             continue
         except Exception as exc:  # a bug or a library failure: one line; the traceback with -vv
             logger.debug("while handling %r", line, exc_info=True)
-            app._say(f"error: {type(exc).__name__}: {exc}")
+            app._say(f"error: {type(exc).__name__}: {_single_line(str(exc))}")
             continue
         if reply.kind == "quit":
             return 0

@@ -504,3 +504,18 @@ def test_issue22_handle_refuses_text_that_is_not_utf8(app_mem: SealMemory) -> No
     assert reply.kind == "error" and "is not UTF-8 text (byte 0xe9 at character 3)" in reply.error
     assert out.getvalue().count("\n") == 1 and app_mem.list() == []
     assert app.handle("/new").kind == "command"
+
+
+def test_issue22_an_error_spanning_lines_is_printed_on_one(app_mem: SealMemory, monkeypatch) -> None:
+    """A journal on a Postgres server that went away: psycopg's message has a second line
+    ("\tIs the server running...?"); the chat prints one line and goes on."""
+    from seal_agent.errors import BackendUnavailableError
+
+    def down(*args, **kwargs):
+        raise BackendUnavailableError('connection refused\n\tIs the server running on that host?')
+
+    app, out = _app(app_mem)
+    monkeypatch.setattr(app_mem, "recall", down)
+    reply = app.handle("Where is my dog?")
+    assert reply.kind == "error" and out.getvalue() == (
+        "error: connection refused Is the server running on that host?\n")
