@@ -129,9 +129,46 @@ def _printable(text: str) -> str:
     return _CONTROL.sub("?", text)
 
 
+def _single_line(text: str) -> str:
+    """An error message on one line: a driver's may span several (psycopg's "connection
+    refused" adds "\n\tIs the server running...?")."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def _one_line(text: str, limit: int = 110) -> str:
     text = _printable(" | ".join(part.strip() for part in text.splitlines() if part.strip()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_utf8(text: str) -> None:
+    """Raise ValidationError for a line holding bytes that were not UTF-8.
+
+    `run_chat` reads stdin with ``errors="surrogateescape"``, so such a byte arrives as a
+    lone surrogate instead of killing the input loop with a UnicodeDecodeError; the
+    journal would refuse it anyway, after the model had answered. Named here, at once.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raw = text.encode("utf-8", "surrogateescape")  # the bytes as they were typed
+        bad = text[exc.start].encode("utf-8", "surrogateescape")
+        raise ValidationError("input", raw, f"is not UTF-8 text (byte 0x{bad.hex()} at character {exc.start}); "
+                                            "the line was ignored, nothing was answered or logged") from None
+
+
+def _reading_undecodable_bytes() -> None:
+    """Let stdin pass bytes that are not UTF-8 through as lone surrogates (see `_check_utf8`).
+
+    With the default ``errors="strict"``, one such byte (a pasted Latin-1 line, a binary
+    file piped in) raised UnicodeDecodeError out of `input` and ended the chat with a
+    traceback. `input` decodes a terminal's line with these same settings.
+    """
+    stdin = sys.stdin
+    if stdin is not None and hasattr(stdin, "reconfigure") and stdin.errors == "strict":
+        try:
+            stdin.reconfigure(errors="surrogateescape")
+        except (OSError, ValueError):  # a detached or closed stream: nothing to read anyway
+            logger.debug("cannot reconfigure stdin", exc_info=True)
 
 
 def _user_namespace(user: str) -> Namespace:
@@ -244,6 +281,7 @@ class ChatApp:
         if not text:
             return Reply("empty")
         try:
+            _check_utf8(text)
             if text.startswith("/"):
                 name, *args = text.split()
                 command = self._commands.get(name.lower())
@@ -252,7 +290,7 @@ class ChatApp:
                 return command(args)
             return self.ask(text)
         except SealAgentError as exc:
-            message = str(exc)
+            message = _single_line(str(exc))
             self._say(f"error: {message}")
             return Reply("error", error=message)
 
@@ -552,7 +590,7 @@ def run_repl(app: ChatApp, *, read: Callable[[str], str] = input) -> int:
             continue
         except Exception as exc:  # a bug or a library failure: one line; the traceback with -vv
             logger.debug("while handling %r", line, exc_info=True)
-            app._say(f"error: {type(exc).__name__}: {exc}")
+            app._say(f"error: {type(exc).__name__}: {_single_line(str(exc))}")
             continue
         if reply.kind == "quit":
             return 0
@@ -583,6 +621,7 @@ def run_chat(args: Any) -> int:
         pass
     if args.user is not None:
         _user_namespace(args.user)  # fail before loading anything
+    _reading_undecodable_bytes()
     print(f"loading {model}...", flush=True)
     with SealMemory(home, chroma_url=args.chroma_url, model=model) as mem:
         scheduler = None

@@ -209,9 +209,11 @@ def _lineage(args: argparse.Namespace) -> Any:
 def cmd_adapters(args: argparse.Namespace) -> int:
     from seal_agent.lineage import all_lineages
 
+    action = args.adapters_command
+    if action == "export":  # checked first: nothing is written, nothing opened, when refused
+        _refuse_export_into_registry(Path(args.home), args.dest)
     lineage = _lineage(args)
     reg = lineage.registry()
-    action = args.adapters_command
     if action == "list":
         versions = reg.list(verify=True)  # weights checked against the size and sha256 committed
         serving = reg.serving()
@@ -262,6 +264,24 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         dest = reg.export(args.version, args.dest)
         _emit(args, {"exported": str(dest)}, f"exported to {dest}")
     return 0
+
+
+# Folders of a home whose subfolders are registry versions (the knowledge adapter's, each
+# namespace lineage's, the self-edit writer's): a folder exported there would be listed,
+# served or rolled back to as a version that was never committed.
+_REGISTRY_FOLDERS = ("adapters", "lineages", "writer")
+
+
+def _refuse_export_into_registry(home: Path, dest: str) -> None:
+    """Raise ValidationError if `dest`, resolved through symlinks and ``..``, lies inside
+    one of the home's registries (``adapters/``, ``lineages/``, ``writer/``)."""
+    target = Path(dest).expanduser().resolve()
+    for name in _REGISTRY_FOLDERS:
+        root = (home.expanduser() / name).resolve()
+        if target == root or target.is_relative_to(root):
+            raise ValidationError("DIR", dest, f"is inside the registry folder {root} of the home (resolved: "
+                                                f"{target}); an export there would show up as an adapter version. "
+                                                "Export outside the home's adapters/, lineages/ and writer/ folders")
 
 
 def cmd_writer(args: argparse.Namespace) -> int:
@@ -611,6 +631,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(args: argparse.Namespace, kind: str, message: str) -> None:
+    # One line, always: a driver's message may span several (psycopg's "connection refused"
+    # adds "\n\tIs the server running on that host...?"), and scripts read one line per error.
+    message = " ".join(part.strip() for part in message.splitlines() if part.strip())
     if args.json:
         print(json.dumps({"error": kind, "message": message}))
     else:

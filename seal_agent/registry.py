@@ -595,13 +595,19 @@ class AdapterRegistry:
 
         Args:
             version: The version (full name or ``vNNNN``).
-            dest: Target folder; must not exist or be empty.
+            dest: Target folder; must not exist or be empty, and must not be inside this
+                registry (resolved through symlinks and ``..``).
 
         Returns:
             ``dest`` as a Path.
         """
         v = self.get(version)
         out = Path(dest)
+        inside = out.expanduser().resolve()
+        root = self.root.resolve()
+        if inside == root or inside.is_relative_to(root):  # it would be listed as a version of this registry
+            raise ValidationError("dest", str(out), f"is inside this adapter registry {root} (resolved: {inside}); "
+                                                    "export to a folder outside it")
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ValidationError("dest", str(out), "must not exist or be an empty folder")
         with staged_dir(out) as tmp:

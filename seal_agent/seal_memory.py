@@ -46,7 +46,7 @@ from seal_agent.memory.chroma import (
 )
 from seal_agent.memory.embeddings import SubprocessEmbeddings, default_embeddings
 from seal_agent.memory.facts import Fact, FactStore, forget_facts
-from seal_agent.memory.index import ChromaIndex, IndexWorker
+from seal_agent.memory.index import ChromaIndex, IndexWorker, StallClock
 from seal_agent.memory.journal import Journal
 from seal_agent.memory.owner import IndexOwnership
 from seal_agent.memory.records import (
@@ -411,28 +411,36 @@ class SealMemory:
 
         This thread indexes batches too (the background worker may be starved on a busy
         machine). In a process that does not own an embedded index it waits for the
-        owner to index them.
+        owner to index them. It waits as long as indexing progresses, however slowly
+        (a busy machine, a large backlog): `timeout` bounds a stall, not the whole wait.
+
+        Args:
+            timeout: Give up after this many seconds in which no interaction was
+                indexed; None waits for ever.
 
         Raises:
-            BackendUnavailableError: `timeout` passed with work left (Chroma failing,
-                or the owning process not indexing).
+            BackendUnavailableError: Nothing was indexed for `timeout` seconds with work
+                left (Chroma failing, or the owning process not indexing); it says how
+                many interactions are left.
         """
         self._check_open()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        clock = StallClock(timeout)
         while not self._take_index():  # another process indexes: wait for it
-            if not self._journal.backlog():
+            left = self._journal.backlog()
+            if not left:
                 return
-            if deadline is not None and time.monotonic() >= deadline:
+            clock.observe(left)
+            if clock.expired():
                 raise BackendUnavailableError(
-                    f"{self._journal.backlog()} interactions not indexed after {timeout}s by the process "
-                    f"that owns the index ({self._ownership.holder() if self._ownership else '?'})")
+                    f"{left} interactions not indexed: none was indexed for {clock.stalled_s:.1f}s (flush timeout "
+                    f"{timeout}s without progress) by the process that owns the index "
+                    f"({self._ownership.holder() if self._ownership else '?'})")
             time.sleep(0.05)
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._worker.drain(left):
+        if not self._worker.drain(timeout):
             err = self._worker.last_error
             raise BackendUnavailableError(
-                f"{self._journal.backlog()} interactions not indexed after {timeout}s"
-                + (f"; last Chroma error: {err}" if err else "")
+                f"{self._journal.backlog()} interactions not indexed: none was indexed for {timeout}s (flush "
+                "timeout without progress)" + (f"; last Chroma error: {err}" if err else "")
             )
 
     # ---------------------------------------------------------------------- write

@@ -45,8 +45,12 @@ class PgCluster:
         self.bindir, self.datadir, self.port = bindir, datadir, port
         self._as = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
 
-    def _run(self, *args: str, timeout: float = 60) -> None:
-        proc = subprocess.run([*self._as, *args], capture_output=True, text=True, timeout=timeout)
+    def _run(self, *args: str, timeout: float = 600) -> None:
+        # `timeout`: seconds without progress (no CPU used by the command and its children,
+        # tests/waits.py), not a clock: initdb and a start take many times longer under load.
+        from waits import run
+
+        proc = run([*self._as, *args], text=True, stall_s=timeout)
         if proc.returncode:
             log = (self.datadir / "server.log")
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -59,7 +63,7 @@ class PgCluster:
         opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.datadir} "
                 "-c max_connections=200 -c synchronous_commit=on -c fsync=on")
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.datadir / "server.log"),
-                  "-o", opts, "-w", "-t", "60", "start")
+                  "-o", opts, "-w", "-t", "600", "start")  # pg_ctl's wait: only a hang guard
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop")
@@ -95,7 +99,7 @@ def start_cluster() -> PgCluster | None:
     os.chmod(datadir, 0o700)
     cluster = PgCluster(bindir, datadir, _free_port())
     cluster._run(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                 "--no-sync", timeout=120)
+                 "--no-sync")
     for attempt in range(3):
         try:
             cluster.start()

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import waits
 from facts import FACT_CONFIG, FACTS
 from fakes import HashEmbeddings, ScriptedChatModel
 
@@ -87,18 +88,25 @@ class Pty:
         return True
 
     def expect(self, pattern: str, timeout: float = 120.0) -> re.Match[str]:
+        """Wait for `pattern` in the output. `timeout` bounds a stall, not the wait: the
+        child writing output or using CPU (it, or the embedding child it started) is
+        progress, so a loaded machine only makes this slower (tests/waits.py)."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
+        progress = waits.TreeProgress(self.proc.pid)
         while True:
             m = regex.search(self.buffer, self.pos)
             if m:
                 self.pos = m.end()
                 return m
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._read(min(left, 0.5)):
+            before = len(self.buffer)
+            alive = self._read(0.5)
+            if len(self.buffer) > before:
+                progress.touch()
+            if not alive or progress.stalled_s() >= timeout:
                 if not regex.search(self.buffer, self.pos):
                     alive = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
-                    pytest.fail(f"no {pattern!r} within {timeout}s (child {alive}); transcript:\n{self.buffer}")
+                    pytest.fail(f"no {pattern!r}, and no progress for {timeout}s (child {alive}); "
+                                f"transcript:\n{self.buffer}")
 
     def send(self, line: str) -> None:
         os.write(self.master, line.encode() + b"\n")
@@ -107,13 +115,17 @@ class Pty:
         os.write(self.master, bytes([ord(char.upper()) - 64]))  # "c" -> \x03, "d" -> \x04
 
     def wait(self, timeout: float = 60.0) -> int:
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
+        """The exit status; fails after `timeout` seconds without output or CPU use."""
+        progress = waits.TreeProgress(self.proc.pid)
+        while self.proc.poll() is None and progress.stalled_s() < timeout:
+            before = len(self.buffer)
             self._read(0.2)
+            if len(self.buffer) > before:
+                progress.touch()
         while self._read(0.05) and self.proc.poll() is not None and select.select([self.master], [], [], 0)[0]:
             pass
         if self.proc.poll() is None:
-            pytest.fail(f"the chat did not exit within {timeout}s; transcript:\n{self.buffer}")
+            pytest.fail(f"the chat did not exit, and made no progress for {timeout}s; transcript:\n{self.buffer}")
         return self.proc.returncode
 
     def close(self) -> None:
@@ -469,3 +481,47 @@ def test_model_choice_reads_config(tmp_path: Path) -> None:
     assert _configured_model(tmp_path) is None
     (tmp_path / "config.toml").write_text('[model]\nname_or_path = "tiny-random"\n', encoding="utf-8")
     assert _configured_model(tmp_path) == "tiny-random"
+
+
+# ------------------------------------------------------------------ issue 22, item 10 (chat)
+
+
+def test_issue22_non_utf8_byte_on_stdin_is_one_line_and_the_chat_goes_on(tmp_path: Path) -> None:
+    """One byte that is not UTF-8 (a Latin-1 'é') on stdin ended the chat with a
+    UnicodeDecodeError traceback. Now the line is named as bad input, nothing is answered
+    or logged for it, and the next line is answered and logged."""
+    home = tmp_path / "home"
+    proc = waits.run(
+        [sys.executable, "-m", "seal_agent.cli", "--home", str(home), "chat", "--user", "ann",
+         "--model", "tiny-random", "--max-new-tokens", "4"],
+        input=b"caf\xe9 au lait?\nHello.\n/quit\n", env={**_env(), "PYTHONPATH": str(Path(__file__).parents[1])})
+    out, err = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0 and "Traceback" not in out + err, out + err
+    bad = [line for line in out.splitlines() if "error:" in line]
+    assert len(bad) == 1 and "input=b'caf\\xe9 au lait?': is not UTF-8 text (byte 0xe9" in bad[0], out
+    assert out.count("assistant> ") == 1 and re.search(r"\(logged \w+\)", out), out  # "Hello." only
+    logged = _logged(home, "users/ann")
+    assert [m["messages"][0]["content"] for m in logged] == ["Hello."]
+
+
+def test_issue22_handle_refuses_text_that_is_not_utf8(app_mem: SealMemory) -> None:
+    app, out = _app(app_mem)
+    reply = app.handle("caf\udce9")  # how stdin (errors="surrogateescape") hands over the byte 0xe9
+    assert reply.kind == "error" and "is not UTF-8 text (byte 0xe9 at character 3)" in reply.error
+    assert out.getvalue().count("\n") == 1 and app_mem.list() == []
+    assert app.handle("/new").kind == "command"
+
+
+def test_issue22_an_error_spanning_lines_is_printed_on_one(app_mem: SealMemory, monkeypatch) -> None:
+    """A journal on a Postgres server that went away: psycopg's message has a second line
+    ("\tIs the server running...?"); the chat prints one line and goes on."""
+    from seal_agent.errors import BackendUnavailableError
+
+    def down(*args, **kwargs):
+        raise BackendUnavailableError('connection refused\n\tIs the server running on that host?')
+
+    app, out = _app(app_mem)
+    monkeypatch.setattr(app_mem, "recall", down)
+    reply = app.handle("Where is my dog?")
+    assert reply.kind == "error" and out.getvalue() == (
+        "error: connection refused Is the server running on that host?\n")

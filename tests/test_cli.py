@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import waits
 
 from seal_agent import SealMemory
 from seal_agent.cli import build_parser, main
@@ -317,3 +318,87 @@ def test_item19_stored_gate_report_of_a_committed_run_names_the_version(mem: Sea
     committed = (reports / "v0007-abc" / "gate_report.md").read_text()
     assert "adapter committed: version `v0007-abc` (scale 1)" in committed and str(candidate) not in committed
     assert "adapter to commit:" in (reports / "v0008-def" / "gate_report.md").read_text()
+
+
+# ------------------------------------------------------------------ issue 22, item 10 (the CLI)
+
+
+def _cli_process(home: Path, *argv: str, env: dict[str, str] | None = None,
+                 stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The real CLI in its own process, on this checkout (PYTHONPATH), as a user runs it;
+    waited for while it works (tests/waits.py), not on a clock."""
+    return waits.run([sys.executable, "-m", "seal_agent.cli", "--home", str(home), *argv], input=stdin,
+                     env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})})
+
+
+def test_issue22_closed_postgres_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A journal URL to a port where nothing listens: psycopg's message spans two lines
+    ("...Connection refused\\n\\tIs the server running..."); the CLI prints one."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago; nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"SEAL_JOURNAL_URL": f"postgresql://seal@127.0.0.1:{port}/nothing"}
+    for argv in (["status"], ["memories", "list"]):
+        proc = _cli_process(tmp_path / "home", *argv, env=env)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and proc.stdout == b"", err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        assert str(port) in err and "unreachable" in err
+    proc = _cli_process(tmp_path / "home", "--json", "status", env=env)
+    assert proc.returncode == 1 and proc.stderr == b""
+    message = json.loads(proc.stdout)["message"]
+    assert "\n" not in message and str(port) in message
+
+
+def _committed_version(tmp_path: Path, home: Path) -> str:
+    """A real (tiny) peft LoRA adapter committed to the home's global registry."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from seal_agent.registry import AdapterRegistry
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    src = tmp_path / "adapter"
+    get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, target_modules="all-linear")).save_pretrained(str(src))
+    return AdapterRegistry(home / "adapters").commit(src, {"gate": {"passed": True}})
+
+
+def test_issue22_export_into_the_registry_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`adapters export V <home>/adapters/v0099-x` planted a version that `adapters list`
+    showed. Refused for every registry folder of the home, through `..` and symlinks."""
+    home = tmp_path / "home"
+    v1 = _committed_version(tmp_path, home)
+    code, before, _ = run(capsys, home, "--json", "adapters", "list")
+    assert code == 0 and [d["version"] for d in json.loads(before)] == [v1]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(home / "adapters")  # a way in that only resolving sees
+    targets = [home / "adapters" / "v0099-planted",
+               tmp_path / "elsewhere" / ".." / "home" / "adapters" / "v0099-dots",
+               tmp_path / "link" / "v0099-linked",
+               home / "adapters",
+               home / "lineages" / "users.bob-1234" / "adapters" / "v0001-x",
+               home / "writer" / "adapters" / "v0001-x"]
+    for dest in targets:
+        for extra in ([], ["--for-vllm"]):
+            code, out, err = run(capsys, home, "adapters", "export", v1, str(dest), *extra)
+            assert code == 1 and out == "" and err.count("\n") == 1, (dest, err)
+            assert err.startswith("error: DIR='") and "is inside the registry folder" in err, err
+            assert str(dest.resolve()) in err and "Traceback" not in err  # the path as resolved
+    code, after, _ = run(capsys, home, "--json", "adapters", "list")
+    assert after == before  # nothing planted
+    assert sorted(p.name for p in (home / "adapters").iterdir() if p.is_dir()) == [v1]
+    assert not (home / "lineages").exists() and not (home / "writer").exists()
+    # the library's own export refuses its registry too
+    from seal_agent.registry import AdapterRegistry
+
+    with pytest.raises(ValidationError, match="inside this adapter registry"):
+        AdapterRegistry(home / "adapters").export(v1, tmp_path / "link" / "v0098-lib")
+    # elsewhere (the home itself included) it exports as before
+    code, out, _ = run(capsys, home, "adapters", "export", v1, str(home / "exported"))
+    assert code == 0 and (home / "exported" / "adapter_model.safetensors").exists()
+    assert run(capsys, home, "--json", "adapters", "list")[1] == before

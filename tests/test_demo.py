@@ -10,16 +10,18 @@ and a 135M model is trained on the CPU), so every assertion shares one run.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import waits
 
 from seal_agent.cli import main
 from seal_agent.demo import TOLD
 
-pytestmark = pytest.mark.slow
+# The module fixture runs for minutes, longer under load: no per-test clock here (scripts/
+# test.sh's --timeout); the fixture's wait fails on a stall instead (tests/waits.py).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(0)]
 
 # General abilities the base model has; they must survive the committed update.
 GENERAL = [("What is the capital of France?", "Paris"), ("What is the opposite of hot?", "cold")]
@@ -29,8 +31,10 @@ GENERAL = [("What is the capital of France?", "Paris"), ("What is the opposite o
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("demo") / "home"
     exe = Path(sys.executable).parent / "seal-agent"
-    proc = subprocess.run([str(exe), "--json", "demo", "--demo-home", str(home)],
-                          capture_output=True, text=True, timeout=1800)
+    # No clock: the demo took 18 minutes on a loaded 2-core machine (5 idle). It runs as
+    # long as it keeps working (tests/waits.py), with a generous stall window for the
+    # moments it waits on its own embedding child.
+    proc = waits.run([str(exe), "--json", "demo", "--demo-home", str(home)], text=True, stall_s=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     result["home_path"] = home

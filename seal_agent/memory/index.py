@@ -658,6 +658,42 @@ class ChromaIndex:
         return out
 
 
+class StallClock:
+    """A deadline that moves on with progress: expired once `stall_s` seconds passed
+    without any (None: never).
+
+    Why not a fixed clock: on a busy machine indexing a backlog can take minutes while
+    never stopping, and ``flush()`` failed there ("313 interactions not indexed after
+    60.0s") though each look found fewer rows left. Progress is a backlog smaller than at
+    the previous look (`observe`), or a batch the caller indexed itself (`progress`).
+    """
+
+    def __init__(self, stall_s: float | None) -> None:
+        self.stall_s = stall_s
+        self._since = time.monotonic()
+        self._last: int | None = None
+
+    def progress(self) -> None:
+        self._since = time.monotonic()
+
+    def observe(self, backlog: int) -> None:
+        """Note the backlog now; fewer rows than at the last look is progress."""
+        if self._last is not None and backlog < self._last:
+            self.progress()
+        self._last = backlog
+
+    @property
+    def stalled_s(self) -> float:
+        """Seconds since the last progress (or since the clock started)."""
+        return time.monotonic() - self._since
+
+    def expired(self) -> bool:
+        return self.stall_s is not None and self.stalled_s >= self.stall_s
+
+    def left(self) -> float | None:
+        return None if self.stall_s is None else max(0.0, self.stall_s - self.stalled_s)
+
+
 class IndexWorker:
     """Background thread: journal rows with ``indexed=0`` -> Chroma, forgotten ids -> deleted.
 
@@ -724,25 +760,26 @@ class IndexWorker:
 
     def wait_idle(self, timeout: float | None, pending: Callable[[], int] | None = None,
                   *, stop_on_error: bool = False) -> bool:
-        """True once nothing is left to write; False if `timeout` passed first.
+        """True once nothing is left to write; False if `timeout` seconds passed with no progress.
 
         Args:
-            timeout: Longest wait in seconds; None waits for ever.
+            timeout: Longest wait, in seconds, without a row being indexed (`StallClock`);
+                None waits for ever.
             pending: What to wait for (default: the whole backlog).
             stop_on_error: Give up as soon as a round fails (Chroma down).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        clock = StallClock(timeout)
 
         def give_up() -> bool:
-            return ((deadline is not None and time.monotonic() >= deadline)
-                    or (stop_on_error and self.last_error is not None))
+            return clock.expired() or (stop_on_error and self.last_error is not None)
 
         # Until the startup reconcile ran, the backlog count does not yet include rows Chroma lost.
         while self._started and not self._reconciled.wait(0.02):
             if give_up() or not self.alive:
                 return False
         left = pending or self.journal.backlog
-        while left():
+        while n := left():
+            clock.observe(n)
             if give_up() or (self._started and not self.alive):  # a stopped worker drains nothing
                 return False
             self.notify()
@@ -770,24 +807,24 @@ class IndexWorker:
             done += len(rows)
 
     def drain(self, timeout: float | None) -> bool:
-        """Index the whole backlog, helping from this thread; False if `timeout` passed first.
+        """Index the whole backlog, helping from this thread; False once `timeout` seconds
+        passed without progress (no row indexed by anyone: `StallClock`).
 
         `flush` calls it: the caller is waiting anyway, so its thread embeds batches too
         (with the in-process model) instead of depending on the background worker alone.
         When Chroma fails, it waits through the worker's retries instead.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-
-        def remaining() -> float | None:
-            return None if deadline is None else max(0.0, deadline - time.monotonic())
+        clock = StallClock(timeout)
+        remaining = clock.left
 
         while self._started and self.alive and not self._reconciled.wait(0.05):
-            if deadline is not None and time.monotonic() >= deadline:
+            if clock.expired():
                 return False
         if isinstance(self.last_error, ConfigError):
             raise self.last_error
-        while self.journal.backlog():
-            if deadline is not None and time.monotonic() >= deadline:
+        while n := self.journal.backlog():
+            clock.observe(n)  # other writers may add rows meanwhile: progress is ours, seen below
+            if clock.expired():
                 return False
             try:
                 self._delete_forgotten()
@@ -800,6 +837,8 @@ class IndexWorker:
                         return True
                     rows = self.journal.unindexed(self.batch_size)
                 self._index(rows, self.index.embeddings)
+                if rows:
+                    clock.progress()
             except (ConfigError, StorageError):  # other embeddings, a full disk: waiting does not heal it
                 raise
             except Exception as exc:  # Chroma down: the worker retries with back-off
