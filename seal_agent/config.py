@@ -93,11 +93,12 @@ class MemoryConfig:
             of the true top 5 (measured: 21-64 % at 10k records per namespace), exact
             search never does and costs ~1 ms at 10k. 0 turns it off; a Chroma server
             (other hosts write it) always uses HNSW.
-        max_open_collections: An embedded index keeps the HNSW files (4 open files) of
-            at most this many namespaces loaded, least recently used closed first, and
-            never more than an eighth of the soft open-files limit (``ulimit -n``); a
-            namespace not loaded is read from disk when next used. Lower it when the
-            process needs its files for other things (a clear `StorageError` says so).
+        max_open_collections: An embedded index closes and reopens its Chroma client
+            (releasing the up to 8 files Chroma keeps open per namespace it loaded)
+            between operations once this many namespaces were used through it, and at
+            most a sixteenth of the soft open-files limit (``ulimit -n``). Lower it when
+            the process needs its files for other things (a `StorageError` naming the
+            limit says so); raise it (and ``ulimit -n``) to reopen less often.
         recall_index_timeout_s: Longest `recall` spends indexing the namespace's rows
             logged before it that Chroma lacks (the worker's backlog, or all of them
             after the index folder was lost); then it raises `BackendUnavailableError`

@@ -845,8 +845,12 @@ class SealMemory:
 
         Raises:
             ValidationError: Bad query, namespace, k or min_score.
-            BackendUnavailableError: Chroma cannot be reached, or another process owns
-                this home's embedded index (use a Chroma server for several processes).
+            BackendUnavailableError: Chroma cannot be reached (the message names the
+                server's URL), another process owns this home's embedded index (use a
+                Chroma server for several processes), or rows logged before the call are
+                still not indexed after ``memory.recall_index_timeout_s`` (it says how many).
+            StorageError: The process has no file descriptor left for the index (the
+                message names ``ulimit -n`` and ``memory.max_open_collections``).
         """
         self._check_open()
         if not isinstance(query, str) or not query.strip():

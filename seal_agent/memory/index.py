@@ -235,8 +235,8 @@ class ChromaIndex:
             up again when next used). An embedded client this index made itself (a
             `client` callable) is also closed and reopened between operations once this
             many namespaces (at most `open_collections_cap`) were used through it: Chroma
-            keeps 4 files open per collection it loaded and closing the client is the
-            one way to release them. A query over more sub-namespaces than that runs in
+            keeps up to 8 files open per collection it loaded, and closing the client is
+            the one way to release them. A query over more sub-namespaces than that runs in
             chunks, with such a release between them.
 
     Each collection records which embedding model filled it (`embedding_identity`);
@@ -347,26 +347,27 @@ class ChromaIndex:
                     logger.debug("closing the Chroma client failed: %s", exc)
                 del client
                 # Chroma's Rust core writes its vector segments out when it is freed, and
-                # reference cycles keep it alive until a collection: a client opened before
-                # that finds segments "nothing found on disk" (seen under load).
+                # reference cycles keep it alive until the garbage collector runs: a client
+                # opened before that found segments "nothing found on disk" (seen under load).
                 gc.collect()
 
-    def _settled(self, call: Callable[[], Any]) -> Any:
-        """`call()`, retried for a few seconds while Chroma reports a vector segment
-        "nothing found on disk" after this index closed its client (`_recycle`): the
-        closed client's segments reach the disk in Chroma's background a moment later
-        (measured: transient, gone within half a second)."""
-        delay, waited = 0.02, 0.0
-        while True:
+    def _reopening(self, call: Callable[[], Any]) -> Any:
+        """`call()` (idempotent), run again on a freshly opened client when Chroma says a
+        vector segment has "nothing found on disk" after this index closed its client
+        (`_recycle`). Seen under load: the client opened right after another was closed
+        can miss a segment the old one was still writing out, and keeps missing it; a
+        client opened later finds it."""
+        for attempt in range(3):
             try:
                 return call()
             except Exception as exc:
-                if not self._recycles or "nothing found on disk" not in str(exc).lower() or waited >= 5.0:
+                text = " ".join(str(e) for e in (exc, exc.__cause__) if e is not None).lower()
+                if attempt == 2 or not self._recycles or "nothing found on disk" not in text:
                     raise
-                logger.debug("Chroma segment not on disk yet after reopening the client; retrying: %s", exc)
-                time.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 0.5)
+                logger.info("Chroma missed a vector segment after its client was reopened; reopening it again")
+                with self._lock:
+                    self._recycle_due = True  # the next operation reopens the client
+        raise AssertionError("unreachable")
 
     def _note_used(self, namespace: Namespace) -> None:
         """Count a namespace used through the current client (callers hold `_lock`)."""
@@ -613,6 +614,9 @@ class ChromaIndex:
         if not interactions:
             return
         vectors = self.embed_texts([it.text for it in interactions], embeddings)
+        self._reopening(lambda: self._write(interactions, vectors))
+
+    def _write(self, interactions: Sequence[Interaction], vectors: list[list[float]]) -> None:
         groups: dict[Namespace, list[int]] = {}
         for i, it in enumerate(interactions):
             groups.setdefault(tuple(it.namespace) if self.per_namespace else (), []).append(i)
@@ -712,6 +716,10 @@ class ChromaIndex:
     ) -> list[tuple[str, float]]:
         """Top-k (id, cosine similarity) nearest to `vector` within the namespace (and
         matching the validated metadata `filter`, if any), best first."""
+        return self._reopening(lambda: self._query(vector, namespace, k, include_descendants, filter))
+
+    def _query(self, vector: list[float], namespace: Namespace, k: int, include_descendants: bool,
+               filter: dict[str, Any] | None) -> list[tuple[str, float]]:
         hits: list[tuple[str, float]] = []
         try:
             if self.per_namespace and include_descendants:
@@ -719,7 +727,7 @@ class ChromaIndex:
                     spaces = [ns for ns in self.namespaces() if _under(ns, tuple(namespace))]
                 # in chunks, each its own operation: the client may release its open files
                 # between them (more sub-namespaces than `max_open_collections`)
-                step = self.max_open_collections
+                step = min(self.max_open_collections, self._cap or self.max_open_collections)
                 for start in range(0, len(spaces), step):
                     with self._op():
                         chunk = [c for c in (self.shard(ns) for ns in spaces[start:start + step]) if c is not None]
@@ -759,8 +767,7 @@ class ChromaIndex:
                            where: dict[str, Any] | None) -> list[tuple[str, float]]:
         hits: list[tuple[str, float]] = []
         for coll in targets:
-            res = self._settled(lambda c=coll: c.query(query_embeddings=[vector], n_results=k, where=where,
-                                                       include=["distances"]))
+            res = coll.query(query_embeddings=[vector], n_results=k, where=where, include=["distances"])
             # cosine space: distance = 1 - cos_sim
             hits += [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)]
         return hits
@@ -778,10 +785,10 @@ class ChromaIndex:
                 self._store.entries.move_to_end(ns)
                 return self._store.entries[ns]
             writes = (self._store.writes.get(ns, 0), self._store.writes.get((), 0))
-        n = int(self._settled(coll.count))
+        n = int(coll.count())
         cached: _Exact | None = None
         if n <= self.exact_rows:
-            got = self._settled(lambda: coll.get(include=["embeddings"]))
+            got = coll.get(include=["embeddings"])
             cached = _Exact(list(got["ids"]), got["embeddings"] if len(got["ids"]) else [])
         with self._store.lock:
             if writes != (self._store.writes.get(ns, 0), self._store.writes.get((), 0)):
