@@ -93,6 +93,16 @@ class MemoryConfig:
             of the true top 5 (measured: 21-64 % at 10k records per namespace), exact
             search never does and costs ~1 ms at 10k. 0 turns it off; a Chroma server
             (other hosts write it) always uses HNSW.
+        max_open_collections: An embedded index closes and reopens its Chroma client
+            (releasing the up to 8 files Chroma keeps open per namespace it loaded)
+            between operations once this many namespaces were used through it, and at
+            most a sixteenth of the soft open-files limit (``ulimit -n``). Lower it when
+            the process needs its files for other things (a `StorageError` naming the
+            limit says so); raise it (and ``ulimit -n``) to reopen less often.
+        recall_index_timeout_s: Longest `recall` spends indexing the namespace's rows
+            logged before it that Chroma lacks (the worker's backlog, or all of them
+            after the index folder was lost); then it raises `BackendUnavailableError`
+            saying how many are missing, rather than answer from an incomplete index.
         close_timeout_s: Longest `close` waits for the worker to drain; what is left stays
             in the journal and is indexed at the next start.
         embed_in_subprocess: With the default embedding model, embed the worker's batches
@@ -128,6 +138,8 @@ class MemoryConfig:
     embedding_text_chars: int = 2_000
     poll_interval_s: float = 1.0
     exact_search_rows: int = 20_000
+    max_open_collections: int = 128
+    recall_index_timeout_s: float = 60.0
     close_timeout_s: float = 30.0
     embed_in_subprocess: bool = True
     ttl_s: float = 0.0
@@ -170,6 +182,8 @@ class MemoryConfig:
         _check(isinstance(self.exact_search_rows, int) and not isinstance(self.exact_search_rows, bool)
                and 0 <= self.exact_search_rows <= 10_000_000, s, "exact_search_rows", self.exact_search_rows,
                "must be an integer in [0, 10000000]")
+        _positive_int(s, "max_open_collections", self.max_open_collections)
+        _number(s, "recall_index_timeout_s", self.recall_index_timeout_s, 0.0, 86_400.0)
         _number(s, "close_timeout_s", self.close_timeout_s, 0.0, 86_400.0)
         _check(isinstance(self.embed_in_subprocess, bool), s, "embed_in_subprocess", self.embed_in_subprocess,
                "must be true or false")

@@ -228,7 +228,7 @@ class SealMemory:
             home_dir = self._snapshot or self.home
 
             def client() -> Any:  # opened lazily by the index: a server may come up later
-                return make_client(home_dir, chroma_url=chroma_url)
+                return make_client(home_dir, chroma_url=chroma_url, max_open_collections=mc.max_open_collections)
         # The default model also runs in a child process for the worker's batches: see
         # SubprocessEmbeddings for why (log()'s tail latency).
         self._doc_embeddings = (SubprocessEmbeddings() if embeddings is None and mc.embed_in_subprocess
@@ -238,7 +238,8 @@ class SealMemory:
                                   listing_ttl_s=mc.poll_interval_s,
                                   # exact search needs this process to be the index's only writer
                                   exact_rows=mc.exact_search_rows if chroma_url is None and chroma_client is None else 0,
-                                  exact_key=f"{(self._snapshot or self.home).resolve() / 'chroma'}|{mc.collection}")
+                                  exact_key=f"{(self._snapshot or self.home).resolve() / 'chroma'}|{mc.collection}",
+                                  max_open_collections=mc.max_open_collections)
         index = self._index
 
         def facts_client() -> Any:  # the interactions' client: one client per home and process
@@ -853,8 +854,12 @@ class SealMemory:
 
         Raises:
             ValidationError: Bad query, namespace, k or min_score.
-            BackendUnavailableError: Chroma cannot be reached, or another process owns
-                this home's embedded index (use a Chroma server for several processes).
+            BackendUnavailableError: Chroma cannot be reached (the message names the
+                server's URL), another process owns this home's embedded index (use a
+                Chroma server for several processes), or rows logged before the call are
+                still not indexed after ``memory.recall_index_timeout_s`` (it says how many).
+            StorageError: The process has no file descriptor left for the index (the
+                message names ``ulimit -n`` and ``memory.max_open_collections``).
         """
         self._check_open()
         if not isinstance(query, str) or not query.strip():
@@ -884,7 +889,9 @@ class SealMemory:
         # Read-your-writes whatever the load: what this namespace logged before the call
         # and the background worker has not indexed yet (it may be starved, or busy with
         # another tenant's import) is indexed now, in this thread, before the query.
-        self._worker.catch_up(ns, watermark, include_descendants=include_descendants)
+        # Bounded (memory.recall_index_timeout_s): past it, an error says how many rows are missing.
+        self._worker.catch_up(ns, watermark, include_descendants=include_descendants,
+                              timeout=self.config.memory.recall_index_timeout_s)
         hits = self._index.query(vector, ns, k, include_descendants=include_descendants, filter=flt)
         if self.read_only and flt is None:  # nothing may write the index here: score what it lacks exactly
             hits = self._with_unindexed(hits, vector, ns, watermark, k, include_descendants)

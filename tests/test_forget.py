@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import waits
 from fakes import HashEmbeddings, ScriptedChatModel
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
@@ -218,7 +219,7 @@ def test_forget_in_a_process_that_does_not_own_the_index_is_finished_by_the_owne
             assert mem._journal.backlog() == 0
     finally:
         flag.touch()
-        _out, err = owner.communicate(timeout=120)
+        _out, err = waits.communicate(owner)
     assert owner.returncode == 0, err[-2000:]
     assert files_with(home) == []  # the owner scrubbed Chroma's files after deleting
 
@@ -433,7 +434,7 @@ def test_forget_during_a_consolidation_commits_nothing_of_hers_and_never_wedges(
             child.wait(30)
         else:
             flag.touch()
-            out, err = child.communicate(timeout=300)
+            out, err = waits.communicate(child)
             assert child.returncode == 0, err[-3000:]
             done = json.loads(out.split("REPORT ", 1)[1])
             assert done["verdict"] == "skipped" and done["reason"].startswith("dropped"), done
@@ -546,12 +547,12 @@ def test_forget_in_a_loop_beside_another_writer_keeps_the_journal_whole(tmp_path
         writer = subprocess.Popen([sys.executable, "-c", _WRITER.format(tests=tests, home=str(home), go=str(go),
                                                                         stop=str(stop), most=5000)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        v_out, v_err = victim.communicate(timeout=600)
+        v_out, v_err = waits.communicate(victim)
     finally:
         stop.touch()
         if victim.poll() is None:
             victim.kill()
-        w_out, w_err = writer.communicate(timeout=600) if writer is not None else ("", "")
+        w_out, w_err = waits.communicate(writer) if writer is not None else ("", "")
     assert victim.returncode == 0, v_err[-3000:]
     assert writer.returncode == 0, w_err[-3000:]
     forgotten = [line.split()[1] for line in v_out.splitlines() if line.startswith("FORGOT ")]

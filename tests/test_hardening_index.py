@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import waits
 from fakes import HashEmbeddings
 
 from seal_agent import SealMemory
@@ -104,8 +105,7 @@ def test_item3_quickstart_script_without_main_guard_runs_once(tmp_path: Path) ->
     """The default embeddings (the real model in a child process), run as a user's script."""
     script = tmp_path / "quickstart.py"
     script.write_text(_QUICKSTART.format(home=str(tmp_path / "home")))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+    proc = waits.run([sys.executable, str(script)], text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("top level ran") == 1, proc.stdout  # spawn re-imported __main__ here
     assert "My dog is called Rex" in proc.stdout
@@ -185,7 +185,7 @@ def test_item4_concurrent_writers_lose_nothing_and_the_owner_sees_them(tmp_path:
                                     text=True) for w in range(2)]
         acked: list[str] = []
         for w in writers:
-            out, err = w.communicate(timeout=300)
+            out, err = waits.communicate(w)
             assert w.returncode == 0, err
             acked += out.split()
         assert len(acked) == 600

@@ -21,6 +21,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import waits
 from fakes import HashEmbeddings
 
 from seal_agent import SealMemory, StorageError
@@ -159,7 +160,7 @@ def test_item14_garbage_chroma_names_the_file_and_how_to_rebuild(tmp_path: Path)
         """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
                ANONYMIZED_TELEMETRY="False")
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    child = waits.run([sys.executable, "-c", script], text=True, env=env)
     assert child.returncode == 0, child.stderr[-3000:]
     assert set(__import__("json").loads(child.stdout.strip().splitlines()[-1])) == set(ids)
 

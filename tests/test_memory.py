@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
 from pathlib import Path
 
 import pytest
+import waits
 from conftest import _free_port, start_chroma_server
 from fakes import HashEmbeddings
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -273,7 +273,7 @@ _KILL_SCRIPT = textwrap.dedent(
 def test_kill_9_after_log_loses_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
     script = _KILL_SCRIPT.format(tests=str(Path(__file__).parent), home=str(home))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = waits.run([sys.executable, "-c", script], text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     acked = proc.stdout.split()
     assert len(acked) == 25

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import waits
 
 from seal_agent.errors import AdapterError, NotFoundError, RegistryError, ValidationError
 from seal_agent.registry import MANIFEST_FORMAT_VERSION, AdapterRegistry, AdapterVersion
@@ -251,7 +252,7 @@ def test_crash_mid_scaled_back_commit_keeps_both_folders_or_neither(tmp_path, ad
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-c", _CHILD_FULL, str(root), str(scaled), point, "exit", str(full)],
                             env=env)
-    assert proc.wait(timeout=120) == 9
+    assert waits.wait(proc) == 9
     reg = AdapterRegistry(root)
     versions = reg.list()
     if point == "current":  # CURRENT was swapped: both folders belong to a commit that took effect
@@ -266,7 +267,7 @@ def test_crash_mid_scaled_back_commit_keeps_both_folders_or_neither(tmp_path, ad
 def test_crash_mid_commit_leaves_a_complete_current(tmp_path, adapter_dir, point):
     root = tmp_path / "adapters"
     v1 = AdapterRegistry(root).commit(adapter_dir, _manifest())
-    assert _child(root, adapter_dir, point, "exit").wait(timeout=120) == 9
+    assert waits.wait(_child(root, adapter_dir, point, "exit")) == 9
     reg = AdapterRegistry(root)  # opening repairs the interrupted commit
     names = [v.version for v in reg.list()]
     if point == "current":  # CURRENT was already swapped: the commit took effect
@@ -288,7 +289,7 @@ def test_kill_9_between_rename_and_current_swap(tmp_path, adapter_dir):
         time.sleep(0.05)
     (root / "reached").unlink()
     os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert waits.wait(proc) == -signal.SIGKILL
     # Before repair, CURRENT still names the old, complete version.
     assert (root / "CURRENT").read_text().strip() == v1
     reg = AdapterRegistry(root)

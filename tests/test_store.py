@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import inspect
 import json
-import subprocess
 import sys
 import textwrap
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import waits
 from langchain_core.embeddings import Embeddings
 from langgraph.store.base import GetOp, InvalidNamespaceError, Item, PutOp, SearchItem, SearchOp
 from langgraph.store.memory import InMemoryStore
@@ -338,9 +338,7 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
                           "ns": store.list_namespaces()}}))
         """
     ).format(fake=inspect.getsource(TrigramEmbeddings))
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120
-    )
+    out = waits.run([sys.executable, "-c", script, str(tmp_path)], text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert [k for k, _ in seen["hits"]] == ["a1", "a2"]

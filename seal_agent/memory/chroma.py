@@ -1,6 +1,16 @@
 """Chroma clients: embedded (`PersistentClient` under the memory home) or a server (`HttpClient`).
 
 Both give the same `ClientAPI`, so everything above this module has one code path.
+
+An embedded Chroma keeps the four HNSW files of every collection it has loaded open (twice
+when it has written it), in
+a cache sized from the soft ``RLIMIT_NOFILE`` (a fifth of it: 80 % of the process's files),
+and that cache does not even bound them (measured: ~0.5 more open files per collection
+past its size). With one collection per namespace that exhausted ``ulimit -n 1024`` at
+~250 tenants. Closing the client is the one way to release them: `ChromaIndex` does so
+after `open_collections_cap` namespaces, and `open_files_fault` turns the errors Chroma
+gives at the limit ("Nothing found on disk", "unable to open database file") into one
+that names it.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ import errno
 import logging
 import os
 import re
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,9 +30,13 @@ from seal_agent.errors import BackendUnavailableError, StorageError, ValidationE
 
 __all__ = [
     "check_embedded",
+    "client_location",
+    "connection_fault",
     "embedded_record_count",
     "is_storage_fault",
     "make_client",
+    "open_collections_cap",
+    "open_files_fault",
     "parse_chroma_url",
     "snapshot_embedded",
 ]
@@ -150,10 +165,122 @@ def parse_chroma_url(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, parsed.port or (443 if ssl else 8000), ssl
 
 
-def make_client(home: str | os.PathLike[str] | None = None, *, chroma_url: str | None = None) -> Any:
+def _soft_nofile() -> tuple[int | None, int | None]:
+    """The process's (soft, hard) limit of open files; None for unlimited or unknown."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None, None
+    return (None if soft == resource.RLIM_INFINITY else soft), (None if hard == resource.RLIM_INFINITY else hard)
+
+
+def open_collections_cap(max_open_collections: int) -> int:
+    """How many collections an embedded Chroma may keep loaded: `max_open_collections`, and
+    at most a sixteenth of the soft open-files limit. Each keeps up to 8 files open (the
+    4 HNSW files, read and written through separate handles; measured): that is half the
+    limit, the rest for the journal, the model, sockets ..."""
+    soft, _ = _soft_nofile()
+    return max(1, max_open_collections if soft is None else min(max_open_collections, soft // 16))
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and len(out) < 8 and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+# What Chroma and SQLite say when a file cannot be opened; with the process at its limit
+# of open files that is the cause, whatever the text.
+_OPEN_FAILED = ("nothing found on disk", "unable to open database file", "error creating hnsw segment",
+                "failed to open", "(code: 14)")
+
+
+def _fds_in_use() -> int | None:
+    """Open files of this process; the soft limit when even listing them fails for lack of one."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            soft, _ = _soft_nofile()
+            return soft
+        return None  # no /proc (not Linux): only an explicit EMFILE is recognised
+
+
+def open_files_fault(exc: BaseException, where: str | os.PathLike[str], max_open_collections: int | None = None
+                     ) -> StorageError | None:
+    """The `StorageError` naming the open-files limit when `exc` comes from the process
+    having run out of file descriptors (else None).
+
+    Args:
+        where: The Chroma folder, for the message.
+        max_open_collections: The `memory.max_open_collections` in force, for the message.
+    """
+    chain = _chain(exc)
+    text = " ".join(str(e) for e in chain).lower()
+    explicit = (any(isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE) for e in chain)
+                or "too many open files" in text or "os error 24" in text)
+    if not explicit and not any(sign in text for sign in _OPEN_FAILED):
+        return None
+    soft, hard = _soft_nofile()
+    used = _fds_in_use()
+    # The files a failed open had taken are closed again by the time we look: half the
+    # limit in use already says where the process is going.
+    if not explicit and (soft is None or used is None or used < soft // 2):
+        return None  # far from the limit: the file is missing or damaged, not unopenable
+    setting = ("" if max_open_collections is None else
+               f" (memory.max_open_collections = {max_open_collections}; used: "
+               f"{open_collections_cap(max_open_collections)})")
+    detail = str(exc)
+    detail = detail if len(detail) <= 300 else detail[:297] + "..."
+    return StorageError(
+        f"too many open files: this process has {used if used is not None else '?'} files open and its soft limit "
+        f"(`ulimit -n`) is {soft if soft is not None else 'unlimited'}, so Chroma could not open the index "
+        f"{where} ({detail}). The embedded index keeps up to 8 files open per recently used namespace{setting}: "
+        "lower memory.max_open_collections in config.toml, or raise the limit (`ulimit -n 4096` in the shell "
+        f"that starts the process{'' if hard is None else f'; {hard} is the most it can be without root'}), "
+        "or close files this process keeps open. Nothing acknowledged is lost: the journal keeps every "
+        "interaction", path=where)
+
+
+def connection_fault(exc: BaseException, location: str) -> BackendUnavailableError | None:
+    """The `BackendUnavailableError` naming `location` when `exc` says a Chroma server could
+    not be reached or dropped the connection (else None)."""
+    try:
+        import httpx
+
+        transport: tuple[type[BaseException], ...] = (httpx.TransportError, ConnectionError, TimeoutError)
+    except ImportError:  # pragma: no cover - chromadb depends on httpx
+        transport = (ConnectionError, TimeoutError)
+    if not any(isinstance(e, transport) for e in _chain(exc)):
+        return None
+    return BackendUnavailableError(
+        f"the Chroma server at {location} cannot be reached ({type(exc).__name__}: {exc}). Nothing acknowledged "
+        "is lost: the journal keeps every interaction and the indexing worker retries with back-off")
+
+
+def client_location(client: Any) -> str:
+    """The URL of a Chroma server client, or the folder of an embedded one (for messages)."""
+    try:
+        settings = client.get_settings()
+    except Exception:  # any client without settings: say what it is
+        return type(client).__name__
+    if getattr(settings, "chroma_server_host", None):
+        scheme = "https" if getattr(settings, "chroma_server_ssl_enabled", False) else "http"
+        return f"{scheme}://{settings.chroma_server_host}:{settings.chroma_server_http_port}"
+    return str(getattr(settings, "persist_directory", "") or "an in-memory Chroma")
+
+
+def make_client(home: str | os.PathLike[str] | None = None, *, chroma_url: str | None = None,
+                max_open_collections: int | None = None) -> Any:
     """A Chroma client: a server when `chroma_url` is set, else embedded under ``home/chroma``.
 
     Anonymous telemetry is switched off: it would try to reach the network.
+
+    Args:
+        max_open_collections: The `memory.max_open_collections` in force, for the message
+            of an open-files error (the bound itself is `ChromaIndex`'s).
     """
     import chromadb
     from chromadb.config import Settings
@@ -177,7 +304,7 @@ def make_client(home: str | os.PathLike[str] | None = None, *, chroma_url: str |
     try:
         return chromadb.PersistentClient(path=str(path), settings=settings)
     except Exception as exc:
-        err = _storage_error(exc, path / "chroma.sqlite3")
+        err = open_files_fault(exc, path, max_open_collections) or _storage_error(exc, path / "chroma.sqlite3")
         if err is None:
             raise
         raise err from exc

@@ -14,11 +14,19 @@ When Chroma fails it backs off exponentially and says so in the log; the journal
 everything meanwhile. Callers that cannot wait for it -- `recall` (read-your-writes)
 and `flush` -- index what they need in their own thread with the in-process embedder
 (`IndexWorker.catch_up`, `IndexWorker.drain`), so a starved background worker (a busy
-machine, a niced embedding process) delays nothing a caller depends on.
+machine, a niced embedding process) delays nothing a caller depends on. `catch_up` also
+checks, once per namespace until the worker's startup reconcile has run, that Chroma holds
+what the journal marks indexed (a lost ``chroma/`` folder), and gives up after a bound,
+saying how many rows are missing, rather than answer from an incomplete index.
+
+Errors of Chroma are ours: a server that cannot be reached is a `BackendUnavailableError`
+naming its URL, a process out of file descriptors a `StorageError` naming the limit
+(`seal_agent.memory.chroma.open_files_fault`), whichever operation met them.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import threading
@@ -31,10 +39,17 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
-from seal_agent.errors import BackendUnavailableError, ConfigError, StorageError, ValidationError
+from seal_agent.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    SealAgentError,
+    StorageError,
+    ValidationError,
+)
+from seal_agent.memory.chroma import client_location, connection_fault, open_collections_cap, open_files_fault
 from seal_agent.memory.embeddings import embedding_identity
 from seal_agent.memory.journal import Journal
-from seal_agent.memory.records import Interaction, Namespace, flat_metadata, join_namespace
+from seal_agent.memory.records import NAMESPACE_SEP, Interaction, Namespace, flat_metadata, join_namespace
 
 __all__ = ["ChromaIndex", "IndexWorker", "METADATA_PREFIX", "metadata_where", "namespace_where"]
 
@@ -215,6 +230,14 @@ class ChromaIndex:
         exact_key: Indexes of this process with the same key (the embedded Chroma's
             folder and the collection) share their in-memory copies, so each sees the
             others' writes; None: this index's own.
+        max_open_collections: With ``per_namespace``, how many namespaces' collection
+            handles are kept (least recently used dropped first; a dropped one is looked
+            up again when next used). An embedded client this index made itself (a
+            `client` callable) is also closed and reopened between operations once this
+            many namespaces (at most `open_collections_cap`) were used through it: Chroma
+            keeps up to 8 files open per collection it loaded, and closing the client is
+            the one way to release them. A query over more sub-namespaces than that runs in
+            chunks, with such a release between them.
 
     Each collection records which embedding model filled it (`embedding_identity`);
     opening it with another raises `ConfigError` instead of comparing incomparable vectors.
@@ -233,6 +256,7 @@ class ChromaIndex:
         listing_ttl_s: float = 1.0,
         exact_rows: int = 0,
         exact_key: str | None = None,
+        max_open_collections: int = 128,
     ) -> None:
         self._client = None if callable(client) else client
         self._client_factory = client if callable(client) else None
@@ -245,7 +269,14 @@ class ChromaIndex:
         self.listing_ttl_s = listing_ttl_s
         self.identity = embedding_identity(embeddings)
         self._collection: Any = None
-        self._shards: dict[Namespace, Any] = {}
+        # namespace -> collection handle, least recently used first (one per tenant
+        # would grow without bound: a handle holds its collection's whole model)
+        self._shards: OrderedDict[Namespace, Any] = OrderedDict()
+        self.max_open_collections = max(1, max_open_collections)
+        self._cap: int | None = None  # namespaces per client lifetime; None: no recycling
+        self._touched: set[Namespace] = set()  # namespaces used since the client opened
+        self._recycle_due = False
+        self._recycles = 0  # times `_recycle` closed the client
         self._listing: dict[Namespace, str] | None = None  # namespace -> collection name
         self._listed_at = 0.0
         self._migrated = False
@@ -258,19 +289,118 @@ class ChromaIndex:
         self._gate = threading.Condition()
         self._ops = 0
         self._exclusive = False
+        self._depth = threading.local()  # this thread's operations in progress (nesting)
 
     @contextmanager
     def _op(self) -> Iterator[None]:
+        depth = getattr(self._depth, "n", 0)
+        recycle = False
         with self._gate:
-            while self._exclusive:
-                self._gate.wait()
-            self._ops += 1
+            if not depth:  # an operation inside one of this thread's own must not wait for itself
+                while self._exclusive:
+                    self._gate.wait()
+                # Release Chroma's open files once too many namespaces were used (see
+                # `max_open_collections`): new operations wait, those in flight finish
+                # first (the closed client would break their handles).
+                if self._recycle_due:
+                    recycle = self._exclusive = True
+                    while self._ops:
+                        self._gate.wait()
+            if not recycle:
+                self._ops += 1
+        if recycle:
+            try:
+                self._recycle()
+            finally:
+                with self._gate:
+                    self._exclusive = False
+                    self._ops += 1
+                    self._gate.notify_all()
+        self._depth.n = depth + 1
         try:
             yield
+        except Exception as exc:
+            err = self._fault(exc)
+            if err is None:
+                raise
+            raise err from exc
         finally:
+            self._depth.n = depth
             with self._gate:
                 self._ops -= 1
                 self._gate.notify_all()
+
+    def _recycle(self) -> None:
+        """Close the embedded client (releasing every HNSW file it holds open); the next
+        call reopens it. The in-memory exact copies stay: this process wrote them."""
+        with self._lock:
+            self._recycle_due = False
+            self._recycles += 1
+            client, self._client, self._collection = self._client, None, None
+            self._shards, self._listing, self._touched = OrderedDict(), None, set()
+            if client is not None and hasattr(client, "close"):
+                logger.debug("closing the Chroma client of %s after %d namespaces (memory.max_open_collections)",
+                             self.collection_name, self._cap or 0)
+                try:
+                    client.close()
+                except Exception as exc:  # the next open starts afresh all the same
+                    logger.debug("closing the Chroma client failed: %s", exc)
+                del client
+                # Chroma's Rust core writes its vector segments out when it is freed, and
+                # reference cycles keep it alive until the garbage collector runs: a client
+                # opened before that found segments "nothing found on disk" (seen under load).
+                gc.collect()
+
+    def _reopening(self, call: Callable[[], Any]) -> Any:
+        """`call()` (idempotent), run again on a freshly opened client when Chroma says a
+        vector segment has "nothing found on disk" after this index closed its client
+        (`_recycle`). Seen under load: the client opened right after another was closed
+        can miss a segment the old one was still writing out, and keeps missing it; a
+        client opened later finds it."""
+        for attempt in range(3):
+            try:
+                return call()
+            except Exception as exc:
+                text = " ".join(str(e) for e in (exc, exc.__cause__) if e is not None).lower()
+                if attempt == 2 or not self._recycles or "nothing found on disk" not in text:
+                    raise
+                logger.info("Chroma missed a vector segment after its client was reopened; reopening it again")
+                with self._lock:
+                    self._recycle_due = True  # the next operation reopens the client
+        raise AssertionError("unreachable")
+
+    def _note_used(self, namespace: Namespace) -> None:
+        """Count a namespace used through the current client (callers hold `_lock`)."""
+        if self._cap is None or namespace in self._touched:
+            return
+        self._touched.add(namespace)
+        if len(self._touched) > self._cap:
+            self._recycle_due = True
+
+    @property
+    def location(self) -> str:
+        """The server's URL or the embedded folder (for messages)."""
+        client = self._client
+        return client_location(client) if client is not None else f"the Chroma of {self.collection_name!r}"
+
+    def _fault(self, exc: BaseException) -> SealAgentError | None:
+        """Our error for a Chroma failure, or None when it has no better name than its own.
+
+        A server that cannot be reached -> `BackendUnavailableError` with its URL (the
+        handles of its collections are dropped, so a restarted server is asked afresh);
+        no file descriptor left -> `StorageError` naming ``ulimit -n`` and
+        ``memory.max_open_collections``."""
+        if isinstance(exc, SealAgentError):
+            return None
+        location = self.location
+        err: SealAgentError | None = open_files_fault(exc, location, self.max_open_collections)
+        if err is None:
+            err = connection_fault(exc, location)
+            if err is not None:
+                with self._lock:
+                    self._shards.clear()
+                    self._listing = None
+        return err
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -302,6 +432,14 @@ class ChromaIndex:
                     raise
                 except Exception as exc:
                     raise BackendUnavailableError(f"cannot open Chroma for {self.collection_name!r}: {exc}") from exc
+                self._touched = set()
+                # only an embedded client holds files per collection, and only ours may be closed
+                try:
+                    persistent = bool(getattr(self._client.get_settings(), "is_persistent", False))
+                except Exception:
+                    persistent = False
+                self._cap = (open_collections_cap(self.max_open_collections)
+                             if self.per_namespace and persistent else None)
             return self._client
 
     def _metadata(self, namespace: Namespace | None) -> dict[str, Any]:
@@ -332,7 +470,8 @@ class ChromaIndex:
         except (BackendUnavailableError, ConfigError, StorageError):
             raise
         except Exception as exc:
-            raise BackendUnavailableError(f"cannot open Chroma collection {name!r}: {exc}") from exc
+            raise (self._fault(exc) or BackendUnavailableError(
+                f"cannot open Chroma collection {name!r} at {self.location}: {exc}")) from exc
 
     @property
     def collection(self) -> Any:
@@ -354,9 +493,14 @@ class ChromaIndex:
                 found = self._open(shard_name(self.collection_name, namespace),
                                    self._metadata(namespace) if create else None)
                 if found is not None:
+                    self._note_used(namespace)
                     self._shards[namespace] = found
+                    while len(self._shards) > self.max_open_collections:
+                        self._shards.popitem(last=False)
                     if self._listing is not None:
                         self._listing[namespace] = found.name
+            else:
+                self._shards.move_to_end(namespace)
             return found
 
     def namespaces(self, *, fresh: bool = False) -> list[Namespace]:
@@ -368,7 +512,13 @@ class ChromaIndex:
                 listing: dict[Namespace, str] = {}
                 offset = 0
                 while True:
-                    page = self.client.list_collections(limit=1000, offset=offset)
+                    try:
+                        page = self.client.list_collections(limit=1000, offset=offset)
+                    except Exception as exc:
+                        err = self._fault(exc)
+                        if err is None:
+                            raise
+                        raise err from exc
                     for coll in page:
                         md = dict(coll.metadata or {})
                         ns = _namespace_of(md)
@@ -464,11 +614,16 @@ class ChromaIndex:
         if not interactions:
             return
         vectors = self.embed_texts([it.text for it in interactions], embeddings)
+        self._reopening(lambda: self._write(interactions, vectors))
+
+    def _write(self, interactions: Sequence[Interaction], vectors: list[list[float]]) -> None:
         groups: dict[Namespace, list[int]] = {}
         for i, it in enumerate(interactions):
             groups.setdefault(tuple(it.namespace) if self.per_namespace else (), []).append(i)
-        with self._op():
-            for ns, rows in groups.items():
+        # one operation per namespace: a batch spans many, and the client may release its
+        # open files between them (`max_open_collections`)
+        for ns, rows in groups.items():
+            with self._op():
                 target = self.shard(ns, create=True) if self.per_namespace else self.collection
                 batch = [interactions[i] for i in rows]
                 metadatas = [self._record_metadata(it) for it in batch]
@@ -515,9 +670,11 @@ class ChromaIndex:
     def delete(self, ids: Sequence[str], namespaces: dict[str, Namespace] | None = None) -> None:
         """Delete `ids`; `namespaces` (id -> namespace) spares asking every collection."""
         if ids:
+            for ns, chunk in self._groups(ids, namespaces):
+                with self._op():
+                    for coll, part in self._targets(chunk, {i: ns for i in chunk} if ns is not None else None):
+                        coll.delete(ids=part)
             with self._op():
-                for coll, chunk in self._targets(ids, namespaces):
-                    coll.delete(ids=chunk)
                 if self.exact_rows:
                     with self._store.lock:
                         self._store.writes[()] = self._store.writes.get((), 0) + 1
@@ -529,11 +686,24 @@ class ChromaIndex:
         """Those of `ids` that Chroma holds (a deletion is verified with it)."""
         if not ids:
             return []
-        with self._op():
-            found: list[str] = []
-            for coll, chunk in self._targets(ids, namespaces):
-                found += coll.get(ids=chunk, include=[])["ids"]
-            return list(dict.fromkeys(found))
+        found: list[str] = []
+        for ns, chunk in self._groups(ids, namespaces):
+            with self._op():
+                for coll, part in self._targets(chunk, {i: ns for i in chunk} if ns is not None else None):
+                    found += coll.get(ids=part, include=[])["ids"]
+        return list(dict.fromkeys(found))
+
+    def _groups(self, ids: Sequence[str], namespaces: dict[str, Namespace] | None
+                ) -> list[tuple[Namespace | None, list[str]]]:
+        """`ids` by namespace (None: unknown, or a single-collection index), for one
+        operation each."""
+        if not self.per_namespace:
+            return [(None, list(ids))]
+        out: dict[Namespace | None, list[str]] = {}
+        for id_ in ids:
+            ns = (namespaces or {}).get(id_)
+            out.setdefault(tuple(ns) if ns is not None else None, []).append(id_)
+        return list(out.items())
 
     # ------------------------------------------------------------------ reading
 
@@ -546,36 +716,61 @@ class ChromaIndex:
     ) -> list[tuple[str, float]]:
         """Top-k (id, cosine similarity) nearest to `vector` within the namespace (and
         matching the validated metadata `filter`, if any), best first."""
+        return self._reopening(lambda: self._query(vector, namespace, k, include_descendants, filter))
+
+    def _query(self, vector: list[float], namespace: Namespace, k: int, include_descendants: bool,
+               filter: dict[str, Any] | None) -> list[tuple[str, float]]:
+        hits: list[tuple[str, float]] = []
         try:
-            with self._op():
-                if self.per_namespace:
-                    where = metadata_where(filter) if filter else None
-                    targets = self._shards_for(tuple(namespace), include_descendants)
-                    if self.exact_rows and not filter:
-                        exact = [self._exact_for(coll) for coll in targets]
-                        hits = [h for e in exact if e is not None for h in e.top(vector, k)]
-                        targets = [coll for coll, e in zip(targets, exact, strict=True) if e is None]
-                    else:
-                        hits = []
-                else:
+            if self.per_namespace and include_descendants:
+                with self._op():
+                    spaces = [ns for ns in self.namespaces() if _under(ns, tuple(namespace))]
+                # in chunks, each its own operation: the client may release its open files
+                # between them (more sub-namespaces than `max_open_collections`)
+                step = min(self.max_open_collections, self._cap or self.max_open_collections)
+                for start in range(0, len(spaces), step):
+                    with self._op():
+                        chunk = [c for c in (self.shard(ns) for ns in spaces[start:start + step]) if c is not None]
+                        hits += self._query_shards(chunk, vector, k, filter)
+            elif self.per_namespace:
+                with self._op():
+                    hits = self._query_shards(self._shards_for(tuple(namespace), False), vector, k, filter)
+            else:
+                with self._op():
                     where = with_filter(namespace_where(namespace, include_descendants=include_descendants), filter)
-                    targets = [self.collection]
-                    hits = []
-                for coll in targets:
-                    res = coll.query(query_embeddings=[vector], n_results=k, where=where, include=["distances"])
-                    # cosine space: distance = 1 - cos_sim
-                    hits += [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)]
+                    hits = self._query_collections([self.collection], vector, k, where)
         except (BackendUnavailableError, ConfigError, StorageError):
             raise
         except Exception as exc:
+            if (err := self._fault(exc)) is not None:
+                raise err from exc
             if "dimension" in str(exc).lower():
                 raise ValidationError(
                     "embeddings", type(self.embeddings).__name__,
                     f"produce vectors of another size than collection {self.collection_name!r} holds ({exc})",
                 ) from exc
-            raise BackendUnavailableError(f"Chroma query failed: {exc}") from exc
+            raise BackendUnavailableError(f"Chroma query failed at {self.location}: {exc}") from exc
         hits.sort(key=lambda h: -h[1])
         return hits[:k]
+
+    def _query_shards(self, targets: list[Any], vector: list[float], k: int,
+                      filter: dict[str, Any] | None) -> list[tuple[str, float]]:
+        """Top-k of each namespace collection in `targets` (exactly where kept in memory)."""
+        hits: list[tuple[str, float]] = []
+        if self.exact_rows and not filter:
+            exact = [self._exact_for(coll) for coll in targets]
+            hits = [h for e in exact if e is not None for h in e.top(vector, k)]
+            targets = [coll for coll, e in zip(targets, exact, strict=True) if e is None]
+        return hits + self._query_collections(targets, vector, k, metadata_where(filter) if filter else None)
+
+    def _query_collections(self, targets: list[Any], vector: list[float], k: int,
+                           where: dict[str, Any] | None) -> list[tuple[str, float]]:
+        hits: list[tuple[str, float]] = []
+        for coll in targets:
+            res = coll.query(query_embeddings=[vector], n_results=k, where=where, include=["distances"])
+            # cosine space: distance = 1 - cos_sim
+            hits += [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)]
+        return hits
 
     # ------------------------------------------------------------------ exact search
 
@@ -616,22 +811,51 @@ class ChromaIndex:
                 cached = change(cached)
                 self._store.entries[ns] = cached if len(cached.ids) <= self.exact_rows else None
 
-    def count(self) -> int:
+    def _each_shard(self) -> Iterator[Any]:
+        """Every collection, each looked up in its own operation (so that the client may
+        release its open files between them); yields inside that operation."""
+        if not self.per_namespace:
+            with self._op():
+                yield self.collection
+            return
         with self._op():
-            return sum(int(c.count()) for c in self._all_shards())
+            spaces = self.namespaces(fresh=True)
+        for ns in spaces:
+            with self._op():
+                coll = self.shard(ns)
+                if coll is not None:
+                    yield coll
+
+    def count(self) -> int:
+        return sum(int(c.count()) for c in self._each_shard())
 
     def open_all(self) -> int:
         """Open every collection (Chroma loads each vector segment, and writes it out again);
         returns the records held. Forget's scrub calls it inside `exclusive` (so not as an
-        operation, which would wait for that block) before clearing unused slots."""
-        return sum(int(c.count()) for c in self._all_shards())
+        operation, which would wait for that block) before clearing unused slots; the
+        client is closed and reopened on the way as often as `max_open_collections` asks."""
+        total = 0
+        for coll in self._all_shards_handles():
+            total += int(coll.count())
+        return total
+
+    def _all_shards_handles(self) -> Iterator[Any]:
+        if not self.per_namespace:
+            yield self.collection
+            return
+        for ns in self.namespaces(fresh=True):
+            if self._recycle_due:  # inside `exclusive`: nothing else is in flight
+                self._recycle()
+            coll = self.shard(ns)
+            if coll is not None:
+                yield coll
 
     def close(self) -> None:
         """Release a client this index opened itself, so that a later open in this process
         reads Chroma afresh from disk (another process may have written it meanwhile)."""
         with self._lock:
             client, self._collection = self._client, None
-            self._shards, self._listing = {}, None
+            self._shards, self._listing = OrderedDict(), None
             with self._store.lock:
                 self._store.entries.clear()
             if self._client_factory is not None:
@@ -644,13 +868,17 @@ class ChromaIndex:
 
     def all_ids(self, page: int = 5000) -> set[str]:
         out: set[str] = set()
-        with self._op():  # not while a forget scrubs Chroma's files (`exclusive`)
-            shards = self._all_shards()
-        for coll in shards:
+        if not self.per_namespace:
+            spaces: list[Namespace | None] = [None]
+        else:
+            with self._op():  # not while a forget scrubs Chroma's files (`exclusive`)
+                spaces = list(self.namespaces(fresh=True))
+        for ns in spaces:
             offset = 0
             while True:
-                with self._op():
-                    got = coll.get(include=[], limit=page, offset=offset)["ids"]
+                with self._op():  # the handle is looked up again: the client may have been reopened
+                    coll = self.collection if ns is None else self.shard(ns)
+                    got = [] if coll is None else coll.get(include=[], limit=page, offset=offset)["ids"]
                 out.update(got)
                 if len(got) < page:
                     break
@@ -736,6 +964,10 @@ class IndexWorker:
         self._reconciled = threading.Event()  # set once the startup check against Chroma ran
         self._claimed: set[str] = set()  # ids some thread is embedding right now
         self._claim_lock = threading.Lock()
+        # (namespace, include_descendants) that `catch_up` checked against Chroma before the
+        # startup reconcile had run (see `_verify`)
+        self._verified: set[tuple[Namespace, bool]] = set()
+        self._verify_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="seal-index-worker", daemon=True)
 
     def start(self) -> None:
@@ -789,22 +1021,78 @@ class IndexWorker:
 
     # ----------------------------------------------------------- indexing in the caller
 
-    def catch_up(self, namespace: Namespace, up_to_id: str, *, include_descendants: bool = False) -> int:
+    def catch_up(self, namespace: Namespace, up_to_id: str, *, include_descendants: bool = False,
+                 timeout: float | None = None) -> int:
         """Index, in this thread, the namespace's rows logged up to `up_to_id`; how many.
 
         This is `recall`'s read-your-writes: whatever the background worker's state
         (starved, backing off, another tenant's import ahead), an acknowledged log is in
         Chroma before the query runs. Rows the worker is embedding meanwhile are embedded
         here too (idempotent; waiting on a starved worker is what this avoids).
+
+        Until the worker's startup reconcile has run, rows the journal marks indexed may
+        be missing from Chroma (its folder was lost or restored from a backup): the
+        namespace is first checked id by id (`_verify`), so the first recall of a fresh
+        process does not answer from an index that lacks them.
+
+        Args:
+            timeout: Seconds of indexing after which rows still missing make it raise
+                (batches in progress finish first); None: no bound.
+
+        Raises:
+            BackendUnavailableError: Rows logged before the call are still not indexed
+                after `timeout` (the message says how many), or Chroma cannot be reached.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._reconciled.is_set():
+            self._verify(tuple(namespace), include_descendants)
         done = 0
         while True:
             rows = self.journal.unindexed_rows_in(namespace, up_to_id, include_descendants=include_descendants,
                                                   limit=self.batch_size)
             if not rows:
                 return done
+            if deadline is not None and time.monotonic() >= deadline:
+                missing = self.journal.unindexed_in(namespace, up_to_id, include_descendants=include_descendants)
+                raise BackendUnavailableError(
+                    f"recall in namespace {join_namespace(namespace)!r}"
+                    f"{' and below' if include_descendants else ''}: {missing} interactions logged before the "
+                    f"call are not in the Chroma index yet after {timeout:g}s of indexing them in this call "
+                    f"({done} indexed; the index is catching up with the journal, e.g. after its folder was "
+                    "lost, or a bulk import is ahead). Retry shortly (the background worker goes on), or raise "
+                    "memory.recall_index_timeout_s")
             self._index(rows, self.index.embeddings)
             done += len(rows)
+
+    def _verify(self, namespace: Namespace, include_descendants: bool) -> None:
+        """Queue again the namespace's rows that the journal marks indexed but Chroma lacks.
+
+        The startup reconcile does this for every namespace, in the background worker;
+        a caller that cannot wait for it (a starved worker, a big index) checks just the
+        namespace it reads, once per process."""
+        key = (namespace, include_descendants)
+        with self._verify_lock:
+            if key in self._verified:
+                return
+            spaces = [namespace]
+            if include_descendants:
+                paths = [tuple(path.split(NAMESPACE_SEP)) for path in self.journal.counts()]
+                spaces = [ns for ns in paths if _under(ns, namespace)]
+            missing: list[str] = []
+            for ns in spaces:
+                rows = self.journal.list(namespace=ns)
+                # rows still queued are no loss: only those marked indexed are checked
+                queued = {it.id for it in self.journal.unindexed_rows_in(ns, limit=len(rows) + 1)}
+                ids = [it.id for it in rows if it.id not in queued]
+                for start in range(0, len(ids), 1000):
+                    chunk = ids[start:start + 1000]
+                    held = set(self.index.present(chunk, dict.fromkeys(chunk, ns)))
+                    missing += [i for i in chunk if i not in held]
+            if missing:
+                logger.warning("Chroma lacks %d journaled interactions of namespace %r; re-indexing them",
+                               len(missing), join_namespace(namespace))
+                self.journal.mark_indexed(missing, indexed=False)
+            self._verified.add(key)
 
     def drain(self, timeout: float | None) -> bool:
         """Index the whole backlog, helping from this thread; False once `timeout` seconds
