@@ -725,3 +725,27 @@ def test_a_second_journal_on_a_live_home_never_opens_its_file_with_python_io(
     bad.write_bytes(b"this is not a database" * 10)
     with pytest.raises(StorageError, match="not an SQLite database"):
         Journal(bad)
+
+
+def test_the_ttl_sweep_purges_an_expired_interactions_text_everywhere(tmp_path: Path) -> None:
+    """Issue 22's "same class elsewhere": forget gathered the text it purges from live rows
+    only, so when the TTL sweep forgot an expired interaction, its text stayed in the
+    replay buffer, the gate suite and the run folders of the adapter that learned it."""
+    from seal_agent.errors import NotFoundError
+
+    home = tmp_path / "home"
+    with open_mem(home) as mem:
+        alice = mem.log([{"role": "user", "content": SECRET_Q}, {"role": "assistant", "content": SECRET}],
+                        namespace=ALICE, ttl_s=3600)
+        log_pair(mem, BOB, "What is my cat called?", "Your cat is called Mistigri.")
+        mem.flush()
+        report = mem.consolidate(progress=False, **RUN)
+        assert report.verdict == "committed", report.reason
+        assert mem.get(alice).status.value == "consolidated" and files_with(home)
+        with mem._journal._tx() as db:  # the hour is up (a clock in the past, not a wait)
+            db.execute("UPDATE interactions SET expires_at=? WHERE id=?", (946684800.0, alice))
+        with pytest.raises(NotFoundError):
+            mem.get(alice)
+        assert mem.expire() == 1
+        assert alice in mem._journal.forgotten_ids()
+        assert files_with(home) == []

@@ -923,11 +923,14 @@ class Journal:
                                  (id_,)).fetchone()
         return _row_to_interaction(row) if row else None
 
-    def get_many(self, ids: Sequence[str]) -> dict[str, Interaction]:
+    def get_many(self, ids: Sequence[str], *, include_expired: bool = False) -> dict[str, Interaction]:
+        """The live interactions among `ids` (and the expired ones not swept yet with
+        `include_expired`: forget needs their text to purge it everywhere)."""
         if not ids:
             return {}
+        live = "1=1" if include_expired else self._live
         rows = self._db().execute(
-            f"SELECT {self._cols} FROM interactions WHERE id IN ({','.join('?' * len(ids))}) AND {self._live}",
+            f"SELECT {self._cols} FROM interactions WHERE id IN ({','.join('?' * len(ids))}) AND {live}",
             list(ids)
         ).fetchall()
         return {r[0]: _row_to_interaction(r) for r in rows}
@@ -940,10 +943,12 @@ class Journal:
         status: InteractionStatus | None = None,
         limit: int | None = None,
         filter: dict[str, Any] | None = None,
+        include_expired: bool = False,
     ) -> list[Interaction]:
-        """Live interactions in logging order; `filter` is a `validate_filter` result,
-        evaluated on the metadata with ``json_extract``."""
-        clauses, params = [self._live], []
+        """Live interactions in logging order (expired ones not swept yet too, with
+        `include_expired`); `filter` is a `validate_filter` result, evaluated on the
+        metadata with ``json_extract``."""
+        clauses, params = ["1=1" if include_expired else self._live], []
         if filter is not None:
             sql, fparams = _filter_sql(filter)
             clauses.append(sql)
