@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["fsync_dir", "remove_dir", "staged_dir", "write_atomic", "write_synced"]
+__all__ = ["fsync_dir", "held_by_this_process", "remove_dir", "staged_dir", "write_atomic", "write_synced"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -89,3 +89,27 @@ def remove_dir(path: str | os.PathLike[str], *, missing_ok: bool = False) -> Non
             return
         raise
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def held_by_this_process(path: str | os.PathLike[str]) -> bool:
+    """Whether this process already has `path` open (Linux: /proc/self/fd; elsewhere False).
+
+    SQLite's locks are POSIX record locks, owned by the process: closing *any* descriptor
+    of a database file drops them all, so reading a live database's header with plain
+    file I/O while a connection of this process holds it lets another process write
+    concurrently (issue 22: a second `SealMemory` on one home did that). Check this
+    before opening a database file outside SQLite, and skip the read when it is held.
+    """
+    try:
+        st = os.stat(path)
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            other = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False

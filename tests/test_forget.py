@@ -725,6 +725,17 @@ def test_a_second_journal_on_a_live_home_never_opens_its_file_with_python_io(
     bad.write_bytes(b"this is not a database" * 10)
     with pytest.raises(StorageError, match="not an SQLite database"):
         Journal(bad)
+    # the same for Chroma's database, checked whenever the index (re)opens its client
+    from seal_agent.memory.chroma import check_embedded
+
+    with open_mem(tmp_path / "home") as mem:
+        log_pair(mem, ALICE, "What is my cat called?", "Your cat is called Mistigri.")
+        mem.flush()
+        assert mem.recall("cat", namespace=ALICE)
+        spy = _LiveSqliteFileIO(monkeypatch)
+        check_embedded(tmp_path / "home")
+        monkeypatch.undo()
+        assert spy.opened == []
 
 
 def test_the_ttl_sweep_purges_an_expired_interactions_text_everywhere(tmp_path: Path) -> None:

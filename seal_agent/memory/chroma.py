@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from seal_agent._fs import held_by_this_process
 from seal_agent.errors import BackendUnavailableError, StorageError, ValidationError
 
 __all__ = [
@@ -101,6 +102,8 @@ def check_embedded(home: str | os.PathLike[str]) -> None:
     path = Path(home) / "chroma" / "chroma.sqlite3"
     if path.is_dir():
         raise _damaged(path, "it is a folder, not a file")
+    if held_by_this_process(path):
+        return  # a client of this process has it open (checked then); a close here drops its locks
     try:
         with open(path, "rb") as f:
             head = f.read(len(_SQLITE_MAGIC))

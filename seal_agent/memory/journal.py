@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import stat
 import threading
@@ -40,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from seal_agent._fs import held_by_this_process
 from seal_agent.errors import StorageError
 from seal_agent.memory.records import (
     NAMESPACE_SEP,
@@ -181,26 +181,6 @@ def _storage_error(exc: sqlite3.Error, path: Path) -> StorageError | None:
     return None
 
 
-def _held_by_this_process(st: os.stat_result) -> bool:
-    """Whether this process already has the file open (Linux: /proc/self/fd; elsewhere
-    False). SQLite's locks are POSIX record locks, owned by the process: closing *any*
-    descriptor of the file drops them all, so reading a live journal's header with plain
-    file I/O while a connection of this process holds it lets another process write
-    concurrently (issue 22: a second `SealMemory` on the same home did exactly that)."""
-    try:
-        fds = os.listdir("/proc/self/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            other = os.stat(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
-            return True
-    return False
-
-
 def _check_file(path: Path) -> None:
     """Refuse a journal file that cannot be an SQLite database, before SQLite opens it.
 
@@ -217,7 +197,7 @@ def _check_file(path: Path) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise StorageError(f"the journal {path} is a folder, not a file; move it away or restore the journal "
                            "from a backup", path=path)
-    if st.st_size == 0 or _held_by_this_process(st):
+    if st.st_size == 0 or held_by_this_process(path):
         return  # held: an open connection already read it, and a close here would drop its locks
     try:
         with open(path, "rb") as f:
