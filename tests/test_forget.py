@@ -739,9 +739,10 @@ def test_a_second_journal_on_a_live_home_never_opens_its_file_with_python_io(
 
 
 def test_the_ttl_sweep_purges_an_expired_interactions_text_everywhere(tmp_path: Path) -> None:
-    """Issue 22's "same class elsewhere": forget gathered the text it purges from live rows
-    only, so when the TTL sweep forgot an expired interaction, its text stayed in the
-    replay buffer, the gate suite and the run folders of the adapter that learned it."""
+    """The TTL sweep forgets an expired interaction by id everywhere -- replay buffer, gate
+    suite, run folders of the adapter that learned it -- and leaves its text nowhere. (By
+    id, not by text: a live row may say the same words, e.g. the same exchange logged again
+    after expiry, and must keep them.)"""
     from seal_agent.errors import NotFoundError
 
     home = tmp_path / "home"
