@@ -312,13 +312,11 @@ def forget_interactions(memory: SealMemory, *, namespace: Namespace | None,
     journal = memory._journal
     home = memory.home
     report = ForgetReport()
-    # Expired rows too: the TTL sweep forgets them through here, and their text must be
-    # purged from replay buffers, suites and self-edit sets like any other's.
     if ids is not None:
-        rows = [it for it in journal.get_many(list(ids), include_expired=True).values()
+        rows = [it for it in journal.get_many(list(ids)).values()
                 if namespace is None or tuple(it.namespace) == tuple(namespace)]
     else:
-        rows = journal.list(namespace=namespace, include_expired=True)
+        rows = journal.list(namespace=namespace)
     with _forget_lock(memory):
         # Under the lock: a consolidation's commit either happened before (its version is
         # found below and deleted) or checks the journal after (and drops itself).

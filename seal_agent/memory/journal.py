@@ -903,14 +903,11 @@ class Journal:
                                  (id_,)).fetchone()
         return _row_to_interaction(row) if row else None
 
-    def get_many(self, ids: Sequence[str], *, include_expired: bool = False) -> dict[str, Interaction]:
-        """The live interactions among `ids` (and the expired ones not swept yet with
-        `include_expired`: forget needs their text to purge it everywhere)."""
+    def get_many(self, ids: Sequence[str]) -> dict[str, Interaction]:
         if not ids:
             return {}
-        live = "1=1" if include_expired else self._live
         rows = self._db().execute(
-            f"SELECT {self._cols} FROM interactions WHERE id IN ({','.join('?' * len(ids))}) AND {live}",
+            f"SELECT {self._cols} FROM interactions WHERE id IN ({','.join('?' * len(ids))}) AND {self._live}",
             list(ids)
         ).fetchall()
         return {r[0]: _row_to_interaction(r) for r in rows}
@@ -923,12 +920,10 @@ class Journal:
         status: InteractionStatus | None = None,
         limit: int | None = None,
         filter: dict[str, Any] | None = None,
-        include_expired: bool = False,
     ) -> list[Interaction]:
-        """Live interactions in logging order (expired ones not swept yet too, with
-        `include_expired`); `filter` is a `validate_filter` result, evaluated on the
-        metadata with ``json_extract``."""
-        clauses, params = ["1=1" if include_expired else self._live], []
+        """Live interactions in logging order; `filter` is a `validate_filter` result,
+        evaluated on the metadata with ``json_extract``."""
+        clauses, params = [self._live], []
         if filter is not None:
             sql, fparams = _filter_sql(filter)
             clauses.append(sql)

@@ -625,17 +625,16 @@ class PostgresJournal:
         rows = self._q(f"SELECT {_COLS} FROM interactions WHERE id=%s AND {_LIVE}", (id_,))
         return _row(rows[0]) if rows else None
 
-    def get_many(self, ids: Sequence[str], *, include_expired: bool = False) -> dict[str, Interaction]:
+    def get_many(self, ids: Sequence[str]) -> dict[str, Interaction]:
         if not ids:
             return {}
-        live = "TRUE" if include_expired else _LIVE
-        rows = self._q(f"SELECT {_COLS} FROM interactions WHERE id = ANY(%s) AND {live}", (list(ids),))
+        rows = self._q(f"SELECT {_COLS} FROM interactions WHERE id = ANY(%s) AND {_LIVE}", (list(ids),))
         return {r[0]: _row(r) for r in rows}
 
     def list(self, *, namespace: Namespace | None = None, since: datetime | None = None,
              status: InteractionStatus | None = None, limit: int | None = None,
-             filter: dict[str, Any] | None = None, include_expired: bool = False) -> list[Interaction]:
-        clauses, params = ["TRUE" if include_expired else _LIVE], []
+             filter: dict[str, Any] | None = None) -> list[Interaction]:
+        clauses, params = [_LIVE], []
         if filter is not None:
             sql, fparams = _filter_sql(filter)
             clauses.append(sql)
