@@ -18,6 +18,10 @@ One `Gate.evaluate` call:
    current adapter and ``GateConfig.canary_against_base``, the canaries under the base
    model too (the cumulative bound) -- cached per base model in
    ``home/gate/base-canaries/<fingerprint>.json``, so the base is scored once, not every run;
+   The lineage's learned facts (what committed consolidations taught, minus those this
+   update corrects) are asked closed-book under both (`seal_agent.gate.learned`): one
+   the current adapter knows and the candidate does not is lost; this update's new
+   answers turning up in earlier answers is bleed. Both take part in scale-back.
 4. applies the decision rule per scorer (`seal_agent.gate.decision`) and the canary
    rules; a scorer that raises is skipped with a reason and the others decide. A
    contrastive canary that flips rejects whatever else passed, and so does any NaN or
