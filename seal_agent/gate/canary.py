@@ -42,6 +42,10 @@ References: `decide_canaries` and `decide_contrastive` judge against the current
 and -- the cumulative bound -- against the **base model** as well (its results cached per
 base model in the home, `seal_agent.gate.gate`), so canaries lost one by one over several
 updates, each within the allowance, add up against a fixed reference.
+The base bound has its own share (``GateConfig.canary_max_base_loss_share``), and when it
+applies the gate judges the step's own allowance against the current adapter only, not
+its anchors: a canary lost (within the allowance) by an earlier step is charged once, to
+the cumulative bound, instead of to every later step's allowance too.
 
 `decide_canaries` compares each canary's pass/fail under the candidate with its
 *reference*: the current adapter (or the base model), or -- with ``GateConfig.anchor_past``
