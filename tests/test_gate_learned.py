@@ -293,7 +293,8 @@ def test_committed_consolidations_leave_their_facts_and_a_correction_retires_one
     from test_consolidation import FAST_TRAIN
 
     cfg = {"selfedit": {"strategies": ["statements"]}, "consolidation": {"teacher": "none"},
-           "gate": {"allow_unverified": True, "min_gain": -1e6}}
+           # tiny-random's "Noted." past tasks are not what this test is about: only the learned facts decide.
+           "gate": {"allow_unverified": True, "min_gain": -1e6, "max_regression": 1e6, "max_flips": 100}}
     with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random") as mem:
         mem.log([{"role": "user", "content": "My brother's sailboat is called the Tumbleweed."},
                  {"role": "assistant", "content": "Noted."}])
@@ -307,7 +308,7 @@ def test_committed_consolidations_leave_their_facts_and_a_correction_retires_one
         second = mem.consolidate(progress=False, train=FAST_TRAIN, **cfg)
         assert second.gate is not None
         assert [r["answer"] for r in second.gate["metrics"]["learned_retired"]] == ["tumbleweed"]
-        if second.verdict == "committed":
-            learned = {x.preview: x for x in gate.suite().learned}
-            assert learned["What is my brother's sailboat called?"].negative == ("tumbleweed",)
-            assert learned["What is his sailboat called?"].expected == "saltpetal"
+        assert second.verdict == "committed", second.reason
+        learned = {x.preview: x for x in gate.suite().learned}
+        assert learned["What is my brother's sailboat called?"].negative == ("tumbleweed",)
+        assert learned["What is his sailboat called?"].expected == "saltpetal"
