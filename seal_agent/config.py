@@ -405,13 +405,30 @@ class GateConfig:
             misses answers that changed; lines without ``wrong`` stay greedy). Raw
             (continuation) lines default to ``"logprob"``.
         canary_max_flip_share: Greedy/rank canaries: the candidate forgot when more than
-            ``floor(share * n)`` of the n canaries that passed before fail now.
+            ``floor(share * n)`` of the n canaries that pass under the current adapter fail
+            now (one step's allowance).
+        canary_max_base_loss_share: With `canary_against_base`: the cumulative bound, a
+            separate one. The candidate forgot when more than ``floor(share * n_base)`` of the
+            n_base canaries the base model passes fail under it, however many updates lost
+            them (0.1: the model keeps >= 90 % of the base model's canaries). A canary lost
+            in one step is charged against this bound only, never again against a later
+            step's own allowance.
         canary_tolerance: ``"logprob"`` canaries: largest allowed drop of one canary's score.
         canary_against_base: Also judge every canary against the base model (the
             cumulative bound): the flip share, the tolerance and the contrastive check
             apply against the base as well as against the current adapter, so losses each
             within the limits cannot add up over updates. The base results are cached per
             base model in ``home/gate/base-canaries/`` (scored once, not every run).
+        learned_max_flip_share: Learned facts (what committed consolidations taught, kept
+            in the lineage's replay suite and re-asked closed-book by every gate): the
+            candidate forgot when more than ``floor(share * n)`` of the n learned facts the
+            current adapter answers right are answered wrong (or with a corrected, negative
+            answer) by the candidate. 0.05: none may be lost while fewer than 20 are known.
+        max_bleed: Specificity: the candidate forgot when more than this many earlier
+            learned facts and greedy canaries are answered with one of this update's new
+            answers (e.g. "the Saltpetal" as the answer to unrelated questions) where the
+            current adapter's answer did not hold it. Items whose own answer holds the new
+            one are not counted.
         min_gain: With new-knowledge probes, their mean score gain must *exceed* this (in the
             scorer's units: nats per token for ``logprob``, share of probes newly right
             for the bounded scorers).
@@ -453,8 +470,11 @@ class GateConfig:
     # noise update 9. 0 would reject benign updates for one borderline item; 2 still
     # rejects anything that loses several abilities.
     canary_max_flip_share: float = 0.1
+    canary_max_base_loss_share: float = 0.1
     canary_tolerance: float = 0.25
     canary_against_base: bool = True
+    learned_max_flip_share: float = 0.05
+    max_bleed: int = 0
     # Nats/token. On smollm2-135m, 8 held-out paraphrased probes gained +0.52 from an
     # update that taught their facts (default TrainConfig), +0.04 from one that taught
     # only acknowledgements, -0.07 from noise, +0.27 from one that taught other facts in
@@ -481,6 +501,9 @@ class GateConfig:
         _check(self.canary_check in ("greedy", "rank"), s, "canary_check", self.canary_check,
                "must be 'greedy' or 'rank'")
         _number(s, "canary_max_flip_share", self.canary_max_flip_share, 0.0, 1.0)
+        _number(s, "canary_max_base_loss_share", self.canary_max_base_loss_share, 0.0, 1.0)
+        _number(s, "learned_max_flip_share", self.learned_max_flip_share, 0.0, 1.0)
+        _non_negative_int(s, "max_bleed", self.max_bleed)
         _number(s, "canary_tolerance", self.canary_tolerance, 0.0, 1e6)
         _check(isinstance(self.canary_against_base, bool), s, "canary_against_base", self.canary_against_base,
                "must be true or false")

@@ -511,6 +511,7 @@ class _Run:
         report = self._gate(state).evaluate(
             model, tokenizer, Path(state["candidate_dir"]), current_dir, probes,
             _run_dir(self.memory, state["run_id"]) / "gate", cancel_event=self.cancel_event, progress=self.progress,
+            taught=self._taught(state),
         )
         report.save(_run_dir(self.memory, state["run_id"]) / "gate")
         return {
@@ -605,7 +606,20 @@ class _Run:
         # gate would have to score it in full later, so it is not kept as a past task.
         cut = {t["interaction_id"] for t in state.get("too_long", [])}
         interactions = [self.memory.get(i) for i in state["interaction_ids"] if i not in cut]
-        self._gate(state).update_suite(interactions, report=state.get("gate"))
+        self._gate(state).update_suite(interactions, report=state.get("gate"), taught=self._taught(state))
+
+    def _taught(self, state: _State) -> list[Any]:
+        """The run's learned items (probes, self_qa pairs, fact claims): what later gates re-ask."""
+        from seal_agent.gate.suite import taught_items
+        from seal_agent.memory.records import join_namespace
+
+        namespaces: dict[str, str] = {}
+        for iid in sorted({e["interaction_id"] for e in state.get("edits", []) if e.get("interaction_id")}):
+            try:
+                namespaces[iid] = join_namespace(self.memory.get(iid).namespace)
+            except NotFoundError:  # forgotten meanwhile: what it taught is not kept
+                continue
+        return taught_items(state.get("probes", []), state.get("edits", []), namespaces)
 
     # -- graph ---------------------------------------------------------------
 

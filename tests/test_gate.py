@@ -589,7 +589,7 @@ def test_suite_persists_with_a_reservoir_cap(tmp_path):
         suite = gate.suite()
         assert len(suite.items) == 10 and suite.n_seen == 30 and gate.suite_path.is_file()
         assert gate.suite_path == m1.home / "gate" / "suite-global.json"
-        assert json.loads(gate.suite_path.read_text())["format_version"] == 1
+        assert json.loads(gate.suite_path.read_text())["format_version"] == 2  # 2: learned facts
         assert [it.id for it in gate.suite().items] == [it.id for it in suite.items]  # reloaded, same
         first_build = sorted(it.expected for it in suite.items)
         # Negative feedback is not an accepted outcome; already-seen ids are not offered again.

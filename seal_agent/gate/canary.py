@@ -42,6 +42,10 @@ References: `decide_canaries` and `decide_contrastive` judge against the current
 and -- the cumulative bound -- against the **base model** as well (its results cached per
 base model in the home, `seal_agent.gate.gate`), so canaries lost one by one over several
 updates, each within the allowance, add up against a fixed reference.
+The base bound has its own share (``GateConfig.canary_max_base_loss_share``), and when it
+applies the gate judges the step's own allowance against the current adapter only, not
+its anchors: a canary lost (within the allowance) by an earlier step is charged once, to
+the cumulative bound, instead of to every later step's allowance too.
 
 `decide_canaries` compares each canary's pass/fail under the candidate with its
 *reference*: the current adapter (or the base model), or -- with ``GateConfig.anchor_past``
@@ -270,7 +274,8 @@ def decide_canaries(
         base: Their outcomes under the base model, when a current adapter serves (the
             cumulative bound): the canaries the base model passes may flip no more than
             ``floor(canary_max_flip_share * n_base)`` in all, however many updates
-            lost them. None: no separate base check (the base serves, or it is off).
+            lost them (``canary_max_base_loss_share``, a bound of its own). None: no
+            separate base check (the base serves, or it is off).
 
     Returns:
         A `Decision` named ``"canaries"``: ``forgetting`` names the flipped canaries when
@@ -323,7 +328,7 @@ def decide_canaries(
     if base is not None:
         on_base = [i for i, b in enumerate(base) if b.passed]
         lost = [i for i in on_base if not candidate[i].passed]
-        allowed_base = allowed_flips(config, len(on_base))
+        allowed_base = math.floor(config.canary_max_base_loss_share * len(on_base) + 1e-9)
         dec.flipped |= {items[i].id for i in lost}
         dec.metrics.update(passing_base=len(on_base), flipped_vs_base=[items[i].id for i in lost],
                            allowed_flips_vs_base=allowed_base)
@@ -334,7 +339,8 @@ def decide_canaries(
             dec.forgetting.append(
                 f"canaries: {len(lost)} of the {len(on_base)} the base model answers right fail now, more than "
                 f"the {allowed_base} allowed in all (cumulative bound against the base model, "
-                f"gate.canary_max_flip_share {config.canary_max_flip_share:g}, {how} check): {named}{more}")
+                f"gate.canary_max_base_loss_share {config.canary_max_base_loss_share:g}, {how} check): "
+                f"{named}{more}")
         else:
             dec.notes.append(f"canaries: {len(lost)} of the {len(on_base)} the base model answers right fail now "
                              f"(cumulative bound: {allowed_base} allowed)")

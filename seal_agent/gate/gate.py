@@ -18,6 +18,10 @@ One `Gate.evaluate` call:
    current adapter and ``GateConfig.canary_against_base``, the canaries under the base
    model too (the cumulative bound) -- cached per base model in
    ``home/gate/base-canaries/<fingerprint>.json``, so the base is scored once, not every run;
+   The lineage's learned facts (what committed consolidations taught, minus those this
+   update corrects) are asked closed-book under both (`seal_agent.gate.learned`): one
+   the current adapter knows and the candidate does not is lost; this update's new
+   answers turning up in earlier answers is bleed. Both take part in scale-back.
 4. applies the decision rule per scorer (`seal_agent.gate.decision`) and the canary
    rules; a scorer that raises is skipped with a reason and the others decide. A
    contrastive canary that flips rejects whatever else passed, and so does any NaN or
@@ -65,6 +69,7 @@ from seal_agent.gate.canary import (
     is_behaviour_canary,
 )
 from seal_agent.gate.decision import NO_PAST_NOTE, Decision, decide
+from seal_agent.gate.learned import bleed_answers, decide_bleed, decide_learned, learned_outcomes
 from seal_agent.gate.report import GateReport
 from seal_agent.gate.scorers import (
     ExactScorer,
@@ -78,10 +83,12 @@ from seal_agent.gate.scorers import (
 from seal_agent.gate.suite import (
     ReplaySuite,
     SuiteItem,
+    apply_learned,
     canary_anchor_key,
     load_canaries,
     probe_items,
     shipped_canary_file,
+    taught_items,
 )
 
 if TYPE_CHECKING:
@@ -107,6 +114,7 @@ class _Scored:
     scores: _Scores = field(default_factory=dict)
     outcomes: list[CanaryOutcome] = field(default_factory=list)  # greedy/rank canaries
     contrasts: list[ContrastOutcome] = field(default_factory=list)  # contrastive canaries
+    learned: list[CanaryOutcome] = field(default_factory=list)  # learned facts, asked closed-book
 
 
 @dataclass
@@ -170,6 +178,7 @@ class Gate:
         self._lock = threading.Lock()  # the suite file: one writer at a time
         self._anchors: dict[str, dict[str, float]] | None = None  # of the evaluation under way
         self._base_stats: dict[str, Any] = {}  # of the evaluation under way: base canary cache use
+        self._new_answers: list[str] = []  # of the evaluation under way: what bleed is looked for
 
     # ------------------------------------------------------------------ the suite
 
@@ -189,12 +198,15 @@ class Gate:
             return suite
 
     def update_suite(self, committed_interactions: Iterable[Interaction],
-                     report: GateReport | Mapping[str, Any] | None = None) -> int:
+                     report: GateReport | Mapping[str, Any] | None = None,
+                     taught: Iterable[SuiteItem] = ()) -> int:
         """Add newly consolidated interactions to the persisted suite (reservoir sampling).
 
         Call after a commit with the interactions the committed adapter learned, and the
         gate report that let it through: its scores raise the past tasks' anchors. Older
-        items the interactions answer differently are dropped as superseded.
+        items the interactions answer differently are dropped as superseded. `taught`:
+        the committed run's learned items (`seal_agent.gate.suite.taught_items`): they
+        join the suite's learned facts for good, retiring the ones they correct.
 
         Returns:
             How many of them were eligible (accepted outcome, a final answer, not seen).
@@ -205,6 +217,7 @@ class Gate:
                 data = report.to_dict() if isinstance(report, GateReport) else report
                 suite.record_scores(data.get("rows", []), str(data.get("scorer", self.config.scorer)))
             n = suite.add(list(committed_interactions))
+            suite.learn(list(taught))
             suite.save(self.suite_path)
         return n
 
@@ -261,6 +274,7 @@ class Gate:
         *,
         cancel_event: threading.Event | None = None,
         progress: bool = True,
+        taught: Sequence[SuiteItem] = (),
     ) -> GateReport:
         """Judge the candidate adapter against the current one (or the base model).
 
@@ -275,6 +289,10 @@ class Gate:
             cancel_event: When set, evaluation stops at the next phase and raises
                 `TrainingCancelled` (the consolidation's cancellation error).
             progress: Log each phase at INFO level (else DEBUG).
+            taught: This consolidation's learned items besides its probes (its ``self_qa``
+                pairs and fact claims, `seal_agent.gate.suite.taught_items`): the earlier
+                learned facts they correct are not held against it, and their answers are
+                what bleed is looked for.
 
         Returns:
             A `GateReport`; a rejected candidate is a result, not an exception.
@@ -313,14 +331,26 @@ class Gate:
         behaviour = [c for c in canaries if is_behaviour_canary(c)]  # judged pass/fail
         contrastive = [c for c in canaries if c.foils]  # judged by their margins over the foils
         items = past + [c for c in canaries if not is_behaviour_canary(c)] + probe_items(probes)  # by the scorers
+        # Learned facts: the earlier ones this update does not correct are re-asked; the
+        # answers of its new ones are what bleed is looked for.
+        known = {x.id for x in suite.learned}
+        new_learned = [x for x in taught_items(probes, [], {}) + list(taught) if x.id not in known]
+        after, retired = apply_learned(suite.learned, new_learned)
+        learned = [x for x in after if x.id in known]
+        self._new_answers = bleed_answers(new_learned)
         self._anchors = suite.anchors if self.config.anchor_past else None
         timings["suite_seconds"] = time.perf_counter() - t
         notes = [f"past task {item.id} ({item.preview!r}) is superseded by the newer interaction {by}: "
                  "dropped from replay (a knowledge update is not forgetting)" for item, by in superseded]
         base_metrics: dict[str, Any] = {"superseded": [{"id": i.id, "superseded_by": by} for i, by in superseded],
                                         "suite_size": len(suite.items),
+                                        "learned_size": len(suite.learned),
+                                        "learned_retired": [{"id": o.id, "question": o.preview, "answer": o.expected,
+                                                             "retired_by": by} for o, by in retired],
                                         "canary_file": str(canary_path) if canary_path is not None else None}
-        if not items and not behaviour and not contrastive:
+        notes += [f"learned fact {o.id} ({o.preview!r} -> {o.expected!r}) is corrected by this update ({by}): "
+                  "re-asked with the new answer, the old one now wrong" for o, by in retired]
+        if not items and not behaviour and not contrastive and not learned:
             return self._unjudged(notes, base_metrics, Path(candidate_dir), t_start, timings)
         fingerprint = model_fingerprint(model, tokenizer) if canaries else ""  # before LoRA layers go in
 
@@ -339,7 +369,7 @@ class Gate:
             check_cancel("scoring the current adapter")
             t = time.perf_counter()
             cur = self._score(peft, "current" if current_dir is not None else None, tokenizer, items, behaviour,
-                              contrastive)
+                              contrastive, learned)
             timings["score_current_seconds"] = time.perf_counter() - t
             # The base model's canary results: the cumulative bound. With no current adapter
             # the base *is* the reference already (and its results fill the cache for later).
@@ -355,10 +385,10 @@ class Gate:
                 timings["score_base_seconds"] = time.perf_counter() - t
             check_cancel("scoring the candidate")
             t = time.perf_counter()
-            full = self._score(peft, "candidate", tokenizer, items, behaviour, contrastive)
+            full = self._score(peft, "candidate", tokenizer, items, behaviour, contrastive, learned)
             timings["score_candidate_seconds"] = time.perf_counter() - t
             decisions = self._decide(items, cur.scores, full.scores, base)
-            checks = self._decide_canaries(behaviour, contrastive, cur, full, base)
+            checks = self._decide_canaries(behaviour, contrastive, cur, full, base, learned)
             if not self._judges_anything(items, checks):
                 metrics = {**base_metrics, **_check_metrics(checks)}
                 check_notes = [n for c in checks for n in c.notes]
@@ -389,9 +419,9 @@ class Gate:
                     name = f"scaled_{i}"
                     with quiet_peft():
                         peft.load_adapter(str(out), adapter_name=name)
-                    scored = self._score(peft, name, tokenizer, items, behaviour, contrastive)
+                    scored = self._score(peft, name, tokenizer, items, behaviour, contrastive, learned)
                     dec = self._decide(items, cur.scores, scored.scores, base)
-                    cdecs = self._decide_canaries(behaviour, contrastive, cur, scored, base)
+                    cdecs = self._decide_canaries(behaviour, contrastive, cur, scored, base, learned)
                     ok = _passed(dec, cdecs)
                     attempts.append({"scale": s, "passed": ok, "rank": written["rank"],
                                      "truncation_error": written["truncation_error"],
@@ -424,7 +454,7 @@ class Gate:
         primary = self._primary(final)
         canary_dec = _find(final_checks, "canaries")
         contrast_dec = _find(final_checks, "contrastive")
-        judged = self._judged_on(items, canary_dec, contrast_dec)
+        judged = self._judged_on(items, canary_dec, contrast_dec, _find(final_checks, "learned"))
         reasons.append(judged["text"])
         final_notes = ([*final[primary].notes] if primary is not None else []) + [  # type: ignore[union-attr]
             n for c in final_checks for n in c.notes]
@@ -447,14 +477,17 @@ class Gate:
         rows += self._canary_rows(behaviour, cur.outcomes, final_scored.outcomes, canary_dec)
         rows += self._contrast_rows(contrastive, cur.contrasts, final_scored.contrasts, contrast_dec,
                                     base.contrasts if base is not None else None)
+        rows += self._learned_rows(learned, cur.learned, final_scored.learned, _find(final_checks, "learned"),
+                                   _find(final_checks, "bleed"))
         return self._report(passed, reasons, metrics, rows, scale, adapter_dir if passed else None,
                             t_start, timings, scorer=primary or self.config.scorer)
 
     # ------------------------------------------------------------------ helpers
 
     def _score(self, peft: Any, adapter: str | None, tokenizer: Any, items: list[SuiteItem],
-               canaries: list[SuiteItem], contrastive: list[SuiteItem]) -> _Scored:
-        """Every scorer's scores of `items`, and the canaries' outcomes, under one adapter (None: base)."""
+               canaries: list[SuiteItem], contrastive: list[SuiteItem], learned: list[SuiteItem]) -> _Scored:
+        """Every scorer's scores of `items`, the canaries' outcomes and the learned facts' answers,
+        under one adapter (None: base)."""
         out = _Scored()
 
         def run() -> None:
@@ -464,6 +497,8 @@ class Gate:
                 out.outcomes = canary_outcomes(peft, tokenizer, canaries, max_new_tokens=self.config.max_new_tokens)
             if contrastive:
                 out.contrasts = contrast_outcomes(peft, tokenizer, contrastive)
+            if learned:
+                out.learned = learned_outcomes(peft, tokenizer, learned, max_new_tokens=self.config.max_new_tokens)
 
         if adapter is None:
             with peft.disable_adapter():
@@ -610,15 +645,29 @@ class Gate:
         return out
 
     def _decide_canaries(self, behaviour: list[SuiteItem], contrastive: list[SuiteItem], current: _Scored,
-                         candidate: _Scored, base: _Base | None) -> list[Decision]:
-        """The greedy/rank canaries' decision and the contrastive canaries' (each when there are any)."""
+                         candidate: _Scored, base: _Base | None, learned: list[SuiteItem] = ()) -> list[Decision]:
+        """The greedy/rank canaries' decision, the contrastive canaries', the learned facts' and
+        the bleed check's (each when there is anything to judge)."""
         out = []
         if behaviour:
+            # With the base model's results the cumulative bound is judged there, once: the
+            # anchors would charge a canary lost (within the allowance) by an earlier step to
+            # every later step's own allowance as well, so that one early step could stall all
+            # later learning (measured: steps 2 and 4 of a four-step run rejected that way).
+            anchors = self._anchors if base is None else None
             out.append(decide_canaries(behaviour, current.outcomes, candidate.outcomes, self.config,
-                                       anchors=self._anchors, base=base.outcomes if base is not None else None))
+                                       anchors=anchors, base=base.outcomes if base is not None else None))
         if contrastive:
             out.append(decide_contrastive(contrastive, current.contrasts, candidate.contrasts,
                                           base=base.contrasts if base is not None else None, anchors=self._anchors))
+        if learned:
+            out.append(decide_learned(learned, current.learned, candidate.learned, self.config))
+        greedy = [i for i, c in enumerate(behaviour) if c.check == "greedy"]
+        if self._new_answers and (learned or greedy):
+            asked = [*learned, *(behaviour[i] for i in greedy)]
+            cur = [o.answer for o in current.learned] + [current.outcomes[i].answer for i in greedy]
+            cand = [o.answer for o in candidate.learned] + [candidate.outcomes[i].answer for i in greedy]
+            out.append(decide_bleed(asked, cur, cand, self._new_answers, self.config))
         return out
 
     @staticmethod
@@ -627,7 +676,7 @@ class Gate:
         return bool(items) or any(c.metrics["n_judged"] > 0 for c in checks)
 
     def _judged_on(self, items: list[SuiteItem], canary: Decision | None,
-                   contrast: Decision | None = None) -> dict[str, Any]:
+                   contrast: Decision | None = None, learned: Decision | None = None) -> dict[str, Any]:
         """What the verdict rests on: counts, and a sentence saying so."""
         n_past = sum(it.kind == "past" for it in items)
         n_probe = sum(it.kind == "probe" for it in items)
@@ -644,6 +693,10 @@ class Gate:
             parts.append(f"{n_contrast}{of} contrastive canaries")
         if n_logprob:
             parts.append(f"{n_logprob} logprob canaries")
+        n_learned = learned.metrics["n_judged"] if learned is not None else 0
+        if learned is not None:
+            of = f" of {learned.metrics['n']}" if n_learned != learned.metrics["n"] else ""
+            parts.append(f"{n_learned}{of} learned facts")
         parts.append(f"{n_probe} new-knowledge probes" if n_probe else "no new-knowledge probes (no gain measured)")
         text = ("judged on " if n_past else f"{NO_PAST_NOTE}: judged on ") + ", ".join(parts[:-1]) + \
             (" and " if len(parts) > 1 else "") + parts[-1]
@@ -652,6 +705,8 @@ class Gate:
                "logprob_canaries": n_logprob, "probes": n_probe}
         if contrast is not None:
             out.update(contrastive=n_contrast, contrastive_total=contrast.metrics["n"])
+        if learned is not None:
+            out.update(learned=n_learned, learned_total=learned.metrics["n"])
         return out
 
     @staticmethod
@@ -736,6 +791,18 @@ class Gate:
         return rows
 
     @staticmethod
+    def _learned_rows(items: list[SuiteItem], current: list[CanaryOutcome], candidate: list[CanaryOutcome],
+                      decision: Decision | None, bleed: Decision | None) -> list[dict[str, Any]]:
+        """One row per learned fact: known (1.0) / not (0.0) under each adapter, the answers, any bleed."""
+        lost = decision.flipped if decision is not None else set()
+        bled = bleed.metrics["bled"] if bleed is not None else {}
+        return [{"kind": "learned", "id": it.id, "prompt": it.preview, "expected": it.expected,
+                 "negative": list(it.negative), "current": float(c.passed), "candidate": float(n.passed),
+                 "delta": float(n.passed) - float(c.passed), "flipped": it.id in lost, "bled": bled.get(it.id),
+                 "answer_current": c.answer, "answer_candidate": n.answer}
+                for it, c, n in zip(items, current, candidate, strict=True)]
+
+    @staticmethod
     def _contrast_rows(items: list[SuiteItem], current: list[ContrastOutcome], candidate: list[ContrastOutcome],
                        decision: Decision | None, base: list[ContrastOutcome] | None) -> list[dict[str, Any]]:
         """One row per contrastive canary: pass / fail, and the margins over each foil."""
@@ -794,6 +861,11 @@ def _headline(decisions: Mapping[str, Decision | str], checks: Sequence[Decision
         out["canary_flips"] = canary.metrics["flipped"]
     if contrast is not None:
         out["contrastive_flips"] = contrast.metrics["flipped"]
+    learned, bleed = _find(checks, "learned"), _find(checks, "bleed")
+    if learned is not None:
+        out["learned_lost"] = learned.metrics["lost"]
+    if bleed is not None:
+        out["bleed"] = sorted(bleed.metrics["bled"])
     return out
 
 

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_FORMAT_VERSION = 1
 JSON_NAME, MD_NAME, PNG_NAME = "gate_report.json", "gate_report.md", "gate_report.png"
-_COLORS = {"past": "tab:blue", "canary": "tab:orange", "probe": "tab:green"}
+_COLORS = {"past": "tab:blue", "canary": "tab:orange", "probe": "tab:green", "learned": "tab:purple"}
 
 
 @dataclass
@@ -181,6 +181,15 @@ class GateReport:
                          f"{canaries['n']} |")
             lines.append(f"| canaries flipped (allowed {canaries['allowed_flips']}) | "
                          f"{', '.join(canaries['flipped']) or 'none'} |")
+        learned = m.get("learned")
+        if learned:
+            lines.append(f"| learned facts known under the current adapter | {learned['n_judged']} of {learned['n']} |")
+            lines.append(f"| learned facts lost (allowed {learned['allowed']}) | "
+                         f"{', '.join(learned['lost']) or 'none'} |")
+        bleed = m.get("bleed")
+        if bleed:
+            lines.append(f"| bleed (allowed {bleed['allowed']}) | "
+                         f"{', '.join(f'{k}: {v}' for k, v in bleed['bled'].items()) or 'none'} |")
         for attempt in m.get("scale_back", []):
             lines.append(f"| scale {attempt['scale']:g} | {'passed' if attempt['passed'] else 'failed'} |")
         flipped = [r for r in self.rows if r.get("kind") == "canary" and r.get("flipped")]

@@ -26,6 +26,14 @@ Three kinds of `SuiteItem`:
   for ``"expected"``. Unknown keys (e.g. ``"category"``) are ignored; lines starting with
   ``#`` are comments.
 - ``probe``: this consolidation's held-out new-knowledge questions (`Probe`).
+- ``learned``: what committed consolidations taught, kept for good (`ReplaySuite.learned`,
+  not reservoir-sampled): a closed-book question and the short answer that shows the
+  fact is known (`learned_item`: from ``self_qa`` pairs and probes, and from fact
+  sentences that make a one-valued claim, `fact_item`). Every later gate re-asks them
+  (`seal_agent.gate.learned`). A newer item that answers the same question differently,
+  or whose fact contradicts the older one's (`seal_agent.memory.claims`), retires it:
+  the old question is kept with the new answer, and the old answer becomes one of its
+  ``negative`` answers (answering it after the correction is wrong).
 
 Superseded items. When a *newer* interaction in the same namespace asks the same
 question and gets a different answer, the older item is a knowledge update, not
@@ -38,6 +46,7 @@ answers differ after the same normalisation. A paraphrased question is not detec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -51,6 +60,7 @@ from typing import Any, Literal
 from seal_agent._finite import is_finite_number
 from seal_agent._fs import write_atomic
 from seal_agent.errors import ValidationError
+from seal_agent.memory.claims import Claim, contradicts, parse_claim
 from seal_agent.memory.facts import normalize_text, supersedes
 from seal_agent.memory.records import Interaction, join_namespace
 from seal_agent.selfedit.base import Probe, chat_messages, final_answer_index
@@ -61,7 +71,12 @@ __all__ = [
     "SUITE_FORMAT_VERSION",
     "ReplaySuite",
     "SuiteItem",
+    "answer_core",
+    "apply_learned",
     "canary_anchor_key",
+    "claim_question",
+    "fact_item",
+    "learned_item",
     "load_canaries",
     "normalize_text",
     "past_item",
@@ -71,10 +86,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUITE_FORMAT_VERSION = 1
-"""Version of the persisted suite file's layout."""
+SUITE_FORMAT_VERSION = 2
+"""Version of the persisted suite file's layout (2: ``learned`` items and ``retired``;
+version-1 files load, with no learned items)."""
+_READABLE_VERSIONS = (1, 2)
 
-ItemKind = Literal["past", "canary", "probe"]
+ItemKind = Literal["past", "canary", "probe", "learned"]
 
 CANARY_CHECKS = ("greedy", "rank", "logprob")
 """How a canary line can be judged (``"check"``); see `seal_agent.gate.canary`."""
@@ -112,6 +129,11 @@ class SuiteItem:
             the start of the reply.
         foils: Answers ``expected`` must keep outranking (a contrastive canary's
             ``"not"``): any flip rejects, whatever ``canary_max_flip_share`` allows.
+        negative: ``learned`` items: answers that make the answer wrong even when it
+            holds ``expected`` -- the old answers of a corrected fact.
+        statement: ``learned`` items: the sentence that taught the fact (the claim that
+            decides which later facts correct it).
+        source: ``learned`` items: the interaction the fact came from.
     """
 
     kind: ItemKind
@@ -128,6 +150,9 @@ class SuiteItem:
     wrong: tuple[str, ...] = ()
     reply_prefix: str = ""
     foils: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
+    statement: str = ""
+    source: str = ""
 
     @property
     def preview(self) -> str:
@@ -139,14 +164,15 @@ class SuiteItem:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["prompt"] = [dict(m) for m in self.prompt]
-        out["aliases"], out["wrong"], out["foils"] = list(self.aliases), list(self.wrong), list(self.foils)
+        for key in ("aliases", "wrong", "foils", "negative"):
+            out[key] = list(getattr(self, key))
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SuiteItem:
         d = dict(data)
         d["prompt"] = tuple(dict(m) for m in d.get("prompt", ()))
-        for key in ("aliases", "wrong", "foils"):
+        for key in ("aliases", "wrong", "foils", "negative"):
             d[key] = tuple(d.get(key, ()))
         return cls(**d)
 
@@ -191,6 +217,203 @@ def probe_items(probes: Sequence[Probe]) -> list[SuiteItem]:
     ]
 
 
+# --------------------------------------------------------------------------- learned facts
+
+_CORE_MAX_WORDS = 6  # a longer answer cannot be checked by "the reply contains it"
+_LEADING = {"in", "at", "on", "to", "by", "it", "its", "is", "was", "are"}
+_QUESTION_TEMPLATES = {
+    "identity": "What is {s} called?",
+    "lives_in": "Where {does} {s} live?",
+    "works_at": "Where {does} {s} work?",
+    "located_in": "Where is {s}?",
+    "starts_at": "When {does} {s} start?",
+    "ends_at": "When {does} {s} end?",
+    "leaves_at": "When {does} {s} leave?",
+    "arrives_at": "When {does} {s} arrive?",
+    "drives": "What {does} {s} drive?",
+    "costs": "How much {does} {s} cost?",
+    "copula": "What is {s}?",  # only preferences parse to a plain copula: "my favourite colour"
+}
+
+
+def _words(text: str) -> list[str]:
+    from seal_agent.gate.scorers import normalize_answer
+
+    return normalize_answer(text).split()
+
+
+def answer_core(question: str, answer: str) -> str | None:
+    """The short answer that shows a fact is known: what a greedy reply must contain.
+
+    The value of the answer's claim when it makes one ("His sailboat is called the
+    Saltpetal." -> ``saltpetal``), else the normalised answer without leading words the
+    question already has or a leading preposition ("In Lisbon." -> ``lisbon``). None when
+    that is empty or longer than six words (a sentence no reply repeats word for word).
+    """
+    claim = parse_claim(answer)
+    words = _words(claim.value) if claim is not None else _words(answer)
+    asked = set(_words(question))
+    while words and (words[0] in asked or words[0] in _LEADING) and len(words) > 1:
+        words = words[1:]
+    if not words or len(words) > _CORE_MAX_WORDS:
+        return None
+    return " ".join(words)
+
+
+def claim_question(claim: Claim, sentence: str = "") -> str | None:
+    """A closed-book question whose answer is the claim's value, or None (measures, births:
+    no question that reliably asks for just the value). `sentence`, the claim's source,
+    gives the subject its written form ("Priya", not "the priya")."""
+    template = _QUESTION_TEMPLATES.get(claim.relation)
+    if template is None:
+        return None
+    pronoun = claim.head in {"i", "we", "you", "they", "he", "she"} and not claim.owner
+    if pronoun:
+        subject = "I" if claim.head == "i" else claim.head
+        does = "does" if claim.head in {"he", "she"} else "do"
+    else:
+        written = re.search(r"\b(the\s+)?" + r"\s+".join(map(re.escape, claim.head.split())) + r"\b",
+                            sentence, re.IGNORECASE)
+        head = written.group(0)[len(written.group(1) or ""):] if written else claim.head
+        article = "the" if written is None or written.group(1) else ""
+        subject = " ".join(x for x in (claim.owner or article, head) if x)
+        does = "does"
+    if claim.relation == "identity" and not re.search(r"\b(called|named|known as|goes by|name)\b", sentence, re.I):
+        template = "What is {s}?"  # "The wifi password is Hunter22": identity by a copula
+    return template.format(s=subject, does=does)
+
+
+def _learned_id(namespace: str, key: str, core: str) -> str:
+    import hashlib
+
+    return "learned-" + hashlib.sha256(f"{namespace}\n{key}\n{core}".encode()).hexdigest()[:12]
+
+
+def learned_item(question: str, answer: str, namespace: str, source: str = "") -> SuiteItem | None:
+    """A learned fact as a closed-book question (one user turn) and its `answer_core`; None
+    without a usable short answer. `namespace` is a path (``"users/alice"``)."""
+    core = answer_core(question, answer)
+    if not question.strip() or core is None:
+        return None
+    key = normalize_text(question)
+    return SuiteItem(kind="learned", id=_learned_id(namespace, key, core),
+                     prompt=({"role": "user", "content": question.strip()},), expected=core,
+                     namespace=namespace, key=key, statement=" ".join(answer.split()), source=source)
+
+
+def fact_item(sentence: str, namespace: str, source: str = "") -> SuiteItem | None:
+    """A fact sentence as a learned item, when it makes a claim a question can be formed
+    for (`claim_question`); else None."""
+    claim = parse_claim(sentence)
+    question = claim_question(claim, sentence) if claim is not None else None
+    if question is None:
+        return None
+    return learned_item(question, sentence, namespace, source)
+
+
+def taught_items(probes: Iterable[Any], edits: Iterable[Mapping[str, Any]],
+                 namespaces: Mapping[str, str]) -> list[SuiteItem]:
+    """The learned items of one consolidation: its probes, its ``self_qa`` training pairs,
+    and the claims of its ``statements`` / ``implications`` sentences.
+
+    Args:
+        probes: `Probe`s (or dicts with ``question``, ``answer``, ``namespace``, ``interaction_id``).
+        edits: Training examples as consolidation keeps them: ``example``, ``strategy``,
+            ``interaction_id``.
+        namespaces: Interaction id -> namespace path, for the edits.
+    """
+    from seal_agent.memory.facts import _sentences
+
+    out: dict[str, SuiteItem] = {}
+
+    def put(item: SuiteItem | None) -> None:
+        if item is not None:
+            out.setdefault(item.id, item)
+
+    for p in probes:
+        get = p.get if isinstance(p, Mapping) else lambda k, p=p: getattr(p, k)
+        put(learned_item(str(get("question")), str(get("answer")), join_namespace(tuple(get("namespace"))),
+                         str(get("interaction_id"))))
+    for e in edits:
+        source = str(e.get("interaction_id", ""))
+        if source not in namespaces:
+            continue
+        ns, example = namespaces[source], e.get("example") or {}
+        if e.get("strategy") == "self_qa" and "messages" in example:
+            msgs = example["messages"]
+            q = next((m["content"] for m in msgs if m.get("role") == "user"), "")
+            a = next((m["content"] for m in reversed(msgs) if m.get("role") == "assistant"), "")
+            put(learned_item(q, a, ns, source))
+        elif e.get("strategy") in ("statements", "implications") and "text" in example:
+            for sentence in _sentences(str(example["text"])):
+                put(fact_item(sentence, ns, source))
+    return list(out.values())
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """One answer holds the other as whole words ("lisbon" / "lisbon portugal"): a refinement."""
+    x, y = f" {' '.join(_words(a))} ", f" {' '.join(_words(b))} "
+    return x.strip() != "" and y.strip() != "" and (x in y or y in x)
+
+
+def _corrects(new: SuiteItem, old: SuiteItem) -> bool:
+    """Whether `new` corrects `old`: same namespace and the same question answered otherwise
+    (the rule the facts and past tasks use), or a claim that contradicts the old one's."""
+    if new.namespace != old.namespace or _overlaps(new.expected, old.expected):
+        return False
+    if supersedes(new.key, new.namespace, new.expected, old.key, old.namespace, old.expected):
+        return True
+    cn, co = parse_claim(new.statement), parse_claim(old.statement)
+    return cn is not None and co is not None and contradicts(cn, co)
+
+
+def _negatives(expected: str, answers: Iterable[str]) -> tuple[str, ...]:
+    """Old answers as negatives, without any the new answer holds (or is held by)."""
+    out: list[str] = []
+    for a in answers:
+        if a and not _overlaps(expected, a) and a not in out:
+            out.append(a)
+    return tuple(out)
+
+
+def apply_learned(existing: Sequence[SuiteItem], new: Sequence[SuiteItem]
+                  ) -> tuple[list[SuiteItem], list[tuple[SuiteItem, str]]]:
+    """The learned items once `new` ones are added, and the retired ones with the id of
+    the item that corrected each.
+
+    A new item equal to an existing one (same namespace, question and answer) adds
+    nothing. One that answers an existing question differently, or contradicts its
+    fact, retires it: the new item carries the old answer as a negative, and when the old
+    question was another one it stays, re-asked with the new answer (and the old one as
+    a negative). An answer that refines the old one ("lisbon" -> "lisbon portugal")
+    replaces it without a negative. Pure: the suite is not modified.
+    """
+    items = list(existing)
+    retired: list[tuple[SuiteItem, str]] = []
+    for n in new:
+        if any(x.id == n.id for x in items):
+            continue
+        negs: list[str] = list(n.negative)
+        keep: list[SuiteItem] = []
+        for o in items:
+            if o.namespace == n.namespace and o.key == n.key and _overlaps(o.expected, n.expected):
+                retired.append((o, n.id))  # the same fact, answered more (or less) fully
+                negs.extend(o.negative)
+            elif _corrects(n, o):
+                retired.append((o, n.id))
+                negs.extend([o.expected, *o.negative])
+                if o.key != n.key:  # the old question, re-asked: the old answer is now wrong
+                    keep.append(dataclasses.replace(
+                        o, id=_learned_id(o.namespace, o.key, n.expected), expected=n.expected, aliases=n.aliases,
+                        negative=_negatives(n.expected, [o.expected, *o.negative]), statement=n.statement,
+                        source=n.source))
+            else:
+                keep.append(o)
+        items = [*keep, dataclasses.replace(n, negative=_negatives(n.expected, negs))]
+    unique = {x.id: x for x in reversed(items)}  # a re-asked old question may equal a new item: the newest wins
+    return [x for x in items if unique[x.id] is x], retired
+
+
 def _supersedes(newer_key: str, newer_ns: str, newer_answer: str, item: SuiteItem) -> bool:
     # the decision the facts use too: one rule for "a knowledge update is not forgetting"
     return supersedes(newer_key, newer_ns, newer_answer, item.key, item.namespace, item.expected)
@@ -226,6 +449,8 @@ class ReplaySuite:
     watermark: str = ""
     dropped: list[dict[str, str]] = field(default_factory=list)
     anchors: dict[str, dict[str, float]] = field(default_factory=dict)
+    learned: list[SuiteItem] = field(default_factory=list)
+    retired: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.lineage, str) or not _LINEAGE_RE.match(self.lineage):
@@ -254,6 +479,8 @@ class ReplaySuite:
             "watermark": self.watermark,
             "dropped": self.dropped,
             "items": [it.to_dict() for it in self.items],
+            "learned": [it.to_dict() for it in self.learned],
+            "retired": self.retired,
             # Anchors of items that left the reservoir are of no more use; canary anchors stay.
             "anchors": {k: v for k, v in self.anchors.items()
                         if k in {it.id for it in self.items} or k.startswith(CANARY_ANCHOR_PREFIX)},
@@ -272,9 +499,9 @@ class ReplaySuite:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ValidationError("suite_file", str(path), f"cannot be read as JSON: {exc}") from exc
-        if not isinstance(data, dict) or data.get("format_version") != SUITE_FORMAT_VERSION:
+        if not isinstance(data, dict) or data.get("format_version") not in _READABLE_VERSIONS:
             raise ValidationError("suite_file.format_version", data.get("format_version") if isinstance(data, dict)
-                                  else None, f"must be {SUITE_FORMAT_VERSION} (file {path})")
+                                  else None, f"must be one of {list(_READABLE_VERSIONS)} (file {path})")
         suite = cls(
             lineage=data["lineage"], capacity=int(data["capacity"]), seed=int(data.get("seed", 0)),
             items=[SuiteItem.from_dict(d) for d in data.get("items", [])],
@@ -283,6 +510,9 @@ class ReplaySuite:
             # A NaN/inf anchor (saved before they were refused) anchors nothing: dropped.
             anchors={str(k): {str(n): float(x) for n, x in v.items() if is_finite_number(x)}
                      for k, v in data.get("anchors", {}).items()},
+            # Version 1 kept no learned facts: such a suite starts learning them at its next commit.
+            learned=[SuiteItem.from_dict(d) for d in data.get("learned", [])],
+            retired=list(data.get("retired", [])),
         )
         if capacity is not None and capacity != suite.capacity:
             suite.capacity = capacity
@@ -325,6 +555,15 @@ class ReplaySuite:
             if j < self.capacity:
                 self.items[j] = item
         return eligible
+
+    def learn(self, items: Iterable[SuiteItem]) -> list[tuple[SuiteItem, str]]:
+        """Add a committed consolidation's learned items (`apply_learned`); the retired ones."""
+        self.learned, retired = apply_learned(self.learned, list(items))
+        for old, by in retired:
+            logger.info("gate: learned probe %s (%r -> %r) retired by %s", old.id, old.preview, old.expected, by)
+        self.retired = (self.retired + [{"id": o.id, "question": o.preview, "answer": o.expected, "retired_by": by}
+                                        for o, by in retired])[-100:]
+        return retired
 
     def record_scores(self, rows: Iterable[Mapping[str, Any]], scorer: str) -> int:
         """Raise each past item's anchor to its best score in a committed gate report.
