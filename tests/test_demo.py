@@ -19,9 +19,10 @@ import waits
 from seal_agent.cli import main
 from seal_agent.demo import TOLD
 
-# The module fixture runs for minutes, longer under load: no per-test clock here (scripts/
-# test.sh's --timeout); the fixture's wait fails on a stall instead (tests/waits.py).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(0)]
+# The module fixture runs for minutes, longer under load (18 on a loaded 2-core machine):
+# its wait fails on a stall (tests/waits.py), and scripts/test.sh's --timeout=3600 stays
+# as the hang guard (a child whose background threads still tick is never "stalled").
+pytestmark = [pytest.mark.slow]
 
 # General abilities the base model has; they must survive the committed update.
 GENERAL = [("What is the capital of France?", "Paris"), ("What is the opposite of hot?", "cold")]
