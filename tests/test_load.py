@@ -54,17 +54,17 @@ def _log(m: SealMemory, n: int) -> list[str]:
                   namespace=("users", "ana")) for i in range(n)]
 
 
-STALL_S = 3.0
-DELAY_S = 0.5  # one batch: well inside the stall window, even on a loaded machine
+STALL_S = 6.0
+DELAY_S = 0.5  # one batch: well inside the stall window, even on a loaded machine (load 10)
 
 
 def test_flush_waits_while_indexing_progresses(tmp_path: Path) -> None:
-    """48 rows, 2 a batch, 0.5 s a batch, at most two threads embedding (the worker and
-    flush's own): at least 6 s of indexing, twice the stall window. A fixed 3 s clock
+    """96 rows, 2 a batch, 0.5 s a batch, at most two threads embedding (the worker and
+    flush's own): at least 12 s of indexing, twice the stall window. A fixed 6 s clock
     gave up half way; waiting on progress, flush returns with everything indexed."""
     emb = SlowEmbeddings(DELAY_S)
     with _memory(tmp_path / "home", emb) as m:
-        ids = _log(m, 48)
+        ids = _log(m, 96)
         m.flush(timeout=STALL_S)
         assert m.status()["backlog"] == 0 and set(m._index.all_ids()) == set(ids)
         assert emb.batches * DELAY_S / 2 >= 2 * STALL_S  # the work really outlasted the window
@@ -74,14 +74,14 @@ def test_flush_fails_after_a_stall_naming_what_is_left(tmp_path: Path) -> None:
     """Indexing goes on for a while (longer than the stall window), then stops (every
     batch fails): flush gives up only once nothing was indexed for `timeout` seconds, with
     our error naming how many interactions are left and for how long nothing moved."""
-    emb = SlowEmbeddings(DELAY_S, fail_after=14)  # 14 batches: >= 3.5 s of progress first
+    emb = SlowEmbeddings(DELAY_S, fail_after=28)  # 28 batches: >= 7 s of progress first
     with _memory(tmp_path / "home", emb) as m:
-        _log(m, 60)
+        _log(m, 100)
         with pytest.raises(BackendUnavailableError) as caught:
             m.flush(timeout=STALL_S)
         left = m.status()["backlog"]
         message = str(caught.value)
-        assert 0 < left < 60 and emb.batches > 14  # some progress, then the stall
+        assert 0 < left < 100 and emb.batches > 28  # some progress, then the stall
         assert message.startswith(f"{left} interactions not indexed: none was indexed for {STALL_S}s"), message
         assert "embedding service down" in message  # and why
 
