@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+import waits
 from conftest import _free_port, start_chroma_server
 from fakes import HashEmbeddings
 
@@ -31,18 +31,18 @@ def ex(user: str, answer: str = "ok") -> list[dict[str, str]]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
-def run_child(code: str, timeout: float = 600) -> dict:
-    """Run `code` in a fresh interpreter (this tree's seal_agent, the tests' fakes); its
-    last stdout line is JSON."""
+def run_child(code: str) -> dict:
+    """Run `code` in a fresh interpreter (this tree's seal_agent, the tests' fakes), as long
+    as it keeps working (tests/waits.py); its last stdout line is JSON."""
     prelude = f"import sys; sys.path[:0] = [{ROOT!r}, {TESTS!r}]\n"
-    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = waits.run([sys.executable, "-c", prelude + textwrap.dedent(code)], text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def wait_for(condition, what: str, bound_s: float = 60.0):  # noqa: ANN001, ANN201
-    """Poll `condition` until it returns something truthy (a generous bound, not a timing)."""
+def wait_for(condition, what: str, bound_s: float = 300.0):  # noqa: ANN001, ANN201
+    """Poll `condition` until it returns something truthy (a generous bound against a hang,
+    not a timing: the worker's back-off and a server restart take seconds, not minutes)."""
     deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
         got = condition()
