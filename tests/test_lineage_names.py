@@ -295,3 +295,17 @@ def test_processes_opening_an_old_home_at_once_migrate_it_once(
     assert sorted(p.name for p in (home / "lineages").iterdir()) == sorted(Lineage(home, ns).name for ns in namespaces)
     assert sorted(p.name for p in (home / "gate").iterdir()) == sorted(
         Lineage(home, ns).suite_path.name for ns in namespaces)
+
+
+def test_forget_names_a_stray_lineage_folder_it_cannot_purge(mem: SealMemory) -> None:
+    """A folder whose marker names a namespace but is not that namespace's folder (a copy,
+    or an old folder left beside the migrated one) is never served -- and forget says it
+    was not purged, instead of passing over it in silence."""
+    i = mem.log([{"role": "user", "content": "my pin is 1234"}, {"role": "assistant", "content": "ok"}],
+                namespace=("users", "alice"))
+    stray = mem.home / "lineages" / "users.alice-0000copy"
+    stray.mkdir(parents=True)
+    (stray / "lineage.json").write_text(json.dumps({"namespace": ["users", "alice"]}))
+    report = mem.forget(ids=[i])
+    assert report.ids == [i]
+    assert any(str(stray) in p and "not purged" in p for p in report.pending), report.pending
