@@ -191,9 +191,10 @@ def test_item9_first_recall_after_chroma_lost_returns_every_journaled_row(tmp_pa
 
 
 def test_item9_recall_past_its_bound_says_how_many_rows_are_missing(tmp_path: Path) -> None:
-    """With nothing allowed for indexing in the call (recall_index_timeout_s = 0) and rows
-    missing from the index, recall raises instead of answering from an incomplete index."""
-    cfg = SealConfig(memory=MemoryConfig(recall_index_timeout_s=0.0))
+    """With next to nothing allowed for indexing in the call (recall_index_timeout_s = 1 ns,
+    over before the first batch: 0 is rejected by the config) and rows missing from the
+    index, recall raises instead of answering from an incomplete index."""
+    cfg = SealConfig(memory=MemoryConfig(recall_index_timeout_s=1e-9))
     with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random", config=cfg) as m:
         m._worker.stop(timeout=5)  # no background indexing
         m.log_many([{"messages": ex(f"row {i} about quinces"), "namespace": ["users", "ana"]} for i in range(3)])
