@@ -153,6 +153,20 @@ def test_indexing_queue_is_fair_between_namespaces(journal: JournalBackend) -> N
     assert journal.indexed_ids() == {it.id for it in batch}
 
 
+def test_indexed_ids_in_one_namespace_or_below(journal: JournalBackend) -> None:
+    """Review finding 2: recall's check against Chroma reads ids, never rows (the
+    namespace's marked-indexed ids and their namespaces; a sibling whose name extends
+    the prefix is not below it)."""
+    a, b = make("a", ("t", "x")), make("b", ("t", "x", "deep"))
+    c, d = make("c", ("t", "xy")), make("d", ("t", "x"))
+    journal.insert_many([a, b, c, d])
+    journal.mark_indexed([a.id, b.id, c.id])  # d stays queued
+    assert journal.indexed_ids_in(("t", "x")) == {a.id: ("t", "x")}
+    assert journal.indexed_ids_in(("t", "x"), include_descendants=True) == {a.id: ("t", "x"),
+                                                                           b.id: ("t", "x", "deep")}
+    assert journal.indexed_ids_in(("nobody",)) == {}
+
+
 def test_update_feedback_and_duplicate_update(journal: JournalBackend) -> None:
     a, b = make("a"), make("b")
     journal.insert_many([a, b])

@@ -895,6 +895,14 @@ class Journal:
     def indexed_ids(self) -> set[str]:
         return {r[0] for r in self._db().execute("SELECT id FROM interactions WHERE indexed=1")}
 
+    def indexed_ids_in(self, namespace: Namespace, *, include_descendants: bool = False) -> dict[str, Namespace]:
+        """Id -> namespace of the rows of one namespace (and its sub-namespaces) marked
+        indexed: ids only, from the ``(indexed, namespace, id)`` index (no row is loaded or
+        parsed; recall checks them against Chroma before the startup reconcile ran)."""
+        where, params = self._ns_clause(namespace, include_descendants)
+        return {id_: tuple(ns.split(NAMESPACE_SEP)) for id_, ns in self._db().execute(
+            f"SELECT id, namespace FROM interactions WHERE indexed=1 AND {where}", params)}
+
     # -- reads -----------------------------------------------------------------
 
     def get(self, id_: str) -> Interaction | None:

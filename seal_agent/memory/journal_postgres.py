@@ -600,6 +600,12 @@ class PostgresJournal:
     def indexed_ids(self) -> set[str]:
         return {r[0] for r in self._q("SELECT id FROM interactions WHERE indexed=1")}
 
+    def indexed_ids_in(self, namespace: Namespace, *, include_descendants: bool = False) -> dict[str, Namespace]:
+        """Id -> namespace of the namespace's rows marked indexed (ids only), like the SQLite journal's."""
+        where, params = self._ns_clause(namespace, include_descendants)
+        return {r[0]: tuple(r[1].split(NAMESPACE_SEP))
+                for r in self._q(f"SELECT id, namespace FROM interactions WHERE indexed=1 AND {where}", params)}
+
     def claim_meta(self, key: str, value: str) -> str:
         """Set ``meta[key]`` to `value` unless it is set; the value it holds afterwards
         (the first claimant's, among all processes and hosts)."""
