@@ -153,6 +153,23 @@ def test_indexing_queue_is_fair_between_namespaces(journal: JournalBackend) -> N
     assert journal.indexed_ids() == {it.id for it in batch}
 
 
+def test_backlog_and_queue_up_to_a_watermark(journal: JournalBackend) -> None:
+    """Review finding 3: `flush` waits for the rows logged before it (ids up to a
+    watermark), not for rows other threads log meanwhile."""
+    early = [make(f"early {i}", ("t", str(i % 2))) for i in range(3)]
+    journal.insert_many(early)
+    journal.forget(namespace=None, ids=[early[2].id])  # a pending Chroma delete, before the mark
+    mark = new_interaction_id()
+    late = make("late", ("t", "0"))
+    journal.insert(late)
+    assert journal.backlog() == 4 and journal.backlog(mark) == 3
+    assert {it.id for it in journal.unindexed(10, up_to_id=mark)} == {early[0].id, early[1].id}
+    assert [it.id for it in journal.unindexed(10, exclude=[early[0].id], up_to_id=mark)] == [early[1].id]
+    journal.mark_indexed([early[0].id, early[1].id])
+    journal.mark_deleted([early[2].id])
+    assert journal.backlog(mark) == 0 and journal.backlog() == 1
+
+
 def test_indexed_ids_in_one_namespace_or_below(journal: JournalBackend) -> None:
     """Review finding 2: recall's check against Chroma reads ids, never rows (the
     namespace's marked-indexed ids and their namespaces; a sibling whose name extends

@@ -49,7 +49,13 @@ from seal_agent.errors import (
 from seal_agent.memory.chroma import client_location, connection_fault, open_collections_cap, open_files_fault
 from seal_agent.memory.embeddings import embedding_identity
 from seal_agent.memory.journal import Journal
-from seal_agent.memory.records import Interaction, Namespace, flat_metadata, join_namespace
+from seal_agent.memory.records import (
+    Interaction,
+    Namespace,
+    flat_metadata,
+    join_namespace,
+    new_interaction_id,
+)
 
 __all__ = ["ChromaIndex", "IndexWorker", "METADATA_PREFIX", "metadata_where", "namespace_where"]
 
@@ -1100,36 +1106,43 @@ class IndexWorker:
                 self._verified.add(key)
                 self._verify_locks.pop(key, None)
 
-    def drain(self, timeout: float | None) -> bool:
-        """Index the whole backlog, helping from this thread; False once `timeout` seconds
-        passed without progress (no row indexed by anyone: `StallClock`).
+    def drain(self, timeout: float | None, up_to_id: str | None = None) -> bool:
+        """Index the rows logged up to `up_to_id` (None: up to now, `new_interaction_id`),
+        helping from this thread; False once `timeout` seconds passed without progress
+        (no row indexed by anyone: `StallClock`).
 
         `flush` calls it: the caller is waiting anyway, so its thread embeds batches too
         (with the in-process model) instead of depending on the background worker alone.
-        When Chroma fails, it waits through the worker's retries instead.
+        When Chroma fails, it waits through the worker's retries instead. The watermark
+        is why it ends: with the whole backlog as its goal, every batch counted as
+        progress and other threads logging all along kept it from ever returning.
         """
+        watermark = up_to_id if up_to_id is not None else new_interaction_id()
         clock = StallClock(timeout)
         remaining = clock.left
+
+        def before() -> int:
+            return self.journal.backlog(watermark)
 
         while self._started and self.alive and not self._reconciled.wait(0.05):
             if clock.expired():
                 return False
         if isinstance(self.last_error, ConfigError):
             raise self.last_error
-        while n := self.journal.backlog():
-            clock.observe(n)  # other writers may add rows meanwhile: progress is ours, seen below
+        while n := before():
+            clock.observe(n)
             if clock.expired():
                 return False
             try:
                 self._delete_forgotten()
                 with self._claim_lock:
                     busy = list(self._claimed)
-                rows = self.journal.unindexed(self.batch_size, exclude=busy)
+                rows = self.journal.unindexed(self.batch_size, exclude=busy, up_to_id=watermark)
                 if not rows and busy:
                     # only rows in another thread's hands are left: give it a moment, then take them too
-                    if self.wait_idle(min(2.0, remaining() or 2.0)):
+                    if self.wait_idle(min(2.0, remaining() or 2.0), before):
                         return True
-                    rows = self.journal.unindexed(self.batch_size)
+                    rows = self.journal.unindexed(self.batch_size, up_to_id=watermark)
                 self._index(rows, self.index.embeddings)
                 if rows:
                     clock.progress()
@@ -1137,7 +1150,7 @@ class IndexWorker:
                 raise
             except Exception as exc:  # Chroma down: the worker retries with back-off
                 self.last_error = exc
-                return self.wait_idle(remaining())
+                return self.wait_idle(remaining(), before)
         return True
 
     def _index(self, rows: Sequence[Interaction], embeddings: Embeddings | None) -> None:

@@ -795,24 +795,28 @@ class Journal:
 
     # -- the indexing queue ----------------------------------------------------
 
-    def unindexed(self, limit: int, *, exclude: Sequence[str] = ()) -> list[Interaction]:
+    def unindexed(self, limit: int, *, exclude: Sequence[str] = (), up_to_id: str | None = None) -> list[Interaction]:
         """Up to `limit` rows not yet in Chroma, shared fairly between namespaces.
 
         Strictly oldest-first made one tenant's bulk import delay every other tenant's
         new rows (4,000 rows ahead of one). Each namespace with a backlog gets an equal
         share of the batch (oldest rows first within it), so a lone new row is picked up
         in the next batch whatever the other backlogs. Ids in `exclude` (rows another
-        thread is embedding) are skipped.
+        thread is embedding) are skipped; with `up_to_id`, rows logged after it too.
         """
         db = self._db()
         skip = f" AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
+        args: tuple[Any, ...] = tuple(exclude)
+        if up_to_id is not None:
+            skip += " AND id<=?"
+            args += (up_to_id,)
         spaces = [r[0] for r in db.execute(
             f"SELECT namespace, MIN(id) AS first FROM interactions WHERE indexed=0{skip}"
-            " GROUP BY namespace ORDER BY first LIMIT ?", (*exclude, limit))]
+            " GROUP BY namespace ORDER BY first LIMIT ?", (*args, limit))]
         if not spaces:
             return []
         queues = [db.execute(f"SELECT {self._cols} FROM interactions WHERE indexed=0 AND namespace=?{skip}"
-                             " ORDER BY id LIMIT ?", (ns, *exclude, limit)).fetchall() for ns in spaces]
+                             " ORDER BY id LIMIT ?", (ns, *args, limit)).fetchall() for ns in spaces]
         rows: list[Any] = []
         depth = 0
         while len(rows) < limit and any(depth < len(q) for q in queues):  # round-robin
@@ -875,11 +879,13 @@ class Journal:
         with self._tx(durable=False) as db:  # a lost mark only deletes from Chroma again
             db.executemany("UPDATE forgotten SET chroma_deleted=1 WHERE id=?", [(i,) for i in ids])
 
-    def backlog(self) -> int:
-        """Rows the worker still has to write to or delete from Chroma."""
+    def backlog(self, up_to_id: str | None = None) -> int:
+        """Rows the worker still has to write to or delete from Chroma (with `up_to_id`:
+        those of ids up to it, i.e. logged before it was made: `flush`'s watermark)."""
         db = self._db()
-        a = db.execute("SELECT COUNT(*) FROM interactions WHERE indexed=0").fetchone()[0]
-        b = db.execute("SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0").fetchone()[0]
+        upto, args = ("", ()) if up_to_id is None else (" AND id<=?", (up_to_id,))
+        a = db.execute(f"SELECT COUNT(*) FROM interactions WHERE indexed=0{upto}", args).fetchone()[0]
+        b = db.execute(f"SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0{upto}", args).fetchone()[0]
         return int(a) + int(b)
 
     def unindexed_in(self, namespace: Namespace, up_to_id: str | None = None, *,

@@ -521,11 +521,14 @@ class PostgresJournal:
 
     # -- the indexing queue ----------------------------------------------------
 
-    def unindexed(self, limit: int, *, exclude: Sequence[str] = ()) -> list[Interaction]:
+    def unindexed(self, limit: int, *, exclude: Sequence[str] = (), up_to_id: str | None = None) -> list[Interaction]:
         """Up to `limit` rows not yet in Chroma, an equal share per namespace with a backlog
-        (oldest first within each), like the SQLite journal's."""
+        (oldest first within each), none logged after `up_to_id`: like the SQLite journal's."""
         skip = " AND NOT (id = ANY(%s))" if exclude else ""
         ex: list[Any] = [list(exclude)] if exclude else []
+        if up_to_id is not None:
+            skip += " AND id<=%s"
+            ex.append(up_to_id)
         spaces = [r[0] for r in self._q(
             f"SELECT namespace, MIN(id) AS first FROM interactions WHERE indexed=0{skip}"
             " GROUP BY namespace ORDER BY first LIMIT %s", (*ex, limit))]
@@ -592,9 +595,14 @@ class PostgresJournal:
     def checkpoint(self) -> None:
         """Nothing to do: the server checkpoints its own WAL."""
 
-    def backlog(self) -> int:
-        row = self._q("SELECT (SELECT COUNT(*) FROM interactions WHERE indexed=0) + "
-                      "(SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0)")
+    def backlog(self, up_to_id: str | None = None) -> int:
+        if up_to_id is None:
+            row = self._q("SELECT (SELECT COUNT(*) FROM interactions WHERE indexed=0) + "
+                          "(SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0)")
+        else:  # `flush`'s watermark: rows logged before it
+            row = self._q("SELECT (SELECT COUNT(*) FROM interactions WHERE indexed=0 AND id<=%s) + "
+                          "(SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0 AND id<=%s)",
+                          (up_to_id, up_to_id))
         return int(row[0][0])
 
     def indexed_ids(self) -> set[str]:
