@@ -220,6 +220,10 @@ class SealMemory:
                     claim_embedded_index(self._journal, self.home)
                 if self.read_only:
                     self._snapshot = snapshot_embedded(self.home)
+            if not self.read_only:
+                # Once per journal: rows indexed before metadata keys were escaped in Chroma
+                # are indexed again, or recall(filter=...) on such a key would miss them.
+                self._journal.requeue_escaped_keys()
         except BaseException:
             self._journal.close()
             raise

@@ -514,3 +514,20 @@ def test_facts_of_an_expired_interaction_are_not_served(journal: JournalBackend)
     assert [f.id for f in store.list(include_superseded=True)] == [fb] and store.get(fc) is None
     assert store.get(fb) is not None
     assert all(e.data == {} for e in store.history(fc)) and "4711" not in repr(store.history(fc))
+
+
+def test_rows_with_escaped_metadata_keys_are_queued_again_once(journal: JournalBackend) -> None:
+    """Review finding 4: once per journal, the rows marked indexed whose metadata has a key
+    with ``.``, ``\\`` or a leading ``$`` (at any depth) are queued for Chroma again (their
+    names there are escaped now); other rows, and rows still queued, are left alone."""
+    rows = [make("dot", metadata={"http.status": 200}), make("slash", metadata={"a": {"b\\c": 1}}),
+            make("dollar", metadata={"$kind": "web"}), make("plain", metadata={"a": {"b": 1.5}, "s": "x.y$"}),
+            make("queued", metadata={"q.r": 1})]
+    journal.insert_many(rows)
+    journal.mark_indexed([it.id for it in rows[:4]])
+    with journal._tx() as db:  # a journal from before the escaping: not marked (a fresh one is not either)
+        db.execute("DELETE FROM meta WHERE key='index_metadata_keys'")
+    assert journal.requeue_escaped_keys() == 3
+    assert {it.id for it in journal.unindexed(10)} == {rows[0].id, rows[1].id, rows[2].id, rows[4].id}
+    journal.mark_indexed([it.id for it in rows])
+    assert journal.requeue_escaped_keys() == 0 and journal.backlog() == 0  # once

@@ -47,6 +47,7 @@ from seal_agent.memory.records import (
     Interaction,
     InteractionStatus,
     Namespace,
+    has_escaped_keys,
     iso,
     join_namespace,
     metadata_key_path,
@@ -364,6 +365,38 @@ _UNSET: Any = object()
 
 # WAL pages after which a commit checkpoints by itself (see `Journal._db`); SQLite's default is 1000
 _AUTOCHECKPOINT_PAGES = 10_000
+
+
+# meta key of the Chroma metadata names' format: 2 = keys escaped by `flat_metadata`
+# (``{"a.b": 1}`` -> ``md_a\\.b``); before, ``md_a.b``, the name ``{"a": {"b": 1}}`` has too.
+METADATA_KEYS_META = "index_metadata_keys"
+METADATA_KEYS_FORMAT = "2"
+
+
+def requeue_escaped_keys(db: Any, contains: str) -> int:
+    """Once per journal (meta `METADATA_KEYS_META`), in the caller's transaction: queue for
+    Chroma again every row marked indexed whose metadata has a key `flat_metadata` escapes
+    (`has_escaped_keys`); how many. Such a row was indexed under the old, unescaped name
+    and `recall(filter=...)`, which looks up the escaped one, missed it; the re-index
+    writes the new name and deletes the old one (`ChromaIndex.upsert`).
+
+    Args:
+        db: A connection taking SQLite-dialect statements (``?``).
+        contains: The SQL test "column metadata contains the text ?" of the backend, a
+            cheap pre-filter before each candidate's JSON is parsed.
+    """
+    if db.execute("SELECT 1 FROM meta WHERE key=?", (METADATA_KEYS_META,)).fetchone() is not None:
+        return 0
+    test = " OR ".join([contains] * 3)
+    ids = [id_ for id_, md in db.execute(f"SELECT id, metadata FROM interactions WHERE indexed=1 AND ({test})",
+                                         (".", "\\", "$")).fetchall()
+           if has_escaped_keys(json.loads(md))]
+    db.executemany("UPDATE interactions SET indexed=0 WHERE id=?", [(i,) for i in ids])
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (METADATA_KEYS_META, METADATA_KEYS_FORMAT))
+    if ids:
+        logger.info("re-indexing %d interactions whose metadata keys hold '.', '\\' or a leading '$' "
+                    "(their names in Chroma are escaped now)", len(ids))
+    return len(ids)
 
 
 class Journal:
@@ -900,6 +933,11 @@ class Journal:
 
     def indexed_ids(self) -> set[str]:
         return {r[0] for r in self._db().execute("SELECT id FROM interactions WHERE indexed=1")}
+
+    def requeue_escaped_keys(self) -> int:
+        """See `requeue_escaped_keys` (the module's): once per journal, at open."""
+        with self._tx() as db:
+            return requeue_escaped_keys(db, "instr(metadata, ?) > 0")
 
     def indexed_ids_in(self, namespace: Namespace, *, include_descendants: bool = False) -> dict[str, Namespace]:
         """Id -> namespace of the rows of one namespace (and its sub-namespaces) marked

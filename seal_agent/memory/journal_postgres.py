@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from seal_agent.errors import BackendUnavailableError, StorageError
-from seal_agent.memory.journal import history_events, retired_hash
+from seal_agent.memory.journal import history_events, requeue_escaped_keys, retired_hash
 from seal_agent.memory.journal_base import redact_url
 from seal_agent.memory.records import (
     NAMESPACE_SEP,
@@ -607,6 +607,13 @@ class PostgresJournal:
 
     def indexed_ids(self) -> set[str]:
         return {r[0] for r in self._q("SELECT id FROM interactions WHERE indexed=1")}
+
+    def requeue_escaped_keys(self) -> int:
+        """See `seal_agent.memory.journal.requeue_escaped_keys`: once per database (hosts
+        opening it at once take turns: the second finds the mark)."""
+        with self._tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+            return requeue_escaped_keys(db, "strpos(metadata, ?) > 0")
 
     def indexed_ids_in(self, namespace: Namespace, *, include_descendants: bool = False) -> dict[str, Namespace]:
         """Id -> namespace of the namespace's rows marked indexed (ids only), like the SQLite journal's."""
