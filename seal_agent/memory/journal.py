@@ -368,7 +368,7 @@ _AUTOCHECKPOINT_PAGES = 10_000
 
 
 # meta key of the Chroma metadata names' format: 2 = keys escaped by `flat_metadata`
-# (``{"a.b": 1}`` -> ``md_a\\.b``); before, ``md_a.b``, the name ``{"a": {"b": 1}}`` has too.
+# (``{"a.b": 1}`` -> ``md_a\.b``); before, ``md_a.b``, the name ``{"a": {"b": 1}}`` has too.
 METADATA_KEYS_META = "index_metadata_keys"
 METADATA_KEYS_FORMAT = "2"
 
