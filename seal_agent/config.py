@@ -103,6 +103,7 @@ class MemoryConfig:
             logged before it that Chroma lacks (the worker's backlog, or all of them
             after the index folder was lost); then it raises `BackendUnavailableError`
             saying how many are missing, rather than answer from an incomplete index.
+            Must be > 0.
         close_timeout_s: Longest `close` waits for the worker to drain; what is left stays
             in the journal and is indexed at the next start.
         embed_in_subprocess: With the default embedding model, embed the worker's batches
@@ -183,7 +184,8 @@ class MemoryConfig:
                and 0 <= self.exact_search_rows <= 10_000_000, s, "exact_search_rows", self.exact_search_rows,
                "must be an integer in [0, 10000000]")
         _positive_int(s, "max_open_collections", self.max_open_collections)
-        _number(s, "recall_index_timeout_s", self.recall_index_timeout_s, 0.0, 86_400.0)
+        # 0 would make every recall raise while even one row is unindexed (no time to index it)
+        _number(s, "recall_index_timeout_s", self.recall_index_timeout_s, 0.0, 86_400.0, lo_open=True)
         _number(s, "close_timeout_s", self.close_timeout_s, 0.0, 86_400.0)
         _check(isinstance(self.embed_in_subprocess, bool), s, "embed_in_subprocess", self.embed_in_subprocess,
                "must be true or false")

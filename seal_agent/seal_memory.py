@@ -125,7 +125,7 @@ class _ReadOnlyWorker(IndexWorker):
     def catch_up(self, *args: Any, **kwargs: Any) -> int:
         return 0
 
-    def drain(self, timeout: float | None) -> bool:
+    def drain(self, timeout: float | None, up_to_id: str | None = None) -> bool:
         return True
 
 
@@ -220,6 +220,10 @@ class SealMemory:
                     claim_embedded_index(self._journal, self.home)
                 if self.read_only:
                     self._snapshot = snapshot_embedded(self.home)
+            if not self.read_only:
+                # Once per journal: rows indexed before metadata keys were escaped in Chroma
+                # are indexed again, or recall(filter=...) on such a key would miss them.
+                self._journal.requeue_escaped_keys()
         except BaseException:
             self._journal.close()
             raise
@@ -408,7 +412,8 @@ class SealMemory:
                                "with read_only=False (it must be writable)", path=self.home)
 
     def flush(self, timeout: float | None = 60.0) -> None:
-        """Block until every logged interaction is in Chroma.
+        """Block until every interaction logged before the call is in Chroma (rows other
+        threads log meanwhile are not waited for: they would keep it from returning).
 
         This thread indexes batches too (the background worker may be starved on a busy
         machine). In a process that does not own an embedded index it waits for the
@@ -425,9 +430,12 @@ class SealMemory:
                 many interactions are left.
         """
         self._check_open()
+        # What to wait for: rows logged before this call. The whole backlog moved on while
+        # other threads kept logging, and flush never returned.
+        watermark = new_interaction_id()
         clock = StallClock(timeout)
         while not self._take_index():  # another process indexes: wait for it
-            left = self._journal.backlog()
+            left = self._journal.backlog(watermark)
             if not left:
                 return
             clock.observe(left)
@@ -437,10 +445,10 @@ class SealMemory:
                     f"{timeout}s without progress) by the process that owns the index "
                     f"({self._ownership.holder() if self._ownership else '?'})")
             time.sleep(0.05)
-        if not self._worker.drain(timeout):
+        if not self._worker.drain(timeout, watermark):
             err = self._worker.last_error
             raise BackendUnavailableError(
-                f"{self._journal.backlog()} interactions not indexed: none was indexed for {timeout}s (flush "
+                f"{self._journal.backlog(watermark)} interactions not indexed: none was indexed for {timeout}s (flush "
                 "timeout without progress)" + (f"; last Chroma error: {err}" if err else "")
             )
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seal_agent.config import GateConfig, ScheduleConfig, SealConfig, TrainConfig
+from seal_agent.config import GateConfig, MemoryConfig, ScheduleConfig, SealConfig, TrainConfig
 from seal_agent.errors import ConfigError
 
 
@@ -30,6 +30,10 @@ def test_every_section_round_trips_through_toml(tmp_path: Path) -> None:
         (lambda: GateConfig(scale_back=[1.5]), "gate.scale_back"),
         (lambda: ScheduleConfig(cron="every day"), "schedule.cron"),
         (lambda: SealConfig().with_overrides(trian={"epochs": 1}), "trian"),
+        # 0 made every recall raise while one row was unindexed (review finding 5)
+        (lambda: MemoryConfig(recall_index_timeout_s=0.0), "memory.recall_index_timeout_s"),
+        (lambda: MemoryConfig(recall_index_timeout_s=-1.0), "memory.recall_index_timeout_s"),
+        (lambda: SealConfig().with_overrides(memory={"recall_index_timeout_s": 0}), "memory.recall_index_timeout_s"),
     ],
 )
 def test_bad_values_name_the_field(make, field: str) -> None:  # noqa: ANN001

@@ -16,6 +16,7 @@ from fakes import HashEmbeddings, ScriptedChatModel
 
 from seal_agent import SealMemory
 from seal_agent.config import SealConfig, SelfEditConfig
+from seal_agent.errors import BackendUnavailableError
 from seal_agent.gate.suite import ReplaySuite
 from seal_agent.memory.facts import distill, fact_key, forget_facts, record_facts, supersedes
 from seal_agent.selfedit import generate_self_edits
@@ -242,3 +243,45 @@ def test_a_model_guess_about_a_name_does_not_supersede_the_name(tmp_path: Path) 
         _consolidate_statements(mem, [c])
         assert sorted(f.text for f in mem.facts(namespace=ALICE)) == [
             "Miso is a Japanese word that means cat.", "Sorry, my cat's name is actually Tofu."]
+
+
+def test_facts_recall_through_the_recycled_shared_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding 1: the facts collection shares the interactions index's client,
+    which is closed and reopened as many tenants pass (max_open_collections = 2 here).
+    Facts recall still finds the right facts; when Chroma misses the facts segment
+    right after a reopen ("Nothing found on disk", seen under load; forced here once) it
+    is read again through a fresh client; and a miss that stays is our error, not
+    chromadb's (it used to escape from recall and from every middleware turn)."""
+    from chromadb.errors import InternalError
+
+    missed = "Error executing plan: Error constructing hnsw segment reader: Nothing found on disk"
+    with _mem(tmp_path / "home", max_open_collections=2) as mem:
+        i = _say(mem, "My locker code is 4711.", ALICE)
+        keep = _say(mem, "My locker code is 1234.", BOB)
+        _consolidate_statements(mem, [i, keep])
+        for t in range(8):  # many tenants: the shared client is closed and reopened on the way
+            _say(mem, f"tenant {t} says hello", ("t", str(t)))
+            assert len(mem.recall("hello", namespace=("t", str(t)))) == 1
+            assert _texts(mem.recall("locker code", namespace=ALICE, kinds=("facts",))) == ["My locker code is 4711."]
+        assert mem._index._recycles > 0
+        recycles = mem._index._recycles
+
+        coll_type = type(mem._facts._coll())
+        query = coll_type.query
+        misses = [1]  # how many facts queries Chroma misses from now on
+
+        def missing_segment(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.name == mem.config.memory.facts_collection and misses[0] > 0:
+                misses[0] -= 1
+                raise InternalError(missed)
+            return query(self, *args, **kwargs)
+
+        monkeypatch.setattr(coll_type, "query", missing_segment)
+        assert _texts(mem.recall("locker code", namespace=BOB, kinds=("facts",))) == ["My locker code is 1234."]
+        assert misses == [0] and mem._index._recycles > recycles  # read again through a fresh client
+        misses[0] = 10  # missed on every client
+        with pytest.raises(BackendUnavailableError, match=r"seal_facts.*Nothing found on disk") as caught:
+            mem.recall("locker code", namespace=ALICE, kinds=("facts",))
+        assert isinstance(caught.value.__cause__, InternalError)
+        misses[0] = 0
+        assert _texts(mem.recall("locker code", namespace=ALICE, kinds=("facts",))) == ["My locker code is 4711."]

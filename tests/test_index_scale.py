@@ -11,7 +11,9 @@ import json
 import shutil
 import sys
 import textwrap
+import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -191,9 +193,10 @@ def test_item9_first_recall_after_chroma_lost_returns_every_journaled_row(tmp_pa
 
 
 def test_item9_recall_past_its_bound_says_how_many_rows_are_missing(tmp_path: Path) -> None:
-    """With nothing allowed for indexing in the call (recall_index_timeout_s = 0) and rows
-    missing from the index, recall raises instead of answering from an incomplete index."""
-    cfg = SealConfig(memory=MemoryConfig(recall_index_timeout_s=0.0))
+    """With next to nothing allowed for indexing in the call (recall_index_timeout_s = 1 ns,
+    over before the first batch: 0 is rejected by the config) and rows missing from the
+    index, recall raises instead of answering from an incomplete index."""
+    cfg = SealConfig(memory=MemoryConfig(recall_index_timeout_s=1e-9))
     with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random", config=cfg) as m:
         m._worker.stop(timeout=5)  # no background indexing
         m.log_many([{"messages": ex(f"row {i} about quinces"), "namespace": ["users", "ana"]} for i in range(3)])
@@ -202,6 +205,90 @@ def test_item9_recall_past_its_bound_says_how_many_rows_are_missing(tmp_path: Pa
             m.recall("quinces", namespace=("users", "ana"))
         m.config.memory.recall_index_timeout_s = 60.0
         assert len(m.recall("quinces", namespace=("users", "ana"))) == 3
+
+
+def test_item9_verify_reads_ids_only_one_tenant_never_waits_for_another(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding 2: before the startup reconcile ran, recall's check of a namespace
+    (`_verify`) reads the ids the journal marks indexed, never the rows (it listed and
+    parsed every row of the namespace), and holds no lock another tenant's check holds
+    (one global lock made every tenant's first recall wait for the slowest one)."""
+    with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random") as m:
+        ana = [m.log(ex(f"ana's fact number {i} about quinces"), namespace=("users", "ana")) for i in range(5)]
+        m.log(ex("bob's fact about quinces"), namespace=("users", "bob"))
+        m.flush()
+        worker = m._worker
+        worker.stop(timeout=30)
+        worker._reconciled.clear()  # as in a fresh process whose worker has not reconciled yet
+        # Chroma lost three of ana's records; the journal still marks them indexed
+        m._index.delete(ana[:3], dict.fromkeys(ana[:3], ("users", "ana")))
+
+        def full_rows(*args: object, **kwargs: object) -> None:
+            raise AssertionError("_verify loaded whole rows")
+
+        used: list[tuple[object, bool]] = []
+        indexed_ids_in = m._journal.indexed_ids_in
+
+        def ids_only(namespace, *, include_descendants=False):  # noqa: ANN001, ANN202
+            used.append((tuple(namespace), include_descendants))
+            return indexed_ids_in(namespace, include_descendants=include_descendants)
+
+        monkeypatch.setattr(m._journal, "list", full_rows)
+        monkeypatch.setattr(m._journal, "unindexed_rows_in", full_rows)
+        monkeypatch.setattr(m._journal, "indexed_ids_in", ids_only)
+        # bob's check is held inside Chroma until released; ana's must not wait for it
+        entered, release = threading.Event(), threading.Event()
+        present = m._index.present
+
+        def held_present(ids, namespaces=None):  # noqa: ANN001, ANN202
+            if namespaces and ("users", "bob") in namespaces.values():
+                entered.set()
+                release.wait(120)
+            return present(ids, namespaces)
+
+        monkeypatch.setattr(m._index, "present", held_present)
+        bob = threading.Thread(target=worker._verify, args=(("users", "bob"), False))
+        bob.start()
+        try:
+            assert entered.wait(60), "bob's check never reached Chroma"
+            ana_check = threading.Thread(target=worker._verify, args=(("users", "ana"), True))
+            ana_check.start()
+            ana_check.join(60)  # a bound, not a timing: with one lock it waits for `release`
+            assert not ana_check.is_alive(), "ana's check waited for bob's"
+        finally:
+            release.set()
+            bob.join(60)
+        assert used == [(("users", "bob"), False), (("users", "ana"), True)]
+        assert m._journal.unindexed_in(("users", "ana")) == 3  # queued again, the two held ones not
+        monkeypatch.undo()
+        got = [x.id for x in m.recall("quinces", namespace=("users", "ana"), k=10)]
+        assert sorted(got) == sorted(ana)
+
+
+def test_item9_recall_bound_starts_after_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding 2: `recall_index_timeout_s` bounds the indexing, not the check
+    against Chroma before it: a check that takes longer than the bound (here a clock
+    moved on by 1000 s inside it) still lets recall index the namespace's rows."""
+    from seal_agent.memory import index as index_mod
+
+    cfg = SealConfig(memory=MemoryConfig(recall_index_timeout_s=60.0))
+    with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random", config=cfg) as m:
+        m._worker.stop(timeout=30)
+        m._worker._reconciled.clear()
+        ids = [m.log(ex(f"row {i} about quinces"), namespace=("users", "ana")) for i in range(3)]
+        now = [0.0]
+        # the index module's clock only (it uses nothing else of `time`), not the process's
+        monkeypatch.setattr(index_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+        verify = m._worker._verify
+
+        def slow_verify(namespace, include_descendants):  # noqa: ANN001, ANN202
+            verify(namespace, include_descendants)
+            now[0] += 1000.0
+
+        monkeypatch.setattr(m._worker, "_verify", slow_verify)
+        got = [x.id for x in m.recall("quinces", namespace=("users", "ana"), k=10)]
+        monkeypatch.undo()
+        assert sorted(got) == sorted(ids)
 
 
 # ---------------------------------------------------- item 10: Chroma server down

@@ -153,6 +153,37 @@ def test_indexing_queue_is_fair_between_namespaces(journal: JournalBackend) -> N
     assert journal.indexed_ids() == {it.id for it in batch}
 
 
+def test_backlog_and_queue_up_to_a_watermark(journal: JournalBackend) -> None:
+    """Review finding 3: `flush` waits for the rows logged before it (ids up to a
+    watermark), not for rows other threads log meanwhile."""
+    early = [make(f"early {i}", ("t", str(i % 2))) for i in range(3)]
+    journal.insert_many(early)
+    journal.forget(namespace=None, ids=[early[2].id])  # a pending Chroma delete, before the mark
+    mark = new_interaction_id()
+    late = make("late", ("t", "0"))
+    journal.insert(late)
+    assert journal.backlog() == 4 and journal.backlog(mark) == 3
+    assert {it.id for it in journal.unindexed(10, up_to_id=mark)} == {early[0].id, early[1].id}
+    assert [it.id for it in journal.unindexed(10, exclude=[early[0].id], up_to_id=mark)] == [early[1].id]
+    journal.mark_indexed([early[0].id, early[1].id])
+    journal.mark_deleted([early[2].id])
+    assert journal.backlog(mark) == 0 and journal.backlog() == 1
+
+
+def test_indexed_ids_in_one_namespace_or_below(journal: JournalBackend) -> None:
+    """Review finding 2: recall's check against Chroma reads ids, never rows (the
+    namespace's marked-indexed ids and their namespaces; a sibling whose name extends
+    the prefix is not below it)."""
+    a, b = make("a", ("t", "x")), make("b", ("t", "x", "deep"))
+    c, d = make("c", ("t", "xy")), make("d", ("t", "x"))
+    journal.insert_many([a, b, c, d])
+    journal.mark_indexed([a.id, b.id, c.id])  # d stays queued
+    assert journal.indexed_ids_in(("t", "x")) == {a.id: ("t", "x")}
+    assert journal.indexed_ids_in(("t", "x"), include_descendants=True) == {a.id: ("t", "x"),
+                                                                           b.id: ("t", "x", "deep")}
+    assert journal.indexed_ids_in(("nobody",)) == {}
+
+
 def test_update_feedback_and_duplicate_update(journal: JournalBackend) -> None:
     a, b = make("a"), make("b")
     journal.insert_many([a, b])
@@ -483,3 +514,20 @@ def test_facts_of_an_expired_interaction_are_not_served(journal: JournalBackend)
     assert [f.id for f in store.list(include_superseded=True)] == [fb] and store.get(fc) is None
     assert store.get(fb) is not None
     assert all(e.data == {} for e in store.history(fc)) and "4711" not in repr(store.history(fc))
+
+
+def test_rows_with_escaped_metadata_keys_are_queued_again_once(journal: JournalBackend) -> None:
+    """Review finding 4: once per journal, the rows marked indexed whose metadata has a key
+    with ``.``, ``\\`` or a leading ``$`` (at any depth) are queued for Chroma again (their
+    names there are escaped now); other rows, and rows still queued, are left alone."""
+    rows = [make("dot", metadata={"http.status": 200}), make("slash", metadata={"a": {"b\\c": 1}}),
+            make("dollar", metadata={"$kind": "web"}), make("plain", metadata={"a": {"b": 1.5}, "s": "x.y$"}),
+            make("queued", metadata={"q.r": 1})]
+    journal.insert_many(rows)
+    journal.mark_indexed([it.id for it in rows[:4]])
+    with journal._tx() as db:  # a journal from before the escaping: not marked (a fresh one is not either)
+        db.execute("DELETE FROM meta WHERE key='index_metadata_keys'")
+    assert journal.requeue_escaped_keys() == 3
+    assert {it.id for it in journal.unindexed(10)} == {rows[0].id, rows[1].id, rows[2].id, rows[4].id}
+    journal.mark_indexed([it.id for it in rows])
+    assert journal.requeue_escaped_keys() == 0 and journal.backlog() == 0  # once

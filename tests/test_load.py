@@ -86,6 +86,64 @@ def test_flush_fails_after_a_stall_naming_what_is_left(tmp_path: Path) -> None:
         assert "embedding service down" in message  # and why
 
 
+def test_flush_returns_while_another_thread_keeps_logging(tmp_path: Path) -> None:
+    """Review finding 3: a thread logs all along, at least one row between any two batches
+    flush indexes: flush returns once the rows logged before the call are indexed (each
+    batch used to count as progress toward a backlog that never emptied, so it returned
+    only when the writer stopped), and every one of them is in Chroma."""
+    cap = 3000  # the writer's last row: flush must return long before it
+    with SealMemory(tmp_path / "home", embeddings=HashEmbeddings(), model="tiny-random") as m:
+        m._worker.stop(timeout=30)  # flush alone indexes: no other thread empties the backlog
+        before = [id_ for id_, _ in m.log_many([{"messages": [{"role": "user", "content": f"early note {i}"},
+                                           {"role": "assistant", "content": "ok"}],
+                              "namespace": ["users", "ana"]} for i in range(150)])]
+        written = [0]
+        done = threading.Event()
+        stop = threading.Event()
+        moved = threading.Condition()
+
+        def writer() -> None:
+            try:
+                for i in range(cap):
+                    if stop.is_set():
+                        return
+                    m.log([{"role": "user", "content": f"late note {i}"}, {"role": "assistant", "content": "ok"}],
+                          namespace=("users", "bob"))
+                    with moved:
+                        written[0] += 1
+                        moved.notify_all()
+            finally:
+                done.set()
+                with moved:
+                    moved.notify_all()
+
+        index_batch = m._worker._index
+
+        def batch_then_a_new_row(rows, embeddings):  # noqa: ANN001, ANN202
+            """Index a batch, then let the writer log another row first: the backlog is never empty."""
+            with moved:
+                start = written[0]
+            index_batch(rows, embeddings)
+            with moved:
+                moved.wait_for(lambda: written[0] > start or done.is_set(), timeout=60)
+
+        m._worker._index = batch_then_a_new_row
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            with moved:  # the writer is under way before the call
+                moved.wait_for(lambda: written[0] > 0 or done.is_set(), timeout=60)
+            m.flush(timeout=60)
+            returned_while_writing = not done.is_set()
+        finally:
+            stop.set()
+            thread.join(120)
+            del m._worker._index
+        assert returned_while_writing, f"flush returned only after the writer's last row ({written[0]} rows)"
+        held = set(m._index.present(before, dict.fromkeys(before, ("users", "ana"))))
+        assert held == set(before) and m._journal.unindexed_in(("users", "ana")) == 0
+
+
 def test_stall_clock_moves_on_with_progress() -> None:
     from seal_agent.memory.index import StallClock
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import waits
@@ -459,3 +460,55 @@ def test_onnx_queries_and_document_batches_in_parallel_threads_do_not_disturb_ea
         stop.set()
         worker.join()
     assert errors == []
+
+
+# ------------------------------------------------ metadata names from before escaping
+
+
+def _unescaped_flat_metadata(metadata: Any, prefix: str = "") -> dict[str, Any]:
+    """`flat_metadata` as it was before keys were escaped: ``{"http.status": 1}`` and
+    ``{"http": {"status": 1}}`` both became ``http.status``."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if isinstance(value, dict):
+            out.update(_unescaped_flat_metadata(value, f"{prefix}{key}."))
+        elif isinstance(value, (str, bool, int, float)):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_records_indexed_before_keys_were_escaped_are_found_after_reopening(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding 4: a home whose index holds ``md_http.status`` for the key
+    ``"http.status"`` (written before the escaping, simulated with the old naming) is
+    re-indexed once at the next open: recall's filter on the escaped key finds the record
+    (it missed it), the nested key's filter no longer matches it, and Chroma keeps only
+    the new name."""
+    from seal_agent.memory import index as index_mod
+
+    home = tmp_path / "home"
+    monkeypatch.setattr(index_mod, "flat_metadata", _unescaped_flat_metadata)
+    with SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random") as m:
+        dotted = m.log(ex("the parcel answer with a dotted key"), metadata={"http.status": 200, "$kind": "web"})
+        nested = m.log(ex("the parcel answer with a nested key"), metadata={"http": {"status": 404}})
+        plain = m.log(ex("the parcel answer with a plain key"), metadata={"code": 7})
+        m.flush()
+        # a journal from before the upgrade: no mark that its rows were indexed with escaped names
+        with m._journal._tx() as db:
+            db.execute("DELETE FROM meta WHERE key='index_metadata_keys'")
+        held = m._index.shard(("default",)).get(ids=[dotted], include=["metadatas"])["metadatas"][0]
+        assert "md_http.status" in held and "md_$kind" in held  # the old names
+    monkeypatch.undo()
+
+    with SealMemory(home, embeddings=HashEmbeddings(), model="tiny-random") as m:
+        def ids(flt: dict[str, Any]) -> list[str]:
+            return sorted(x.id for x in m.recall("parcel answer", k=10, filter=flt))
+
+        assert ids({"http\\.status": 200}) == [dotted]
+        assert ids({"\\$kind": "web"}) == [dotted]
+        assert ids({"http.status": 200}) == []  # the old name would have matched the nested path
+        assert ids({"http.status": 404}) == [nested] and ids({"code": 7}) == [plain]
+        m.flush()
+        held = m._index.shard(("default",)).get(ids=[dotted], include=["metadatas"])["metadatas"][0]
+        assert "md_http\\.status" in held and "md_http.status" not in held and "md_$kind" not in held
+        assert m._journal.requeue_escaped_keys() == 0  # once: the mark is set

@@ -42,11 +42,12 @@ import logging
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from seal_agent.errors import BackendUnavailableError, ConfigError, StorageError, ValidationError
 from seal_agent.memory.claims import contradicts, parse_claim
 from seal_agent.memory.index import ChromaIndex, namespace_where
 from seal_agent.memory.journal import Journal, _history
@@ -68,6 +69,8 @@ __all__ = ["Fact", "FactStore", "distill", "fact_key", "forget_facts", "forget_i
            "record_facts", "statement_key", "supersedes"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS facts (
@@ -274,6 +277,36 @@ class FactStore:
         a child process holds every Chroma call of this process back, facts' included."""
         return self._main._op() if self._main is not None else contextlib.nullcontext()
 
+    def _chroma(self, what: str, call: Callable[[Any], _T]) -> _T:
+        """`call(facts collection)` (idempotent), as the interactions index runs its own
+        calls: inside its operation gate, run again on a fresh client when Chroma misses
+        a segment right after that index recycled the shared client (`ChromaIndex._reopening`),
+        and any error left is ours (`_fault`, else `BackendUnavailableError` naming the
+        location), never chromadb's: recall and every middleware turn read facts.
+
+        Args:
+            what: The operation, for the message ("query", "upsert", ...).
+        """
+        def once() -> _T:
+            with self._op():
+                return call(self._coll())
+
+        owner = self._main or self.index
+        try:
+            return self._main._reopening(once) if self._main is not None else once()
+        except (BackendUnavailableError, ConfigError, StorageError, ValidationError):
+            raise
+        except Exception as exc:
+            if (err := owner._fault(exc)) is not None:
+                raise err from exc
+            if "dimension" in str(exc).lower():
+                raise ValidationError(
+                    "embeddings", type(self.index.embeddings).__name__,
+                    f"produce vectors of another size than collection {self.index.collection_name!r} holds ({exc})",
+                ) from exc
+            raise BackendUnavailableError(
+                f"Chroma facts {what} failed ({self.index.collection_name!r} at {owner.location}): {exc}") from exc
+
     def _schema(self) -> None:
         with self.journal._tx() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -377,8 +410,7 @@ class FactStore:
             fresh = db.execute("SELECT id, namespace, text, created_at FROM facts "
                                "WHERE indexed=0 AND status='active'").fetchall()
             if deleted or stale:
-                with self._op():
-                    self._coll().delete(ids=deleted + stale)
+                self._chroma("delete", lambda coll: coll.delete(ids=deleted + stale))
             if fresh:
                 vectors = self.index.embed_texts([r[2] for r in fresh], self.index.embeddings)
                 metadatas = []
@@ -388,9 +420,9 @@ class FactStore:
                                           "created_at": datetime.fromisoformat(created).timestamp()}
                     md.update({f"ns_{i}": label for i, label in enumerate(ns)})
                     metadatas.append(md)
-                with self._op():
-                    self._coll().upsert(ids=[r[0] for r in fresh], embeddings=vectors,
-                                        documents=[r[2] for r in fresh], metadatas=metadatas)
+                self._chroma("upsert", lambda coll: coll.upsert(
+                    ids=[r[0] for r in fresh], embeddings=vectors, documents=[r[2] for r in fresh],
+                    metadatas=metadatas))
             with self.journal._tx() as wdb:
                 done = stale + [r[0] for r in fresh]
                 wdb.executemany("UPDATE facts SET indexed=1 WHERE id=?", [(i,) for i in done])
@@ -447,13 +479,15 @@ class FactStore:
         whose source is no longer live (forgotten, expired) is never returned."""
         if not self._ready and not self._has_table():
             return []
-        with self._op():
-            if not self._coll().count():
+        where = namespace_where(namespace, include_descendants=include_descendants)
+
+        def nearest(coll: Any) -> list[tuple[str, float]]:
+            if not coll.count():
                 return []
-            res = self._coll().query(
-                query_embeddings=[vector], n_results=k, include=["distances"],
-                where=namespace_where(namespace, include_descendants=include_descendants))
-        hits = list(zip(res["ids"][0], res["distances"][0], strict=True))
+            res = coll.query(query_embeddings=[vector], n_results=k, include=["distances"], where=where)
+            return list(zip(res["ids"][0], res["distances"][0], strict=True))
+
+        hits = self._chroma("query", nearest)
         if not hits:
             return []
         db = self.journal._db()

@@ -49,7 +49,13 @@ from seal_agent.errors import (
 from seal_agent.memory.chroma import client_location, connection_fault, open_collections_cap, open_files_fault
 from seal_agent.memory.embeddings import embedding_identity
 from seal_agent.memory.journal import Journal
-from seal_agent.memory.records import NAMESPACE_SEP, Interaction, Namespace, flat_metadata, join_namespace
+from seal_agent.memory.records import (
+    Interaction,
+    Namespace,
+    flat_metadata,
+    join_namespace,
+    new_interaction_id,
+)
 
 __all__ = ["ChromaIndex", "IndexWorker", "METADATA_PREFIX", "metadata_where", "namespace_where"]
 
@@ -967,7 +973,8 @@ class IndexWorker:
         # (namespace, include_descendants) that `catch_up` checked against Chroma before the
         # startup reconcile had run (see `_verify`)
         self._verified: set[tuple[Namespace, bool]] = set()
-        self._verify_lock = threading.Lock()
+        self._verify_lock = threading.Lock()  # guards the two fields around it, held briefly
+        self._verify_locks: dict[tuple[Namespace, bool], threading.Lock] = {}  # a check in progress
         self._thread = threading.Thread(target=self._run, name="seal-index-worker", daemon=True)
 
     def start(self) -> None:
@@ -1043,9 +1050,10 @@ class IndexWorker:
             BackendUnavailableError: Rows logged before the call are still not indexed
                 after `timeout` (the message says how many), or Chroma cannot be reached.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         if not self._reconciled.is_set():
             self._verify(tuple(namespace), include_descendants)
+        # after `_verify`: the bound is for indexing, not for checking what Chroma holds
+        deadline = None if timeout is None else time.monotonic() + timeout
         done = 0
         while True:
             rows = self.journal.unindexed_rows_in(namespace, up_to_id, include_descendants=include_descendants,
@@ -1071,59 +1079,70 @@ class IndexWorker:
         a caller that cannot wait for it (a starved worker, a big index) checks just the
         namespace it reads, once per process."""
         key = (namespace, include_descendants)
+        # One lock per key, not one for all: a tenant's check never waits for another's.
+        # (The check is idempotent; the lock only spares a second thread the same work.)
         with self._verify_lock:
             if key in self._verified:
                 return
-            spaces = [namespace]
-            if include_descendants:
-                paths = [tuple(path.split(NAMESPACE_SEP)) for path in self.journal.counts()]
-                spaces = [ns for ns in paths if _under(ns, namespace)]
+            lock = self._verify_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key in self._verified:
+                return
+            # ids only (rows still queued are no loss: just those marked indexed are
+            # checked), never the rows themselves: a big namespace's first recall would
+            # load and parse all of them
+            marked = self.journal.indexed_ids_in(namespace, include_descendants=include_descendants)
+            ids = list(marked)
             missing: list[str] = []
-            for ns in spaces:
-                rows = self.journal.list(namespace=ns)
-                # rows still queued are no loss: only those marked indexed are checked
-                queued = {it.id for it in self.journal.unindexed_rows_in(ns, limit=len(rows) + 1)}
-                ids = [it.id for it in rows if it.id not in queued]
-                for start in range(0, len(ids), 1000):
-                    chunk = ids[start:start + 1000]
-                    held = set(self.index.present(chunk, dict.fromkeys(chunk, ns)))
-                    missing += [i for i in chunk if i not in held]
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start:start + 1000]
+                held = set(self.index.present(chunk, {i: marked[i] for i in chunk}))
+                missing += [i for i in chunk if i not in held]
             if missing:
                 logger.warning("Chroma lacks %d journaled interactions of namespace %r; re-indexing them",
                                len(missing), join_namespace(namespace))
                 self.journal.mark_indexed(missing, indexed=False)
-            self._verified.add(key)
+            with self._verify_lock:
+                self._verified.add(key)
+                self._verify_locks.pop(key, None)
 
-    def drain(self, timeout: float | None) -> bool:
-        """Index the whole backlog, helping from this thread; False once `timeout` seconds
-        passed without progress (no row indexed by anyone: `StallClock`).
+    def drain(self, timeout: float | None, up_to_id: str | None = None) -> bool:
+        """Index the rows logged up to `up_to_id` (None: up to now, `new_interaction_id`),
+        helping from this thread; False once `timeout` seconds passed without progress
+        (no row indexed by anyone: `StallClock`).
 
         `flush` calls it: the caller is waiting anyway, so its thread embeds batches too
         (with the in-process model) instead of depending on the background worker alone.
-        When Chroma fails, it waits through the worker's retries instead.
+        When Chroma fails, it waits through the worker's retries instead. The watermark
+        is why it ends: with the whole backlog as its goal, every batch counted as
+        progress and other threads logging all along kept it from ever returning.
         """
+        watermark = up_to_id if up_to_id is not None else new_interaction_id()
         clock = StallClock(timeout)
         remaining = clock.left
+
+        def before() -> int:
+            return self.journal.backlog(watermark)
 
         while self._started and self.alive and not self._reconciled.wait(0.05):
             if clock.expired():
                 return False
         if isinstance(self.last_error, ConfigError):
             raise self.last_error
-        while n := self.journal.backlog():
-            clock.observe(n)  # other writers may add rows meanwhile: progress is ours, seen below
+        while n := before():
+            clock.observe(n)
             if clock.expired():
                 return False
             try:
                 self._delete_forgotten()
                 with self._claim_lock:
                     busy = list(self._claimed)
-                rows = self.journal.unindexed(self.batch_size, exclude=busy)
+                rows = self.journal.unindexed(self.batch_size, exclude=busy, up_to_id=watermark)
                 if not rows and busy:
                     # only rows in another thread's hands are left: give it a moment, then take them too
-                    if self.wait_idle(min(2.0, remaining() or 2.0)):
+                    if self.wait_idle(min(2.0, remaining() or 2.0), before):
                         return True
-                    rows = self.journal.unindexed(self.batch_size)
+                    rows = self.journal.unindexed(self.batch_size, up_to_id=watermark)
                 self._index(rows, self.index.embeddings)
                 if rows:
                     clock.progress()
@@ -1131,7 +1150,7 @@ class IndexWorker:
                 raise
             except Exception as exc:  # Chroma down: the worker retries with back-off
                 self.last_error = exc
-                return self.wait_idle(remaining())
+                return self.wait_idle(remaining(), before)
         return True
 
     def _index(self, rows: Sequence[Interaction], embeddings: Embeddings | None) -> None:

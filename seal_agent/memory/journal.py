@@ -47,6 +47,7 @@ from seal_agent.memory.records import (
     Interaction,
     InteractionStatus,
     Namespace,
+    has_escaped_keys,
     iso,
     join_namespace,
     metadata_key_path,
@@ -364,6 +365,38 @@ _UNSET: Any = object()
 
 # WAL pages after which a commit checkpoints by itself (see `Journal._db`); SQLite's default is 1000
 _AUTOCHECKPOINT_PAGES = 10_000
+
+
+# meta key of the Chroma metadata names' format: 2 = keys escaped by `flat_metadata`
+# (``{"a.b": 1}`` -> ``md_a\.b``); before, ``md_a.b``, the name ``{"a": {"b": 1}}`` has too.
+METADATA_KEYS_META = "index_metadata_keys"
+METADATA_KEYS_FORMAT = "2"
+
+
+def requeue_escaped_keys(db: Any, contains: str) -> int:
+    """Once per journal (meta `METADATA_KEYS_META`), in the caller's transaction: queue for
+    Chroma again every row marked indexed whose metadata has a key `flat_metadata` escapes
+    (`has_escaped_keys`); how many. Such a row was indexed under the old, unescaped name
+    and `recall(filter=...)`, which looks up the escaped one, missed it; the re-index
+    writes the new name and deletes the old one (`ChromaIndex.upsert`).
+
+    Args:
+        db: A connection taking SQLite-dialect statements (``?``).
+        contains: The SQL test "column metadata contains the text ?" of the backend, a
+            cheap pre-filter before each candidate's JSON is parsed.
+    """
+    if db.execute("SELECT 1 FROM meta WHERE key=?", (METADATA_KEYS_META,)).fetchone() is not None:
+        return 0
+    test = " OR ".join([contains] * 3)
+    ids = [id_ for id_, md in db.execute(f"SELECT id, metadata FROM interactions WHERE indexed=1 AND ({test})",
+                                         (".", "\\", "$")).fetchall()
+           if has_escaped_keys(json.loads(md))]
+    db.executemany("UPDATE interactions SET indexed=0 WHERE id=?", [(i,) for i in ids])
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (METADATA_KEYS_META, METADATA_KEYS_FORMAT))
+    if ids:
+        logger.info("re-indexing %d interactions whose metadata keys hold '.', '\\' or a leading '$' "
+                    "(their names in Chroma are escaped now)", len(ids))
+    return len(ids)
 
 
 class Journal:
@@ -795,24 +828,28 @@ class Journal:
 
     # -- the indexing queue ----------------------------------------------------
 
-    def unindexed(self, limit: int, *, exclude: Sequence[str] = ()) -> list[Interaction]:
+    def unindexed(self, limit: int, *, exclude: Sequence[str] = (), up_to_id: str | None = None) -> list[Interaction]:
         """Up to `limit` rows not yet in Chroma, shared fairly between namespaces.
 
         Strictly oldest-first made one tenant's bulk import delay every other tenant's
         new rows (4,000 rows ahead of one). Each namespace with a backlog gets an equal
         share of the batch (oldest rows first within it), so a lone new row is picked up
         in the next batch whatever the other backlogs. Ids in `exclude` (rows another
-        thread is embedding) are skipped.
+        thread is embedding) are skipped; with `up_to_id`, rows logged after it too.
         """
         db = self._db()
         skip = f" AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
+        args: tuple[Any, ...] = tuple(exclude)
+        if up_to_id is not None:
+            skip += " AND id<=?"
+            args += (up_to_id,)
         spaces = [r[0] for r in db.execute(
             f"SELECT namespace, MIN(id) AS first FROM interactions WHERE indexed=0{skip}"
-            " GROUP BY namespace ORDER BY first LIMIT ?", (*exclude, limit))]
+            " GROUP BY namespace ORDER BY first LIMIT ?", (*args, limit))]
         if not spaces:
             return []
         queues = [db.execute(f"SELECT {self._cols} FROM interactions WHERE indexed=0 AND namespace=?{skip}"
-                             " ORDER BY id LIMIT ?", (ns, *exclude, limit)).fetchall() for ns in spaces]
+                             " ORDER BY id LIMIT ?", (ns, *args, limit)).fetchall() for ns in spaces]
         rows: list[Any] = []
         depth = 0
         while len(rows) < limit and any(depth < len(q) for q in queues):  # round-robin
@@ -875,11 +912,13 @@ class Journal:
         with self._tx(durable=False) as db:  # a lost mark only deletes from Chroma again
             db.executemany("UPDATE forgotten SET chroma_deleted=1 WHERE id=?", [(i,) for i in ids])
 
-    def backlog(self) -> int:
-        """Rows the worker still has to write to or delete from Chroma."""
+    def backlog(self, up_to_id: str | None = None) -> int:
+        """Rows the worker still has to write to or delete from Chroma (with `up_to_id`:
+        those of ids up to it, i.e. logged before it was made: `flush`'s watermark)."""
         db = self._db()
-        a = db.execute("SELECT COUNT(*) FROM interactions WHERE indexed=0").fetchone()[0]
-        b = db.execute("SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0").fetchone()[0]
+        upto, args = ("", ()) if up_to_id is None else (" AND id<=?", (up_to_id,))
+        a = db.execute(f"SELECT COUNT(*) FROM interactions WHERE indexed=0{upto}", args).fetchone()[0]
+        b = db.execute(f"SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0{upto}", args).fetchone()[0]
         return int(a) + int(b)
 
     def unindexed_in(self, namespace: Namespace, up_to_id: str | None = None, *,
@@ -894,6 +933,19 @@ class Journal:
 
     def indexed_ids(self) -> set[str]:
         return {r[0] for r in self._db().execute("SELECT id FROM interactions WHERE indexed=1")}
+
+    def requeue_escaped_keys(self) -> int:
+        """See `requeue_escaped_keys` (the module's): once per journal, at open."""
+        with self._tx() as db:
+            return requeue_escaped_keys(db, "instr(metadata, ?) > 0")
+
+    def indexed_ids_in(self, namespace: Namespace, *, include_descendants: bool = False) -> dict[str, Namespace]:
+        """Id -> namespace of the rows of one namespace (and its sub-namespaces) marked
+        indexed: ids only, from the ``(indexed, namespace, id)`` index (no row is loaded or
+        parsed; recall checks them against Chroma before the startup reconcile ran)."""
+        where, params = self._ns_clause(namespace, include_descendants)
+        return {id_: tuple(ns.split(NAMESPACE_SEP)) for id_, ns in self._db().execute(
+            f"SELECT id, namespace FROM interactions WHERE indexed=1 AND {where}", params)}
 
     # -- reads -----------------------------------------------------------------
 

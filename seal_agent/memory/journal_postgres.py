@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from seal_agent.errors import BackendUnavailableError, StorageError
-from seal_agent.memory.journal import history_events, retired_hash
+from seal_agent.memory.journal import history_events, requeue_escaped_keys, retired_hash
 from seal_agent.memory.journal_base import redact_url
 from seal_agent.memory.records import (
     NAMESPACE_SEP,
@@ -521,11 +521,14 @@ class PostgresJournal:
 
     # -- the indexing queue ----------------------------------------------------
 
-    def unindexed(self, limit: int, *, exclude: Sequence[str] = ()) -> list[Interaction]:
+    def unindexed(self, limit: int, *, exclude: Sequence[str] = (), up_to_id: str | None = None) -> list[Interaction]:
         """Up to `limit` rows not yet in Chroma, an equal share per namespace with a backlog
-        (oldest first within each), like the SQLite journal's."""
+        (oldest first within each), none logged after `up_to_id`: like the SQLite journal's."""
         skip = " AND NOT (id = ANY(%s))" if exclude else ""
         ex: list[Any] = [list(exclude)] if exclude else []
+        if up_to_id is not None:
+            skip += " AND id<=%s"
+            ex.append(up_to_id)
         spaces = [r[0] for r in self._q(
             f"SELECT namespace, MIN(id) AS first FROM interactions WHERE indexed=0{skip}"
             " GROUP BY namespace ORDER BY first LIMIT %s", (*ex, limit))]
@@ -592,13 +595,31 @@ class PostgresJournal:
     def checkpoint(self) -> None:
         """Nothing to do: the server checkpoints its own WAL."""
 
-    def backlog(self) -> int:
-        row = self._q("SELECT (SELECT COUNT(*) FROM interactions WHERE indexed=0) + "
-                      "(SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0)")
+    def backlog(self, up_to_id: str | None = None) -> int:
+        if up_to_id is None:
+            row = self._q("SELECT (SELECT COUNT(*) FROM interactions WHERE indexed=0) + "
+                          "(SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0)")
+        else:  # `flush`'s watermark: rows logged before it
+            row = self._q("SELECT (SELECT COUNT(*) FROM interactions WHERE indexed=0 AND id<=%s) + "
+                          "(SELECT COUNT(*) FROM forgotten WHERE chroma_deleted=0 AND id<=%s)",
+                          (up_to_id, up_to_id))
         return int(row[0][0])
 
     def indexed_ids(self) -> set[str]:
         return {r[0] for r in self._q("SELECT id FROM interactions WHERE indexed=1")}
+
+    def requeue_escaped_keys(self) -> int:
+        """See `seal_agent.memory.journal.requeue_escaped_keys`: once per database (hosts
+        opening it at once take turns: the second finds the mark)."""
+        with self._tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+            return requeue_escaped_keys(db, "strpos(metadata, ?) > 0")
+
+    def indexed_ids_in(self, namespace: Namespace, *, include_descendants: bool = False) -> dict[str, Namespace]:
+        """Id -> namespace of the namespace's rows marked indexed (ids only), like the SQLite journal's."""
+        where, params = self._ns_clause(namespace, include_descendants)
+        return {r[0]: tuple(r[1].split(NAMESPACE_SEP))
+                for r in self._q(f"SELECT id, namespace FROM interactions WHERE indexed=1 AND {where}", params)}
 
     def claim_meta(self, key: str, value: str) -> str:
         """Set ``meta[key]`` to `value` unless it is set; the value it holds afterwards

@@ -785,6 +785,18 @@ def validate_filter(flt: Any, field_name: str = "filter") -> dict[str, Any] | No
     return out
 
 
+def has_escaped_keys(metadata: Mapping[str, Any]) -> bool:
+    """Whether `flat_metadata` escapes one of the keys of `metadata` (a ``.``, a ``\\`` or
+    a leading ``$`` in a key of it or of a nested mapping): such a record's Chroma names
+    changed when keys began to be escaped (see `seal_agent.memory.journal.requeue_escaped_keys`)."""
+    for key, value in metadata.items():
+        if _escape_key(key) != key:
+            return True
+        if isinstance(value, Mapping) and has_escaped_keys(value):
+            return True
+    return False
+
+
 def flat_metadata(metadata: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Scalar leaves of `metadata` by dotted path (``{"user": {"tier": 1}}`` -> ``{"user.tier": 1}``);
     lists and None are left out (a Chroma metadata value must be a scalar). Keys are
