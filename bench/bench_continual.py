@@ -11,7 +11,8 @@ there are fewer) a later conversation also renames the first passage's boat (A -
 
 After every step every question taught so far is asked closed-book through
 ``mem.chat_model()`` (greedy, 24 new tokens; right when the normalized answer contains
-an accepted answer; the boat's name question accepts B only after the correction).
+an accepted answer, as in bench_knowledge; the boat's name question accepts B only after
+the correction). Bleed and the old name A are looked for as whole words.
 
 Per arm and seed, every step: the retention matrix row (accuracy on the passages taught
 at each earlier step; heatmap PNG), new-fact accuracy (the passages of this step), bleed
@@ -52,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from continual_data import CORRECTION, PASSAGES, contains_any, conversation  # noqa: E402
+from continual_data import CORRECTION, PASSAGES, contains_any, conversation, is_correct  # noqa: E402
 
 MODEL = "smollm2-135m"
 NAMESPACE = ("users", "bench")
@@ -139,7 +140,7 @@ def canary_score(items: list[Any], answers: list[str]) -> dict[str, Any]:
 def judge_step(plan: list[dict[str, Any]], step: int, qs: list[dict[str, Any]], answers: list[str],
                canary_items: list[Any], canary_answers: list[str]) -> dict[str, Any]:
     """The figures of one step from the answers (pure: the unit the smoke test checks)."""
-    right = [contains_any(a, q["accepted"]) for q, a in zip(qs, answers, strict=True)]
+    right = [is_correct(a, q["accepted"]) for q, a in zip(qs, answers, strict=True)]
     by_step: dict[int, list[bool]] = {}
     for q, r in zip(qs, right, strict=True):
         by_step.setdefault(q["taught"], []).append(r)
@@ -173,7 +174,7 @@ def judge_step(plan: list[dict[str, Any]], step: int, qs: list[dict[str, Any]], 
     if c_step is not None:
         named = [a for q, a in zip(qs, answers, strict=True) if q["corrected"]]
         out["correction"] = {
-            "b_answered": bool(named) and all(contains_any(a, CORRECTION["new"]) for a in named),
+            "b_answered": bool(named) and all(is_correct(a, CORRECTION["new"]) for a in named),
             "a_answers": [a for a in answers + canary_answers if contains_any(a, CORRECTION["old"])],
         }
     return out

@@ -4,7 +4,7 @@ Sixteen passages told the way a person tells an assistant about their life (not 
 encyclopaedic passages of `bench/knowledge_data.py`), every name made up so the base
 model cannot know the answers. Each passage has 2-3 closed-book questions asked **in
 other words than the passage used**, with the accepted short answers (right when the
-normalized answer contains one), and ``markers``: its distinctive invented names, what
+normalized answer contains one: `is_correct`), and ``markers``: its distinctive invented names, what
 the benchmark looks for in the answers to *other* questions to count bleed.
 
 `CORRECTION` is told in a later conversation and changes the first passage's boat name
@@ -205,6 +205,13 @@ def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
     return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+def is_correct(answer: str, accepted: list[str]) -> bool:
+    """Whether the normalized answer contains a normalized accepted answer (a substring,
+    like bench_knowledge: "alpacas" answers "alpaca")."""
+    text = normalize(answer)
+    return any(normalize(a) in text for a in accepted if normalize(a))
 
 
 def contains_any(answer: str, accepted: list[str]) -> bool:
