@@ -49,7 +49,12 @@ def test_judge_step_counts_retention_bleed_and_the_correction() -> None:
     assert {b["question"] for b in row["bleed_items"]} == {"At which market does Ottilie sell her wool?",
                                                            "In which town does Dario moor his boat?"}
     assert row["retention"] == {1: 1.0, 2: pytest.approx(2 / 3), 3: 1.0} and row["new_accuracy"] == 1.0
+    assert row["confusions"] == 2  # an older passage's name in a newer answer would count here too
     assert row["correction"] == {"b_answered": True, "a_answers": []}
+    older = next(i for i, q in enumerate(qs) if q["passage"] == "bookclub" and "together" in q["question"])
+    swapped = [*answers[:older], "At the Fenwick Lamproom.", *answers[older + 1:]]  # an older name, newer question
+    row = bc.judge_step(plan, 3, qs, swapped, [], [])
+    assert row["bleed"] == 2 and row["confusions"] == 3 and row["retention"][3] == 0.5
     answers[qs.index(name_q)] = "The Tumbleweed."  # A after the correction: wrong, and seen
     row = bc.judge_step(plan, 3, qs, answers, [], [])
     assert row["correction"]["b_answered"] is False and row["correction"]["a_answers"] == ["The Tumbleweed."]
