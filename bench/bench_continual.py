@@ -200,6 +200,22 @@ def _superseded(mem: Any) -> bool:
                for f in mem._facts.list(include_superseded=True))
 
 
+def _correction_trace(mem: Any) -> dict[str, Any]:
+    """Where the old name A still is after the correction: the facts that say A or B
+    (status, what superseded them, sources) and the replay buffer's items that say A."""
+    from seal_agent.consolidation import load_replay
+
+    facts = mem._facts.list(include_superseded=True)
+    by_id = {f.id: f for f in facts}
+    names = CORRECTION["old"] + CORRECTION["new"]
+    return {
+        "facts": [{"text": f.text, "status": f.status, "sources": list(f.sources),
+                   "superseded_by": by_id[f.superseded_by].text if f.superseded_by in by_id else f.superseded_by}
+                  for f in facts if contains_any(f.text, names)],
+        "replay_items_saying_a": [e for e in load_replay(mem) if contains_any(json.dumps(e), CORRECTION["old"])],
+    }
+
+
 def run_sequence(args: argparse.Namespace, arm: str, seed: int, plan: list[dict[str, Any]], shared: dict[str, Any],
                  out: dict[str, Any], on_step: Any = None) -> dict[str, Any]:
     """Teach `plan` step by step in one home, judging after every step: fills `out`
@@ -258,6 +274,8 @@ def run_sequence(args: argparse.Namespace, arm: str, seed: int, plan: list[dict[
                 )
                 if s["correction"]:
                     row["fact_superseded"] = _superseded(mem)
+                if any(x["correction"] for x in plan[:s["step"]]):
+                    row["correction_trace"] = _correction_trace(mem)
                 out["steps"].append(row)
                 if on_step is not None:
                     on_step(out, row)
@@ -352,7 +370,7 @@ def goals(s: dict[str, Any] | None, correction_step: int) -> list[Goal]:
                         f"seeds, A seen on {sum(s['correction_a_seen'])}", ok))
     out.append(Goal(GOALS["bleed"], f"max {s['bleed_max']} per step", s["bleed_max"] <= 1))
     if s["canary_vs_base_min"] is not None:
-        out.append(Goal(GOALS["canaries"], f"min {100 * s['canary_vs_base_min']:.0f}% of base",
+        out.append(Goal(GOALS["canaries"], f"min {100 * s['canary_vs_base_min']:.1f}% of base",
                         s["canary_vs_base_min"] >= 0.9 - 1e-9))
     if s["second_case"]:
         out.append(Goal(GOALS["second_case"], "; ".join(

@@ -77,6 +77,10 @@ def test_sequence_on_tiny_random_writes_the_record_after_every_step(tmp_path: Pa
     # replay buffer before the correction's run trained.
     assert last["fact_superseded"] is True and last["counts"]["replay_superseded"] == 1
     assert "correction" in last and last["train"]["replay_examples"] >= 1
+    trace = last["correction_trace"]
+    assert trace["replay_items_saying_a"] == []
+    assert any(f["status"] == "superseded" and "Tumbleweed" in f["text"] and "Saltpetal" in f["superseded_by"]
+               for f in trace["facts"])
     summary = rec["summary"]["replay"]
     assert len(summary["retention_mean"]) == 2 and summary["retention_mean"][0][1] is None
     assert {g["name"] for g in saved["goals"]} >= {bc.GOALS["bleed"], bc.GOALS["correction"]}
