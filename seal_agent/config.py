@@ -550,7 +550,14 @@ class ConsolidationConfig:
             lineage of a forgotten namespace is deleted whole.)
         min_interactions: Fewer new interactions than this: the run is "skipped".
         max_interactions: At most this many new interactions per run (oldest first).
-        replay_buffer_size: Training examples of committed runs kept for replay.
+        replay_buffer_size: Training examples of committed runs kept for replay (the
+            newest; a superseded fact's examples and a forgotten interaction's leave it).
+        accumulate: How an update keeps what earlier ones taught: ``"replay"``
+            continues training the current adapter on the new self-edits with a fresh
+            draw of ``train.replay_ratio`` buffer examples per new one each epoch;
+            ``"retrain"`` trains a new adapter from the base on the whole buffer plus
+            the new self-edits (cost grows with the buffer). See the README's
+            "Parametric memory" for the measurement behind the default.
         require_approval: Pause before commit until ``seal-agent consolidate --approve RUN``.
         teacher: Who writes self-edits: ``"served"`` (the served model itself, as in SEAL)
             or ``"none"``: no model writes anything; only the configured strategies that
@@ -572,6 +579,7 @@ class ConsolidationConfig:
     min_interactions: int = 1
     max_interactions: int = 1000
     replay_buffer_size: int = 2000
+    accumulate: str = "replay"
     require_approval: bool = False
     teacher: str = "served"
     max_attempts: int = 3
@@ -590,6 +598,8 @@ class ConsolidationConfig:
         _positive_int(s, "min_interactions", self.min_interactions)
         _positive_int(s, "max_interactions", self.max_interactions)
         _non_negative_int(s, "replay_buffer_size", self.replay_buffer_size)
+        _check(self.accumulate in ("replay", "retrain"), s, "accumulate", self.accumulate,
+               "must be 'replay' or 'retrain'")
         _check(isinstance(self.require_approval, bool), s, "require_approval", self.require_approval,
                "must be true or false")
         _check(self.teacher in ("served", "none"), s, "teacher", self.teacher, "must be 'served' or 'none'")

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -181,6 +182,92 @@ def _extend_replay(lineage: Lineage, edits: list[dict[str, Any]], run_id: str, c
               for e in edits if e["hash"] not in seen]
     items = items[-cap:] if cap else []
     write_atomic(path, json.dumps({"format_version": CONSOLIDATION_FORMAT_VERSION, "items": items}))
+
+
+_SENTENCE_SPLIT = re.compile(r"((?<=[.!?;])\s+|\n+)")
+
+
+def _stale_values(memory: SealMemory) -> list[tuple[frozenset[str], str]]:
+    """What every superseded fact said that is no longer true: ``(the interactions it was
+    distilled from minus those of the fact that replaced it, its old value normalized)``.
+
+    The value is the claim's value for a sentence fact ("tumbleweed" of "My brother's
+    sailboat is called the Tumbleweed") or the answer of a question fact."""
+    from seal_agent.memory.claims import parse_claim
+    from seal_agent.memory.facts import _answer, _is_slot, normalize_text
+
+    store = getattr(memory, "_facts", None)
+    if store is None:
+        return []
+    facts = store.list(include_superseded=True)
+    by_id = {f.id: f for f in facts}
+    out = []
+    for f in facts:
+        if f.status != "superseded":
+            continue
+        if _is_slot(f.key):
+            claim = parse_claim(f.text)
+            value = normalize_text(claim.value) if claim is not None else ""
+        else:
+            value = normalize_text(_answer(f.text, f.key))
+        newer = by_id.get(f.superseded_by or "")
+        sources = frozenset(f.sources) - frozenset(newer.sources if newer is not None else ())
+        if value and sources:
+            out.append((sources, value))
+    return out
+
+
+def _without_stale(example: dict[str, Any], values: list[str]) -> dict[str, Any] | None:
+    """The replay example with what states a stale value taken out: a document loses the
+    sentences that say it (the rest of what the exchange taught stays), a chat example
+    saying it anywhere is dropped whole (None); the example itself when it says none."""
+    from seal_agent.memory.facts import normalize_text
+
+    def says(text: str) -> bool:
+        padded = f" {normalize_text(text)} "
+        return any(f" {v} " in padded for v in values)
+
+    if "messages" in example:
+        return None if any(says(str(m.get("content", ""))) for m in example["messages"]) else example
+    text = str(example.get("text", ""))
+    if not says(text):
+        return example
+    parts = _SENTENCE_SPLIT.split(text)  # sentence, separator, sentence, ...
+    kept = [parts[i] + (parts[i + 1] if i + 1 < len(parts) else "")
+            for i in range(0, len(parts), 2) if not says(parts[i])]
+    rest = "".join(kept).strip()
+    return {**example, "text": rest} if rest else None
+
+
+def prune_superseded(memory: SealMemory, lineage: Lineage | None = None) -> int:
+    """Take out of a lineage's replay buffer what superseded facts taught: the replay
+    examples of the interactions a superseded fact came from lose what states its old
+    value (`_without_stale`). Run before every training step, so the run that learns a
+    correction never rehearses the value it corrects ("the Tumbleweed" after "his
+    sailboat is called the Saltpetal"). Returns how many items changed or left."""
+    from seal_agent.selfedit._filters import example_hash
+
+    path = (lineage or Lineage(memory.home)).replay_path
+    if not path.exists():
+        return 0
+    stale = _stale_values(memory)
+    if not stale:
+        return 0
+    data = json.loads(path.read_text(encoding="utf-8"))
+    items, changed = [], 0
+    for item in data.get("items", []):
+        values = [v for sources, v in stale if item.get("interaction_id") in sources]
+        example = _without_stale(item["example"], values) if values else item["example"]
+        if example is item["example"]:
+            items.append(item)
+            continue
+        changed += 1
+        if example is not None:
+            items.append({**item, "example": example, "hash": example_hash(example)})
+    if changed:
+        logger.info("replay buffer %s: %d items changed or dropped (facts superseded since)", path, changed)
+        write_atomic(path, json.dumps({**data, "format_version": CONSOLIDATION_FORMAT_VERSION, "items": items}))
+    return changed
 
 
 # ----------------------------------------------------------------- teacher = "none"
@@ -394,18 +481,30 @@ class _Run:
         edits = fitted["edits"]
         registry = self.registry(state)
         parent = registry.current
-        init = registry.get(parent).path if parent else None
-        replay = self._fit_pool(tokenizer, load_replay(self.memory, self.lineage(state)), len(edits), "replay",
-                                fitted)
+        lineage = self.lineage(state)
+        pruned = prune_superseded(self.memory, lineage)  # a correction's run never rehearses the old value
+        if pruned:
+            fitted["counts"] = {**fitted["counts"], "replay_superseded": pruned}
+        pool = self._fit_pool(tokenizer, load_replay(self.memory, lineage), "replay", fitted)
+        examples = [e["example"] for e in edits]
+        retrain = self.config.consolidation.accumulate == "retrain"
+        if retrain:
+            # From the base, on every kept self-edit of the lineage and the new ones.
+            init, replay, examples = None, [], examples + pool
+        else:
+            init, replay = (registry.get(parent).path if parent else None), pool
         out_dir = _run_dir(self.memory, state["run_id"]) / "candidate"
         shutil.rmtree(out_dir, ignore_errors=True)  # a resumed run retrains from scratch
         try:
-            rehearsal = self._fit_pool(tokenizer, self._rehearsal(), None, "rehearsal", fitted)
-            result = train_adapter(model, tokenizer, [e["example"] for e in edits], self.config.train,
+            rehearsal = self._fit_pool(tokenizer, self._rehearsal(), "rehearsal", fitted)
+            result = train_adapter(model, tokenizer, examples, self.config.train,
                                    init_adapter=init, replay=replay, rehearsal=rehearsal, output_dir=out_dir,
                                    cancel_event=self.cancel_event, progress=self.progress)
         except TrainingCancelled:
             return {**fitted, "verdict": "skipped", "reason": "cancelled"}
+        # What `forget` reads to find the versions that learned a forgotten run's examples
+        # again: a retrain from the base learned the whole buffer.
+        replayed = len(pool) if retrain else result.replay_examples
         metrics = {
             "steps": result.steps,
             # Mean loss over the first and the last epoch: comparable, unlike two single batches.
@@ -414,13 +513,15 @@ class _Run:
             "epoch_losses": list(result.epoch_losses), "rehearsal_examples": result.rehearsal_examples,
             "tokens_seen": result.tokens_seen, "tokens_per_second": result.tokens_per_second,
             "seconds": result.seconds, "stopped_reason": result.stopped_reason,
-            "examples": result.examples, "replay_examples": result.replay_examples,
+            "examples": result.examples - (len(pool) if retrain else 0),
+            "replay_examples": replayed, "replay_distinct": len(pool) if retrain else result.replay_distinct,
+            "accumulate": self.config.consolidation.accumulate,
             "peak_memory_bytes": result.peak_memory_bytes,
         }
         return {
             **fitted,
             "candidate_dir": str(result.adapter_path), "parent": parent, "train": metrics,
-            "counts": {**fitted["counts"], "replay": result.replay_examples},
+            "counts": {**fitted["counts"], "replay": replayed},
             "timings": _merge(state, "timings", {"train": time.perf_counter() - t0}),
         }
 
@@ -477,21 +578,19 @@ class _Run:
                        reason=f"no self-edit fits train.max_seq_len={limit} (interactions excluded: {names})")
         return out
 
-    def _fit_pool(self, tokenizer: Any, pool: list[dict[str, Any]], n_new: int | None, name: str,
+    def _fit_pool(self, tokenizer: Any, pool: list[dict[str, Any]], name: str,
                   update: dict[str, Any]) -> list[dict[str, Any]]:
         """Replay or rehearsal examples that fit ``train.max_seq_len`` (older data may not,
         e.g. after the limit was lowered); what was left out is counted in `update`.
 
-        For replay (`n_new` given) only the examples `train_adapter` would draw are
-        checked: the same `sample_replay` draw, so the run trains on what it would have.
+        The whole pool is checked: `train_adapter` draws a different replay sample every
+        epoch, and ``accumulate = "retrain"`` trains on all of it.
         """
-        from seal_agent.training.data import fit_examples, sample_replay
+        from seal_agent.training.data import fit_examples
 
         if not pool:
             return pool
         tc = self.config.train
-        if n_new is not None:
-            pool = [pool[i] for i in sample_replay(pool, n_new, tc.replay_ratio, tc.seed)]
         fit = fit_examples(tokenizer, pool, max_seq_len=tc.max_seq_len)
         if fit.dropped or fit.truncated:
             logger.warning("%d %s examples longer than train.max_seq_len=%d or unusable: %d cut, %d left out",

@@ -29,6 +29,7 @@ def test_every_section_round_trips_through_toml(tmp_path: Path) -> None:
         (lambda: GateConfig(scorer="vibes"), "gate.scorer"),
         (lambda: GateConfig(scale_back=[1.5]), "gate.scale_back"),
         (lambda: ScheduleConfig(cron="every day"), "schedule.cron"),
+        (lambda: SealConfig().with_overrides(consolidation={"accumulate": "rebuild"}), "consolidation.accumulate"),
         (lambda: SealConfig().with_overrides(trian={"epochs": 1}), "trian"),
         # 0 made every recall raise while one row was unindexed (review finding 5)
         (lambda: MemoryConfig(recall_index_timeout_s=0.0), "memory.recall_index_timeout_s"),

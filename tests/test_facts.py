@@ -115,6 +115,22 @@ def test_teacher_written_implications_and_qa_pairs_become_facts(tmp_path: Path) 
         assert "The capital of Zorbia is Quxville." in _texts(got)
 
 
+def test_the_users_sentence_is_a_fact_when_its_statements_copy_was_dropped_as_a_duplicate(tmp_path: Path) -> None:
+    """Default strategies: implications adds the passage itself, statements' equal example is
+    dropped as a duplicate; the user's own sentence must still become a fact (issue 20:
+    else a correction told by the user supersedes nothing and its stale replay stays)."""
+    with _mem(tmp_path / "home") as mem:
+        i = _say(mem, "My brother's sailboat is called the Tumbleweed.", ALICE)
+        its = [mem.get(i)]
+        config = SelfEditConfig(strategies=["implications", "statements"], heldout_fraction=0.0, samples=1,
+                                temperature=0.0)
+        batch = generate_self_edits(its, ScriptedChatModel(["- The Tumbleweed is a sailboat."]), config,
+                                    progress=False)
+        assert [e.strategy for e in batch.edits if not e.model_written] == ["implications"]  # statements: duplicate
+        texts = [d[1] for d in distill(batch.edits, {i: its[0]})]
+        assert "My brother's sailboat is called the Tumbleweed." in texts
+
+
 def test_ttl_expiry_removes_episodes_and_their_facts(tmp_path: Path) -> None:
     with _mem(tmp_path / "home", ttl_namespaces={"users/alice": 1.0}) as mem:
         i = _say(mem, "My locker code is 4711.", ALICE)

@@ -18,6 +18,7 @@ from seal_agent.training.data import (
     collate,
     encode_example,
     plan_batches,
+    replay_draws,
     sample_replay,
     validate_examples,
 )
@@ -250,6 +251,33 @@ def test_replay_sample_is_deterministic_and_counts_right():
     assert sample_replay(replay, 4, 0.0, seed=1) == []
     assert sample_replay(replay, 8, 0.5, seed=1) == sample_replay(replay, 8, 0.5, seed=1)
     assert len(set(sample_replay(replay, 8, 1.0, seed=1))) == 8
+
+
+def test_replay_is_drawn_afresh_every_epoch_and_deterministically():
+    """Issue 20 item 3: a buffer larger than one draw is rehearsed more widely over an
+    update's epochs (the same draw every epoch rehearsed the same few examples only)."""
+    pool = list(range(40))
+    draws = replay_draws(pool, 4, 0.5, seed=3, epochs=6)
+    assert [len(d) for d in draws] == [2] * 6 and all(len(set(d)) == 2 for d in draws)
+    assert len({tuple(d) for d in draws}) > 1  # not one draw repeated
+    assert len({i for d in draws for i in d}) > 2  # more of the buffer is rehearsed
+    assert draws == replay_draws(pool, 4, 0.5, seed=3, epochs=6)  # seeded
+    assert replay_draws(pool, 4, 0.5, seed=4, epochs=6) != draws
+    assert draws[0] == sample_replay(pool, 4, 0.5, seed=3, epoch=0)
+    # a pool no larger than the draw is drawn whole every epoch
+    assert all(sorted(d) == [0, 1] for d in replay_draws([0, 1], 4, 1.0, seed=0, epochs=3))
+
+
+def test_trainer_mixes_a_fresh_replay_draw_into_every_epoch(tiny, tmp_path):
+    model, tok = tiny
+    pool = chat([(f"What is item {i}?", f"Item {i} is a zeb.") for i in range(30)])
+    cfg = TrainConfig(learning_rate=1e-4, epochs=4, batch_size=8, lora_rank=4, replay_ratio=1.0, rehearsal_size=0)
+    result = train_adapter(model, tok, FACT_EXAMPLES, cfg, replay=pool, output_dir=tmp_path / "a", progress=False)
+    assert result.replay_examples == 4  # per epoch: ratio 1.0 x 4 new
+    expected = {i for d in replay_draws(pool, 4, 1.0, cfg.seed, 4) for i in d}
+    assert result.replay_distinct == len(expected) > 4
+    # every epoch trains on 4 new + 4 replayed examples: one step of 8 each
+    assert result.steps == 4
 
 
 def test_validate_examples_accepts_both_kinds():

@@ -196,11 +196,16 @@ def distill(edits: Iterable[Any], interactions: dict[str, Interaction]) -> list[
     """
     out: list[tuple[Namespace, str, str, str]] = []
     seen: set[tuple[Namespace, str]] = set()
+    edits = list(edits)
+    # The passage an implications run adds is what `statements` states too, and the batch
+    # keeps one of two equal examples: when the statements copy was the one dropped, the
+    # passage is the only record of what the user said (and the correction it may carry).
+    stated = {e.interaction_id for e in edits if e.strategy == "statements"}
     for e in edits:
         it = interactions.get(e.interaction_id)
         if it is None or e.strategy not in FACT_STRATEGIES:
             continue
-        if e.strategy == "implications" and not e.model_written:
+        if e.strategy == "implications" and not e.model_written and e.interaction_id in stated:
             continue
         items: list[tuple[str, str]] = []
         if "messages" in e.example:

@@ -48,6 +48,7 @@ __all__ = [
     "FitResult",
     "fit_examples",
     "plan_batches",
+    "replay_draws",
     "sample_replay",
     "validate_examples",
 ]
@@ -493,13 +494,24 @@ def collate(items: Sequence[TokenizedExample], pad_id: int) -> tuple[torch.Tenso
     return input_ids, labels, sum(len(x) for x in items)
 
 
-def sample_replay(replay: Sequence[Any], n_new: int, ratio: float, seed: int) -> list[int]:
+def sample_replay(replay: Sequence[Any], n_new: int, ratio: float, seed: int, *, epoch: int | None = None) -> list[int]:
     """Pick which replay examples to mix in: ``round(ratio * n_new)`` of them, capped at
-    ``len(replay)``, without repetition, deterministically from ``seed``.
+    ``len(replay)``, without repetition, deterministically from ``seed`` (and ``epoch``).
+
+    Args:
+        epoch: The epoch the draw is for: each epoch gets its own draw, so over an
+            update's epochs a buffer larger than one draw is rehearsed more widely
+            (the same draw every epoch would rehearse the same few old examples
+            ``epochs`` times and never the rest). None: one draw for the whole update.
 
     Returns:
         Indices into ``replay``, in sampled order.
     """
     want = min(len(replay), int(math.floor(ratio * n_new + 0.5)))
-    rng = random.Random(f"replay-{seed}")
+    rng = random.Random(f"replay-{seed}" if epoch is None else f"replay-{seed}-epoch-{epoch}")
     return rng.sample(range(len(replay)), want)
+
+
+def replay_draws(replay: Sequence[Any], n_new: int, ratio: float, seed: int, epochs: int) -> list[list[int]]:
+    """The replay draw of every epoch of an update (`sample_replay` with ``epoch=e``)."""
+    return [sample_replay(replay, n_new, ratio, seed, epoch=e) for e in range(epochs)]

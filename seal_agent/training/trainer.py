@@ -3,8 +3,9 @@
 What happens in `train_adapter`, in order:
 
 1. validate and tokenize the examples (and the replay examples), nothing written yet;
-2. sample the replay mix (``round(replay_ratio * len(examples))`` older examples,
-   deterministic from the seed) and plan every epoch's length-grouped steps;
+2. sample every epoch's replay mix (``round(replay_ratio * len(examples))`` older
+   examples, a fresh draw each epoch, deterministic from the seed) and plan every
+   epoch's length-grouped steps;
 3. make a *weight-sharing structural copy* of the caller's model and wrap that copy
    with LoRA (or load ``init_adapter`` into it to continue training). The copy's
    modules are new objects but its parameters and buffers are the caller's tensors, so
@@ -74,6 +75,7 @@ from seal_agent.training.data import (
     collate,
     encode_examples,
     plan_batches,
+    replay_draws,
     sample_replay,
     validate_examples,
 )
@@ -110,12 +112,13 @@ class TrainResult:
         seconds: Wall-clock seconds of the training loop (tokenization and saving excluded).
         stopped_reason: ``"completed"`` (all epochs), ``"max_steps"`` or ``"max_seconds"``.
         examples: New examples trained on.
-        replay_examples: Replay examples mixed in.
+        replay_examples: Replay examples mixed into each epoch (a fresh draw each epoch).
         rehearsal_examples: Rehearsal examples mixed into each epoch (see
             `seal_agent.training.rehearsal`).
         epoch_losses: Mean loss per label token of each epoch, over every example: unlike
             the first and last step's loss (single batches of different lengths), the
             first and last of these compare like with like.
+        replay_distinct: Distinct replay examples drawn over all epochs.
     """
 
     adapter_path: Path
@@ -131,6 +134,7 @@ class TrainResult:
     replay_examples: int
     rehearsal_examples: int = 0
     epoch_losses: tuple[float, ...] = ()
+    replay_distinct: int = 0
 
 
 def train_adapter(
@@ -160,8 +164,9 @@ def train_adapter(
         config: Hyperparameters and budgets; defaults to ``TrainConfig()``.
         init_adapter: A PEFT LoRA adapter folder to continue training from (its rank,
             alpha and target modules win over ``config``'s).
-        replay: Older examples; ``round(config.replay_ratio * len(examples))`` of them
-            (at most all) are mixed in, chosen deterministically from ``config.seed``.
+        replay: Older examples; each epoch mixes in a different draw of
+            ``round(config.replay_ratio * len(examples))`` of them (at most all),
+            deterministic from ``config.seed`` and the epoch.
         rehearsal: The base model's own answers to general prompts (see
             `seal_agent.training.rehearsal`); each epoch mixes in a different draw of
             ``config.rehearsal_size`` of them (at most all), deterministic from ``config.seed``.
@@ -198,7 +203,11 @@ def train_adapter(
 
     # 1-2. Tokenize and plan. Everything that can reject the input happens before any write.
     new_tok = encode_examples(tokenizer, new, max_seq_len=config.max_seq_len, field="examples")
-    replay_idx = sample_replay(old, len(new), config.replay_ratio, config.seed)
+    # A fresh replay draw every epoch (see `sample_replay`); only the drawn examples are
+    # tokenized (the buffer may hold thousands), each once however often it is drawn.
+    draws = replay_draws(old, len(new), config.replay_ratio, config.seed, config.epochs)
+    replay_idx = sorted({i for d in draws for i in d})
+    slot = {i: k for k, i in enumerate(replay_idx)}
     old_tok = encode_examples(tokenizer, [old[i] for i in replay_idx], max_seq_len=config.max_seq_len,
                               field="replay") if replay_idx else []
     rehearse_tok = encode_examples(tokenizer, rehearse, max_seq_len=config.max_seq_len,
@@ -217,7 +226,8 @@ def train_adapter(
         # Each epoch rehearses a different draw of `rehearsal_size` from the pool: the
         # update is held to more of what the base model knew at the same cost.
         draw = sample_replay(rehearse_tok, config.rehearsal_size, 1.0, config.seed * 7919 + epoch)
-        active = list(range(fixed)) + [fixed + i for i in draw]
+        active = (list(range(len(new_tok))) + [len(new_tok) + slot[i] for i in draws[epoch]]
+                  + [fixed + i for i in draw])
         steps = plan_batches([lengths[i] for i in active], batch_size=config.batch_size,
                              micro_batch_tokens=config.micro_batch_tokens, seed=config.seed * 1_000_003 + epoch,
                              overhead_tokens=overhead)
@@ -255,8 +265,8 @@ def train_adapter(
             for p, flag in flags.items():
                 p.requires_grad_(flag)
     peak = torch.cuda.max_memory_allocated(device) if on_cuda else _peak_rss_bytes()
-    logger.info("trained %d steps on %d examples (+%d replay, +%d rehearsal an epoch): epoch loss %s, %.0f tok/s, %s",
-                len(losses), len(new_tok), len(old_tok), min(len(rehearse_tok), config.rehearsal_size),
+    logger.info("trained %d steps on %d examples (+%d replay an epoch, %d distinct; +%d rehearsal an epoch): "
+                "epoch loss %s, %.0f tok/s, %s", len(losses), len(new_tok), len(draws[0]) if draws else 0, len(old_tok), min(len(rehearse_tok), config.rehearsal_size),
                 " -> ".join(f"{x:.3f}" for x in epoch_losses), tokens / max(seconds, 1e-9), stopped)
     return TrainResult(
         adapter_path=adapter_path,
@@ -269,7 +279,8 @@ def train_adapter(
         seconds=seconds,
         stopped_reason=stopped,
         examples=len(new_tok),
-        replay_examples=len(old_tok),
+        replay_examples=len(draws[0]) if draws else 0,
+        replay_distinct=len(old_tok),
         rehearsal_examples=min(len(rehearse_tok), config.rehearsal_size),
         epoch_losses=tuple(epoch_losses),
     )
