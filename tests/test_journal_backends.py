@@ -484,7 +484,7 @@ def test_history_of_an_expired_interaction_has_no_content(journal: JournalBacken
     journal.insert_many([old, live])
     events = journal.history(old.id)
     assert [e.event for e in events] == ["created", "expired"] and all(e.data == {} for e in events)
-    assert "4711" not in repr(events)
+    assert "4711" not in repr([(e.event, e.data) for e in events])  # ids are hex: may hold "4711"
     assert journal.history(live.id)[0].data["messages"][0]["content"] == "my PIN is public"
     journal.note_expired([old.id])
     assert [e.event for e in journal.history(old.id)] == ["created", "expired"]
@@ -513,7 +513,8 @@ def test_facts_of_an_expired_interaction_are_not_served(journal: JournalBackend)
     store.add([(("default",), code, statement_key(code), c.id)])
     assert [f.id for f in store.list(include_superseded=True)] == [fb] and store.get(fc) is None
     assert store.get(fb) is not None
-    assert all(e.data == {} for e in store.history(fc)) and "4711" not in repr(store.history(fc))
+    assert all(e.data == {} for e in store.history(fc))
+    assert "4711" not in repr([(e.event, e.data) for e in store.history(fc)])  # data only: ids are hex
 
 
 def test_rows_with_escaped_metadata_keys_are_queued_again_once(journal: JournalBackend) -> None:
