@@ -101,10 +101,14 @@ def test_flush_returns_while_another_thread_keeps_logging(tmp_path: Path) -> Non
         done = threading.Event()
         stop = threading.Event()
         moved = threading.Condition()
+        asked = threading.Semaphore(1)  # one row before the call; then one after each batch
 
-        def writer() -> None:
+        def writer() -> None:  # in lockstep with flush's batches: deterministic on any machine
             try:
                 for i in range(cap):
+                    while not asked.acquire(timeout=0.1):
+                        if stop.is_set():
+                            return
                     if stop.is_set():
                         return
                     m.log([{"role": "user", "content": f"late note {i}"}, {"role": "assistant", "content": "ok"}],
@@ -124,6 +128,7 @@ def test_flush_returns_while_another_thread_keeps_logging(tmp_path: Path) -> Non
             with moved:
                 start = written[0]
             index_batch(rows, embeddings)
+            asked.release()
             with moved:
                 moved.wait_for(lambda: written[0] > start or done.is_set(), timeout=60)
 
