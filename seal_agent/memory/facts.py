@@ -302,15 +302,7 @@ class FactStore:
         except (BackendUnavailableError, ConfigError, StorageError, ValidationError):
             raise
         except Exception as exc:
-            if (err := owner._fault(exc)) is not None:
-                raise err from exc
-            if "dimension" in str(exc).lower():
-                raise ValidationError(
-                    "embeddings", type(self.index.embeddings).__name__,
-                    f"produce vectors of another size than collection {self.index.collection_name!r} holds ({exc})",
-                ) from exc
-            raise BackendUnavailableError(
-                f"Chroma facts {what} failed ({self.index.collection_name!r} at {owner.location}): {exc}") from exc
+            raise owner.error_for(exc, f"facts {what}", self.index) from exc
 
     def _schema(self) -> None:
         with self.journal._tx() as db:

@@ -389,6 +389,26 @@ class ChromaIndex:
         client = self._client
         return client_location(client) if client is not None else f"the Chroma of {self.collection_name!r}"
 
+    def error_for(self, exc: BaseException, what: str, target: ChromaIndex | None = None) -> SealAgentError:
+        """Our error for a failed Chroma call, never chromadb's: a known fault (`_fault`:
+        files, server down), vectors of another size (`ValidationError` naming the
+        embeddings), else `BackendUnavailableError` naming what failed and where.
+
+        Args:
+            what: The operation, for the message ("query", "facts upsert", ...).
+            target: The index whose collection was called (this one by default; the
+                facts' index shares this one's client).
+        """
+        target = target or self
+        if (err := self._fault(exc)) is not None:
+            return err
+        if "dimension" in str(exc).lower():
+            return ValidationError(
+                "embeddings", type(target.embeddings).__name__,
+                f"produce vectors of another size than collection {target.collection_name!r} holds ({exc})")
+        return BackendUnavailableError(
+            f"Chroma {what} failed ({target.collection_name!r} at {self.location}): {exc}")
+
     def _fault(self, exc: BaseException) -> SealAgentError | None:
         """Our error for a Chroma failure, or None when it has no better name than its own.
 
@@ -748,14 +768,7 @@ class ChromaIndex:
         except (BackendUnavailableError, ConfigError, StorageError):
             raise
         except Exception as exc:
-            if (err := self._fault(exc)) is not None:
-                raise err from exc
-            if "dimension" in str(exc).lower():
-                raise ValidationError(
-                    "embeddings", type(self.embeddings).__name__,
-                    f"produce vectors of another size than collection {self.collection_name!r} holds ({exc})",
-                ) from exc
-            raise BackendUnavailableError(f"Chroma query failed at {self.location}: {exc}") from exc
+            raise self.error_for(exc, "query") from exc
         hits.sort(key=lambda h: -h[1])
         return hits[:k]
 
