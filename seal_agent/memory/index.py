@@ -362,17 +362,23 @@ class ChromaIndex:
         vector segment has "nothing found on disk" after this index closed its client
         (`_recycle`). Seen under load: the client opened right after another was closed
         can miss a segment the old one was still writing out, and keeps missing it; a
-        client opened later finds it."""
+        client opened later finds it. A Chroma server says the same for a moment when
+        another process has just written a collection's first vectors (seen in CI: three
+        writers and a reader on one server): there the call is asked again after a pause."""
         for attempt in range(3):
             try:
                 return call()
             except Exception as exc:
                 text = " ".join(str(e) for e in (exc, exc.__cause__) if e is not None).lower()
-                if attempt == 2 or not self._recycles or "nothing found on disk" not in text:
+                if attempt == 2 or "nothing found on disk" not in text:
                     raise
-                logger.info("Chroma missed a vector segment after its client was reopened; reopening it again")
-                with self._lock:
-                    self._recycle_due = True  # the next operation reopens the client
+                if self._recycles:
+                    logger.info("Chroma missed a vector segment after its client was reopened; reopening it again")
+                    with self._lock:
+                        self._recycle_due = True  # the next operation reopens the client
+                else:
+                    logger.info("Chroma missed a vector segment another writer is writing out; asking again")
+                    time.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
 
     def _note_used(self, namespace: Namespace) -> None:
